@@ -1,0 +1,110 @@
+//! The ingest server's configuration file: the settings a `LiveApplication`
+//! renders into a ConfigMap, and what `oxcast-ingest --config FILE` reads.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{HlsSettings, InvalidSetting};
+
+/// Everything the ingest server can be told, apart from where it listens and
+/// where the HLS tree lives (those are per-process, given on the command line).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct IngestConfig {
+    pub rtmp: RtmpSettings,
+    pub hls: HlsSettings,
+    pub http: HttpSettings,
+}
+
+/// RTMP ingest settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RtmpSettings {
+    /// The RTMP application publishers connect to (`rtmp://host/<app>/<key>`).
+    pub app: String,
+    /// Let RTMP players watch live streams (nginx-rtmp `allow play`); denied
+    /// by default as in the reference `deny play all`.
+    pub allow_play: bool,
+}
+
+impl Default for RtmpSettings {
+    fn default() -> Self {
+        Self {
+            app: "app".to_string(),
+            allow_play: false,
+        }
+    }
+}
+
+/// HTTP serving settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// URL path under which the HLS tree is served (`/live/<stream>/index.m3u8`).
+    pub path_prefix: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            path_prefix: "/live".to_string(),
+        }
+    }
+}
+
+/// Characters allowed in an RTMP application name.
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+impl IngestConfig {
+    /// Checks every section; the error names the setting to fix.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let app = &self.rtmp.app;
+        if app.is_empty() || app.len() > 128 || !app.chars().all(is_name_char) {
+            return Err(InvalidSetting::new(
+                "rtmp.app",
+                format!("{app:?} must be 1-128 characters of A-Z a-z 0-9 . _ -"),
+            ));
+        }
+        let prefix = &self.http.path_prefix;
+        if !prefix.starts_with('/')
+            || prefix.contains("..")
+            || prefix.contains("//")
+            || (prefix.len() > 1 && prefix.ends_with('/'))
+        {
+            return Err(InvalidSetting::new(
+                "http.pathPrefix",
+                format!("{prefix:?} must be an absolute URL path such as /live, without a trailing slash"),
+            ));
+        }
+        self.hls.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_reference_defaults() {
+        let c: IngestConfig = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(c, IngestConfig::default());
+        assert_eq!(c.rtmp.app, "app");
+        assert!(!c.rtmp.allow_play);
+        assert_eq!(c.http.path_prefix, "/live");
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_app_and_prefix() {
+        let mut c = IngestConfig::default();
+        c.rtmp.app = "a/b".into();
+        assert_eq!(c.validate().unwrap_err().field, "rtmp.app");
+        c.rtmp.app = "app".into();
+        c.http.path_prefix = "live".into();
+        assert_eq!(c.validate().unwrap_err().field, "http.pathPrefix");
+        c.http.path_prefix = "/".into();
+        assert!(c.validate().is_ok());
+    }
+}
