@@ -1,0 +1,330 @@
+//! The media playlist model (RFC 8216) and its m3u8 text, both ways: rendered
+//! after every segment, parsed back at start-up so a restarted server
+//! continues where it stopped.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+
+use oxcast_crds::PlaylistType;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// One segment as listed in the playlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaylistEntry {
+    /// Segment id (the number in its file name).
+    pub id: u64,
+    /// File name relative to the playlist, without `base_url`.
+    pub file_name: String,
+    /// Duration in 90 kHz ticks.
+    pub duration: i64,
+    /// `EXT-X-DISCONTINUITY` before this segment.
+    pub discontinuity: bool,
+    /// `EXT-X-PROGRAM-DATE-TIME`, Unix milliseconds.
+    pub program_date_time: Option<i64>,
+}
+
+impl PlaylistEntry {
+    /// EXTINF as rendered: seconds with millisecond precision.
+    pub fn extinf_millis(&self) -> i64 {
+        (self.duration + 45) / 90
+    }
+}
+
+/// The sliding window of segments a live playlist lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaylistWindow {
+    pub media_sequence: u64,
+    pub discontinuity_sequence: u64,
+    pub entries: VecDeque<PlaylistEntry>,
+    /// Never decreases while the playlist lives (RFC 8216 §6.2.1).
+    pub target_duration: u64,
+    pub ended: bool,
+    pub playlist_type: PlaylistType,
+}
+
+/// Why a playlist on disk could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct ParsePlaylistError {
+    line: usize,
+    message: String,
+}
+
+impl PlaylistWindow {
+    pub fn new(playlist_type: PlaylistType, min_target_duration: u64) -> Self {
+        Self {
+            media_sequence: 0,
+            discontinuity_sequence: 0,
+            entries: VecDeque::new(),
+            target_duration: min_target_duration.max(1),
+            ended: false,
+            playlist_type,
+        }
+    }
+
+    pub fn total_duration(&self) -> i64 {
+        self.entries.iter().map(|e| e.duration).sum()
+    }
+
+    /// The media sequence number the next pushed segment gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.media_sequence + self.entries.len() as u64
+    }
+
+    /// Appends a segment and, for live playlists, drops the oldest ones while
+    /// the rest still cover `max_duration`. Returns the dropped entries.
+    pub fn push(&mut self, entry: PlaylistEntry, max_duration: i64) -> Vec<PlaylistEntry> {
+        let rounded = ((entry.extinf_millis() + 500) / 1000).max(1) as u64;
+        self.target_duration = self.target_duration.max(rounded);
+        self.entries.push_back(entry);
+        self.ended = false;
+        let mut dropped = Vec::new();
+        if self.playlist_type == PlaylistType::Live {
+            let mut total = self.total_duration();
+            while self.entries.len() > 1 && total > max_duration {
+                let Some(old) = self.entries.pop_front() else { break };
+                total -= old.duration;
+                self.media_sequence += 1;
+                if old.discontinuity {
+                    self.discontinuity_sequence += 1;
+                }
+                dropped.push(old);
+            }
+        }
+        dropped
+    }
+
+    /// The m3u8 text. `base_url` is put before every segment file name.
+    pub fn render(&self, base_url: &str) -> String {
+        let mut s = String::with_capacity(128 + self.entries.len() * 96);
+        s.push_str("#EXTM3U\n#EXT-X-VERSION:3\n");
+        let _ = writeln!(s, "#EXT-X-TARGETDURATION:{}", self.target_duration);
+        let _ = writeln!(s, "#EXT-X-MEDIA-SEQUENCE:{}", self.media_sequence);
+        if self.discontinuity_sequence > 0 {
+            let _ = writeln!(s, "#EXT-X-DISCONTINUITY-SEQUENCE:{}", self.discontinuity_sequence);
+        }
+        if self.playlist_type == PlaylistType::Event {
+            s.push_str("#EXT-X-PLAYLIST-TYPE:EVENT\n");
+        }
+        for e in &self.entries {
+            if e.discontinuity {
+                s.push_str("#EXT-X-DISCONTINUITY\n");
+            }
+            if let Some(ms) = e.program_date_time {
+                let _ = writeln!(s, "#EXT-X-PROGRAM-DATE-TIME:{}", format_datetime(ms));
+            }
+            let ms = e.extinf_millis();
+            let _ = writeln!(s, "#EXTINF:{}.{:03},", ms / 1000, ms % 1000);
+            s.push_str(base_url);
+            s.push_str(&e.file_name);
+            s.push('\n');
+        }
+        if self.ended {
+            s.push_str("#EXT-X-ENDLIST\n");
+        }
+        s
+    }
+
+    /// Reads back a playlist written by [`render`](Self::render). `base_url`
+    /// is stripped from URIs; ids are the digits at the end of file names.
+    pub fn parse(text: &str, base_url: &str) -> Result<Self, ParsePlaylistError> {
+        let mut w = PlaylistWindow::new(PlaylistType::Live, 1);
+        let mut discontinuity = false;
+        let mut pdt = None;
+        let mut duration = None;
+        let mut saw_header = false;
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            let err = |message: &str| ParsePlaylistError {
+                line: n + 1,
+                message: message.to_string(),
+            };
+            let number = |v: &str| v.parse::<u64>().map_err(|_| err("not a number"));
+            if line.is_empty() {
+                continue;
+            }
+            if n == 0 || !saw_header {
+                if line != "#EXTM3U" {
+                    return Err(err("missing #EXTM3U"));
+                }
+                saw_header = true;
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+                w.target_duration = number(v)?;
+            } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+                w.media_sequence = number(v)?;
+            } else if let Some(v) = line.strip_prefix("#EXT-X-DISCONTINUITY-SEQUENCE:") {
+                w.discontinuity_sequence = number(v)?;
+            } else if line == "#EXT-X-PLAYLIST-TYPE:EVENT" {
+                w.playlist_type = PlaylistType::Event;
+            } else if line == "#EXT-X-DISCONTINUITY" {
+                discontinuity = true;
+            } else if let Some(v) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+                pdt = Some(parse_datetime(v).ok_or_else(|| err("bad PROGRAM-DATE-TIME"))?);
+            } else if let Some(v) = line.strip_prefix("#EXTINF:") {
+                let secs = v.split(',').next().unwrap_or_default();
+                let secs: f64 = secs.parse().map_err(|_| err("bad EXTINF"))?;
+                if !(0.0..1e7).contains(&secs) {
+                    return Err(err("EXTINF out of range"));
+                }
+                duration = Some((secs * 90_000.0).round() as i64);
+            } else if line == "#EXT-X-ENDLIST" {
+                w.ended = true;
+            } else if line.starts_with('#') {
+                continue;
+            } else {
+                let uri = line.strip_prefix(base_url).unwrap_or(line);
+                let file_name = uri.rsplit('/').next().unwrap_or(uri).to_string();
+                let stem = file_name.strip_suffix(".ts").ok_or_else(|| err("segment is not .ts"))?;
+                let digits_at = stem
+                    .rfind(|c: char| !c.is_ascii_digit())
+                    .map_or(0, |i| i + 1);
+                let id = number(&stem[digits_at..])?;
+                w.entries.push_back(PlaylistEntry {
+                    id,
+                    file_name,
+                    duration: duration.take().ok_or_else(|| err("URI without EXTINF"))?,
+                    discontinuity: std::mem::take(&mut discontinuity),
+                    program_date_time: pdt.take(),
+                });
+            }
+        }
+        if !saw_header {
+            return Err(ParsePlaylistError {
+                line: 1,
+                message: "empty playlist".into(),
+            });
+        }
+        Ok(w)
+    }
+}
+
+/// `2026-11-24T07:30:00.123+00:00`: milliseconds and an explicit zone, as
+/// RFC 8216 §4.3.2.6 asks.
+pub fn format_datetime(unix_ms: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}+00:00",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+fn parse_datetime(text: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: i64 = 90_000;
+
+    fn entry(id: u64, secs: i64, discontinuity: bool) -> PlaylistEntry {
+        PlaylistEntry {
+            id,
+            file_name: format!("{id}.ts"),
+            duration: secs * SEC,
+            discontinuity,
+            program_date_time: Some(1_700_000_000_000 + id as i64 * 1000),
+        }
+    }
+
+    #[test]
+    fn window_slides_and_counts_discontinuities() {
+        let mut w = PlaylistWindow::new(PlaylistType::Live, 5);
+        for i in 0..10 {
+            let dropped = w.push(entry(i, 5, i == 1), 30 * SEC);
+            assert!(w.total_duration() <= 30 * SEC);
+            if i >= 6 {
+                assert_eq!(dropped.len(), 1);
+            }
+        }
+        assert_eq!(w.entries.len(), 6);
+        assert_eq!(w.media_sequence, 4);
+        assert_eq!(w.discontinuity_sequence, 1, "segment 1 with its tag left");
+        assert_eq!(w.next_sequence(), 10);
+    }
+
+    #[test]
+    fn event_playlists_never_drop() {
+        let mut w = PlaylistWindow::new(PlaylistType::Event, 5);
+        for i in 0..10 {
+            assert!(w.push(entry(i, 5, false), 10 * SEC).is_empty());
+        }
+        assert_eq!(w.entries.len(), 10);
+        assert!(w.render("").contains("#EXT-X-PLAYLIST-TYPE:EVENT\n"));
+    }
+
+    #[test]
+    fn renders_rfc8216_text() {
+        let mut w = PlaylistWindow::new(PlaylistType::Live, 2);
+        w.push(entry(7, 2, false), 30 * SEC);
+        let mut e = entry(8, 2, true);
+        e.duration = 2 * SEC + 111 * 90;
+        w.push(e, 30 * SEC);
+        w.ended = true;
+        let text = w.render("https://cdn.example/s/");
+        assert_eq!(
+            text,
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+             #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:27.000+00:00\n#EXTINF:2.000,\nhttps://cdn.example/s/7.ts\n\
+             #EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:28.000+00:00\n#EXTINF:2.111,\nhttps://cdn.example/s/8.ts\n\
+             #EXT-X-ENDLIST\n"
+        );
+    }
+
+    #[test]
+    fn target_duration_covers_rounded_extinf_and_never_shrinks() {
+        let mut w = PlaylistWindow::new(PlaylistType::Live, 2);
+        let mut e = entry(1, 0, false);
+        e.duration = 3 * SEC + SEC / 2; // 3.5 s rounds to 4
+        w.push(e, 30 * SEC);
+        assert_eq!(w.target_duration, 4);
+        w.push(entry(2, 1, false), 30 * SEC);
+        assert_eq!(w.target_duration, 4);
+        for e in &w.entries {
+            assert!(((e.extinf_millis() + 500) / 1000) as u64 <= w.target_duration);
+        }
+    }
+
+    #[test]
+    fn parse_reads_back_what_render_wrote() {
+        let mut w = PlaylistWindow::new(PlaylistType::Live, 5);
+        for i in 0..9 {
+            let mut e = entry(i, 5, i == 3);
+            e.id = 1_700_000_000_000 + i;
+            e.file_name = format!("{}.ts", e.id);
+            w.push(e, 30 * SEC);
+        }
+        w.ended = true;
+        let parsed = PlaylistWindow::parse(&w.render("/base/"), "/base/").unwrap();
+        assert_eq!(parsed, w);
+    }
+
+    #[test]
+    fn parse_rejects_garbage() {
+        assert!(PlaylistWindow::parse("", "").is_err());
+        assert!(PlaylistWindow::parse("hello\n", "").is_err());
+        assert!(PlaylistWindow::parse("#EXTM3U\nfoo.ts\n", "").is_err(), "URI without EXTINF");
+        assert!(PlaylistWindow::parse("#EXTM3U\n#EXTINF:abc,\n1.ts\n", "").is_err());
+        assert!(PlaylistWindow::parse("#EXTM3U\n#EXTINF:1,\n1.mp4\n", "").is_err());
+    }
+
+    #[test]
+    fn datetime_round_trips() {
+        for ms in [0i64, 1_700_000_000_123, 1_795_000_000_999] {
+            assert_eq!(parse_datetime(&format_datetime(ms)), Some(ms));
+        }
+        assert_eq!(format_datetime(1_795_000_000_999), "2026-11-18T11:06:40.999+00:00");
+    }
+}
