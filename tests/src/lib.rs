@@ -1,1 +1,3 @@
 //! Shared support for the end-to-end tests: spawning real binaries, real media tools.
+
+pub mod media;

@@ -1,0 +1,102 @@
+//! Publishing to and playing from RTMP with the real ffmpeg CLI.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use super::fixtures::Media;
+use super::process::{Finished, Running};
+
+/// Extra wall-clock time a real-time (`-re`) publish may take beyond the
+/// media's duration (connection set-up, a loaded CI machine).
+pub const PUBLISH_SLACK: Duration = Duration::from_secs(20);
+
+/// A running ffmpeg publisher (`ffmpeg -re -i FILE -c copy -f flv URL`).
+/// Dropping it stops ffmpeg.
+pub struct Publisher {
+    running: Running,
+    timeout: Duration,
+    pub url: String,
+}
+
+fn publish_command(media: &Media, url: &str, extra_input_args: &[&str]) -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-hide_banner", "-v", "error", "-re"]);
+    cmd.args(extra_input_args);
+    cmd.arg("-i").arg(&media.path);
+    cmd.args(["-c", "copy", "-f", "flv", url]);
+    cmd
+}
+
+impl Publisher {
+    /// Starts publishing `media` to `url` in real time.
+    #[track_caller]
+    pub fn start(media: &Media, url: &str) -> Publisher {
+        Publisher::start_with(media, url, &[])
+    }
+
+    /// As [`Publisher::start`] with extra ffmpeg input options (before `-i`),
+    /// e.g. `["-stream_loop", "1"]`.
+    #[track_caller]
+    pub fn start_with(media: &Media, url: &str, extra_input_args: &[&str]) -> Publisher {
+        let loops = extra_input_args
+            .windows(2)
+            .find(|w| w[0] == "-stream_loop")
+            .and_then(|w| w[1].parse::<u32>().ok())
+            .unwrap_or(0);
+        let media_time = Duration::from_secs_f64(media.duration * f64::from(loops + 1));
+        let running = match Running::spawn(publish_command(media, url, extra_input_args)) {
+            Ok(r) => r,
+            Err(e) => panic!("cannot start the ffmpeg publisher: {e}"),
+        };
+        Publisher {
+            running,
+            timeout: media_time + PUBLISH_SLACK,
+            url: url.to_string(),
+        }
+    }
+
+    /// Is ffmpeg still running?
+    pub fn is_running(&mut self) -> bool {
+        !self.running.has_exited()
+    }
+
+    /// Waits for ffmpeg to finish (killing it if it overruns the media
+    /// duration plus [`PUBLISH_SLACK`]).
+    pub fn wait(self) -> Finished {
+        self.running.wait(self.timeout)
+    }
+
+    /// Waits at most `timeout` for ffmpeg to finish.
+    pub fn wait_at_most(self, timeout: Duration) -> Finished {
+        self.running.wait(timeout)
+    }
+
+    /// Stops ffmpeg now (SIGTERM: ffmpeg closes the stream cleanly).
+    pub fn stop(self) -> Finished {
+        self.running.stop(Duration::from_secs(5))
+    }
+}
+
+/// Publishes `media` to `url` in real time and waits until ffmpeg exits.
+pub fn publish(media: &Media, url: &str) -> Finished {
+    Publisher::start(media, url).wait()
+}
+
+/// Plays `url` with ffmpeg for `seconds` of media, copying it into `out`
+/// (an FLV file). Killed after `timeout`.
+pub fn play_to_file(url: &str, seconds: f64, out: &Path, timeout: Duration) -> Finished {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-hide_banner", "-v", "error", "-y", "-i", url]);
+    cmd.args(["-t", &format!("{seconds}"), "-c", "copy", "-f", "flv"]);
+    cmd.arg(out);
+    match Running::spawn(cmd) {
+        Ok(r) => r.wait(timeout),
+        Err(e) => Finished {
+            status: None,
+            stdout: String::new(),
+            stderr: e,
+            elapsed: Duration::ZERO,
+        },
+    }
+}
