@@ -3,7 +3,15 @@
 //!
 //! Data flows one way: [`rtmp`] (sessions, one task per connection) →
 //! [`media`] (FLV → Annex B / ADTS) → [`hls`] (segmenter, TS mux, playlist)
-//! → [`store`] (files on disk) ← [`http`] (serving).
+//! → [`store`] (files on disk) ← [`http`] (serving). [`live`] is the table
+//! of streams; [`server`] wires the roles together.
 
+pub mod cli;
 pub mod hls;
+pub mod http;
+pub mod live;
 pub mod media;
+pub mod rtmp;
+pub mod server;
+pub mod store;
+pub mod stream_key;

@@ -1,1 +1,69 @@
-fn main() {}
+use anyhow::Context;
+use clap::Parser;
+use oxcast_ingest::cli::{load_config, Cli, LogFormat, Role};
+use oxcast_ingest::server::{self, ServerOptions};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (common, rtmp, http) = match cli.command.unwrap_or(Role::Run(cli.run)) {
+        Role::Run(a) => (a.common, Some(a.rtmp), Some(a.http)),
+        Role::Rtmp(a) => (a.common, Some(a.rtmp), None),
+        Role::Http(a) => (a.common, None, Some(a.http)),
+    };
+    init_logging(common.log_format);
+    let mut config = load_config(common.config.as_deref())?;
+    let rtmp_listen = rtmp.as_ref().map(|r| r.rtmp_listen);
+    let http_listen = http.as_ref().map(|h| h.http_listen);
+    if let Some(r) = rtmp {
+        r.apply(&mut config);
+    }
+    if let Some(h) = &http {
+        h.apply(&mut config);
+    }
+    let options = ServerOptions {
+        rtmp_listen,
+        http_listen,
+        hls_root: common.hls_root,
+        config,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let (stop, shutdown) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: finishing segments and playlists");
+            let _ = stop.send(true);
+        });
+        server::run(options, shutdown).await
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

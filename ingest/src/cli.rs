@@ -1,0 +1,304 @@
+//! The command line: roles as subcommands, and every config-file setting as
+//! a flag that overrides the file. Defaults come from the `crds` types.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use oxcast_crds::{DatetimeMode, FragmentNaming, HlsSettings, HumanDuration, IngestConfig, PlaylistType};
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "oxcast-ingest",
+    version,
+    about = "RTMP ingest → HLS server (all-in-one by default; `rtmp` or `http` for one role)",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Role>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// RTMP ingest and HTTP serving in one process (the default).
+    Run(RunArgs),
+    /// RTMP ingest only: writes the HLS tree.
+    Rtmp(RtmpRoleArgs),
+    /// HTTP only: serves an HLS tree written by others.
+    Http(HttpRoleArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Directory of the HLS tree.
+    #[arg(long, default_value = "./live")]
+    pub hls_root: PathBuf,
+    /// YAML (or JSON) config file with `rtmp`, `hls` and `http` sections;
+    /// flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log output format (logs go to stderr; filter with RUST_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RtmpArgs {
+    /// RTMP listen address.
+    #[arg(long, default_value = "0.0.0.0:1935")]
+    pub rtmp_listen: SocketAddr,
+    /// RTMP application name publishers use (`rtmp://host/<app>/<key>`) [default: app].
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Allow RTMP playback of live streams [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_play: Option<bool>,
+    #[command(flatten)]
+    pub hls: HlsFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// HTTP listen address.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
+    /// URL path the HLS tree is served under [default: /live].
+    #[arg(long)]
+    pub http_path_prefix: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub rtmp: RtmpArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RtmpRoleArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub rtmp: RtmpArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HttpRoleArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Parses a flag value the way the config file spells it (`system`, `live`…).
+fn setting<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|e| e.to_string())
+}
+
+/// The `hls` section as flags (`--hls-<name>`); unset flags keep the file's value.
+#[derive(Debug, Args, Default)]
+pub struct HlsFlags {
+    /// Target segment length, e.g. 2s [default: 5s].
+    #[arg(long)]
+    pub hls_fragment: Option<HumanDuration>,
+    /// Longest segment before a forced cut [default: 2×fragment].
+    #[arg(long)]
+    pub hls_max_fragment: Option<HumanDuration>,
+    /// Media listed in the live playlist [default: 30s].
+    #[arg(long)]
+    pub hls_playlist_length: Option<HumanDuration>,
+    /// One directory per stream [default: true].
+    #[arg(long)]
+    pub hls_nested: Option<bool>,
+    /// system | sequential | timestamp [default: system].
+    #[arg(long, value_parser = setting::<FragmentNaming>)]
+    pub hls_fragment_naming: Option<FragmentNaming>,
+    /// Round segment ids down to a multiple of this [default: 0 = off].
+    #[arg(long)]
+    pub hls_fragment_naming_granularity: Option<u64>,
+    /// system | none [default: system].
+    #[arg(long, value_parser = setting::<DatetimeMode>)]
+    pub hls_datetime: Option<DatetimeMode>,
+    /// Continue sequence and ids across republish and restart [default: true].
+    #[arg(long)]
+    pub hls_continuous: Option<bool>,
+    /// Delete old segments and ended streams [default: true].
+    #[arg(long)]
+    pub hls_cleanup: Option<bool>,
+    /// Write EXT-X-ENDLIST when the publisher stops [default: true].
+    #[arg(long)]
+    pub hls_end_list: Option<bool>,
+    /// live | event [default: live].
+    #[arg(long, value_parser = setting::<PlaylistType>)]
+    pub hls_type: Option<PlaylistType>,
+    /// Prefix for segment URIs in playlists [default: empty].
+    #[arg(long)]
+    pub hls_base_url: Option<String>,
+}
+
+impl HlsFlags {
+    pub fn apply(self, s: &mut HlsSettings) {
+        if let Some(v) = self.hls_fragment {
+            s.fragment = v;
+        }
+        if let Some(v) = self.hls_max_fragment {
+            s.max_fragment = Some(v);
+        }
+        if let Some(v) = self.hls_playlist_length {
+            s.playlist_length = v;
+        }
+        if let Some(v) = self.hls_nested {
+            s.nested = v;
+        }
+        if let Some(v) = self.hls_fragment_naming {
+            s.fragment_naming = v;
+        }
+        if let Some(v) = self.hls_fragment_naming_granularity {
+            s.fragment_naming_granularity = v;
+        }
+        if let Some(v) = self.hls_datetime {
+            s.datetime = v;
+        }
+        if let Some(v) = self.hls_continuous {
+            s.continuous = v;
+        }
+        if let Some(v) = self.hls_cleanup {
+            s.cleanup = v;
+        }
+        if let Some(v) = self.hls_end_list {
+            s.end_list = v;
+        }
+        if let Some(v) = self.hls_type {
+            s.playlist_type = v;
+        }
+        if let Some(v) = self.hls_base_url {
+            s.base_url = v;
+        }
+    }
+}
+
+impl RtmpArgs {
+    pub fn apply(self, c: &mut IngestConfig) {
+        if let Some(app) = self.app {
+            c.rtmp.app = app;
+        }
+        if let Some(allow) = self.allow_play {
+            c.rtmp.allow_play = allow;
+        }
+        self.hls.apply(&mut c.hls);
+    }
+}
+
+impl HttpArgs {
+    pub fn apply(&self, c: &mut IngestConfig) {
+        if let Some(prefix) = &self.http_path_prefix {
+            c.http.path_prefix = prefix.clone();
+        }
+    }
+}
+
+/// Config-file problems, reported with the file's path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: serde_yaml::Error },
+}
+
+pub fn load_config(path: Option<&Path>) -> Result<IngestConfig, ConfigFileError> {
+    let Some(path) = path else {
+        return Ok(IngestConfig::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_yaml::from_str(&text).map_err(|source| ConfigFileError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("oxcast-ingest").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn no_subcommand_is_all_in_one_with_reference_defaults() {
+        let cli = parse(&[]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.rtmp.rtmp_listen.to_string(), "0.0.0.0:1935");
+        assert_eq!(cli.run.http.http_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(cli.run.common.hls_root, PathBuf::from("./live"));
+        let mut c = IngestConfig::default();
+        cli.run.rtmp.apply(&mut c);
+        assert_eq!(c, IngestConfig::default());
+    }
+
+    #[test]
+    fn hls_flags_override_the_file() {
+        let cli = parse(&[
+            "run",
+            "--hls-fragment",
+            "2s",
+            "--hls-nested",
+            "false",
+            "--hls-fragment-naming",
+            "sequential",
+            "--hls-type",
+            "event",
+            "--allow-play",
+            "--app",
+            "live",
+        ]);
+        let Some(Role::Run(run)) = cli.command else { panic!("expected run") };
+        let mut c: IngestConfig = serde_yaml::from_str("hls:\n  fragment: 4s\n  playlistLength: 20s\n").unwrap();
+        run.rtmp.apply(&mut c);
+        assert_eq!(c.hls.fragment, HumanDuration::from_secs(2));
+        assert_eq!(c.hls.playlist_length, HumanDuration::from_secs(20));
+        assert!(!c.hls.nested);
+        assert_eq!(c.hls.fragment_naming, FragmentNaming::Sequential);
+        assert_eq!(c.hls.playlist_type, PlaylistType::Event);
+        assert!(c.rtmp.allow_play);
+        assert_eq!(c.rtmp.app, "live");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            &["--hls-fragment", "5"][..],
+            &["--hls-fragment-naming", "random"],
+            &["--hls-nested", "maybe"],
+            &["--rtmp-listen", "nowhere"],
+        ] {
+            let r = Cli::try_parse_from(std::iter::once("oxcast-ingest").chain(args.iter().copied()));
+            assert!(r.is_err(), "{args:?} accepted");
+        }
+    }
+
+    #[test]
+    fn http_role_takes_no_rtmp_flags() {
+        assert!(Cli::try_parse_from(["oxcast-ingest", "http", "--rtmp-listen", "0.0.0.0:1"]).is_err());
+        let cli = parse(&["http", "--hls-root", "/srv", "--http-listen", "127.0.0.1:0"]);
+        assert!(matches!(cli.command, Some(Role::Http(_))));
+    }
+}

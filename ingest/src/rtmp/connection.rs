@@ -1,0 +1,394 @@
+//! One RTMP connection: handshake, then an `rml_rtmp` server session whose
+//! events decide whether the client may connect, publish or play.
+//!
+//! `rml_rtmp` can panic on some malformed input; every call into it is
+//! wrapped in `catch_unwind` so such a client loses only its own connection.
+
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult, StreamMetadata,
+};
+use rml_rtmp::time::RtmpTimestamp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, watch};
+
+use super::publication::Publication;
+use super::{RtmpContext, HANDSHAKE_TIMEOUT};
+use crate::hls::SegmenterConfig;
+use crate::live::PlayPacket;
+use crate::store::HlsOutput;
+use crate::stream_key::StreamKey;
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("handshake not completed within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("protocol error: {0}")]
+    Session(String),
+    #[error("malformed input made the RTMP library fail")]
+    Panicked,
+}
+
+enum Role {
+    Idle,
+    Publishing(Box<Publication>),
+    Playing(Player),
+}
+
+struct Player {
+    stream_id: u32,
+    key: StreamKey,
+    packets: broadcast::Receiver<PlayPacket>,
+    waiting_for_keyframe: bool,
+}
+
+struct Connection {
+    peer: SocketAddr,
+    ctx: Arc<RtmpContext>,
+    session: ServerSession,
+    role: Role,
+    out: Vec<u8>,
+    /// Close once pending output is written (after a rejection).
+    closing: bool,
+}
+
+pub async fn run(mut socket: TcpStream, peer: SocketAddr, ctx: Arc<RtmpContext>, shutdown: watch::Receiver<bool>) {
+    let _ = socket.set_nodelay(true);
+    tracing::debug!(%peer, "rtmp connection accepted");
+    let mut buf = vec![0u8; 64 * 1024];
+    let remaining = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut socket, &mut buf)).await {
+        Ok(Ok(rest)) => rest,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "rtmp connection closed during handshake");
+            return;
+        }
+        Err(_) => {
+            let e = ConnectionError::HandshakeTimeout(HANDSHAKE_TIMEOUT);
+            tracing::info!(%peer, error = %e, "rtmp connection closed during handshake");
+            return;
+        }
+    };
+    let session = match catch_unwind(|| ServerSession::new(ServerSessionConfig::new())) {
+        Ok(Ok((session, initial))) => {
+            let mut conn = Connection {
+                peer,
+                ctx,
+                session,
+                role: Role::Idle,
+                out: Vec::new(),
+                closing: false,
+            };
+            if let Err(e) = conn.handle_results(initial) {
+                tracing::info!(%peer, error = %e, "rtmp session setup failed");
+                return;
+            }
+            conn
+        }
+        _ => {
+            tracing::error!(%peer, "rtmp session setup failed");
+            return;
+        }
+    };
+    let mut conn = session;
+    let result = conn.serve(&mut socket, &mut buf, &remaining, shutdown).await;
+    conn.close();
+    match result {
+        Ok(()) => tracing::debug!(%peer, "rtmp connection closed"),
+        Err(e) => tracing::info!(%peer, error = %e, "rtmp connection closed"),
+    }
+}
+
+async fn handshake(socket: &mut TcpStream, buf: &mut [u8]) -> Result<Vec<u8>, ConnectionError> {
+    let mut hs = Handshake::new(PeerType::Server);
+    loop {
+        let n = socket.read(buf).await?;
+        if n == 0 {
+            return Err(ConnectionError::Handshake("peer closed the connection".into()));
+        }
+        let step = catch_unwind(AssertUnwindSafe(|| hs.process_bytes(&buf[..n])))
+            .map_err(|_| ConnectionError::Panicked)?
+            .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
+        match step {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                socket.write_all(&response_bytes).await?;
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                socket.write_all(&response_bytes).await?;
+                return Ok(remaining_bytes);
+            }
+        }
+    }
+}
+
+/// Waits for the next packet for a player; never resolves for other roles.
+async fn next_play_packet(role: &mut Role) -> Result<PlayPacket, broadcast::error::RecvError> {
+    match role {
+        Role::Playing(p) => p.packets.recv().await,
+        _ => std::future::pending().await,
+    }
+}
+
+impl Connection {
+    async fn serve(
+        &mut self,
+        socket: &mut TcpStream,
+        buf: &mut [u8],
+        remaining: &[u8],
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ConnectionError> {
+        if !remaining.is_empty() {
+            self.feed(remaining)?;
+        }
+        self.flush(socket).await?;
+        while !self.closing {
+            tokio::select! {
+                read = socket.read(buf) => {
+                    let n = read?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    self.feed(&buf[..n])?;
+                }
+                packet = next_play_packet(&mut self.role) => self.play(packet)?,
+                _ = shutdown.changed() => return Ok(()),
+            }
+            self.flush(socket).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, socket: &mut TcpStream) -> Result<(), ConnectionError> {
+        if !self.out.is_empty() {
+            socket.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
+        let results = catch_unwind(AssertUnwindSafe(|| self.session.handle_input(bytes)))
+            .map_err(|_| ConnectionError::Panicked)?
+            .map_err(|e| ConnectionError::Session(e.to_string()))?;
+        self.handle_results(results)
+    }
+
+    fn handle_results(&mut self, results: Vec<ServerSessionResult>) -> Result<(), ConnectionError> {
+        for result in results {
+            match result {
+                ServerSessionResult::OutboundResponse(packet) => self.out.extend_from_slice(&packet.bytes),
+                ServerSessionResult::RaisedEvent(event) => self.on_event(event)?,
+                ServerSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls into the session, guarding against panics, and queues its output.
+    fn session_call<T>(
+        &mut self,
+        call: impl FnOnce(&mut ServerSession) -> Result<T, rml_rtmp::sessions::ServerSessionError>,
+    ) -> Result<T, ConnectionError> {
+        catch_unwind(AssertUnwindSafe(|| call(&mut self.session)))
+            .map_err(|_| ConnectionError::Panicked)?
+            .map_err(|e| ConnectionError::Session(e.to_string()))
+    }
+
+    fn reject(&mut self, request_id: u32, code: &str, description: &str) -> Result<(), ConnectionError> {
+        let results = self.session_call(|s| s.reject_request(request_id, code, description))?;
+        self.closing = true;
+        self.handle_results(results)
+    }
+
+    fn accept(&mut self, request_id: u32) -> Result<(), ConnectionError> {
+        let results = self.session_call(|s| s.accept_request(request_id))?;
+        self.handle_results(results)
+    }
+
+    fn on_event(&mut self, event: ServerSessionEvent) -> Result<(), ConnectionError> {
+        let peer = self.peer;
+        match event {
+            ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
+                if app_name.trim_end_matches('/') == self.ctx.config.rtmp.app {
+                    self.accept(request_id)
+                } else {
+                    tracing::warn!(%peer, app = %app_name, "connect rejected: unknown application");
+                    self.reject(request_id, "NetConnection.Connect.Rejected", "unknown application")
+                }
+            }
+            ServerSessionEvent::PublishStreamRequested {
+                request_id, stream_key, ..
+            } => self.on_publish(request_id, &stream_key),
+            ServerSessionEvent::PublishStreamFinished { .. } => {
+                self.close();
+                Ok(())
+            }
+            ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
+                if let Role::Publishing(p) = &mut self.role {
+                    p.metadata(metadata);
+                }
+                Ok(())
+            }
+            ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => {
+                if let Role::Publishing(p) = &mut self.role {
+                    p.video(timestamp.value, data);
+                }
+                Ok(())
+            }
+            ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => {
+                if let Role::Publishing(p) = &mut self.role {
+                    p.audio(timestamp.value, data);
+                }
+                Ok(())
+            }
+            ServerSessionEvent::PlayStreamRequested {
+                request_id,
+                stream_key,
+                stream_id,
+                ..
+            } => self.on_play(request_id, stream_id, &stream_key),
+            ServerSessionEvent::PlayStreamFinished { .. } => {
+                self.role = Role::Idle;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_publish(&mut self, request_id: u32, requested: &str) -> Result<(), ConnectionError> {
+        let peer = self.peer;
+        if !matches!(self.role, Role::Idle) {
+            tracing::warn!(%peer, "publish rejected: connection is already publishing or playing");
+            return self.reject(request_id, "NetStream.Publish.BadName", "connection already in use");
+        }
+        // Query arguments (`key?token=…`) are for authentication, not the name.
+        let name = requested.split('?').next().unwrap_or_default();
+        let key = match StreamKey::parse(name) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "publish rejected");
+                return self.reject(request_id, "NetStream.Publish.BadName", "invalid stream name");
+            }
+        };
+        let (live, previous) = match self.ctx.streams.claim(&key) {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(%peer, stream = %key, error = %e, "publish rejected");
+                return self.reject(request_id, "NetStream.Publish.BadName", "stream is already being published");
+            }
+        };
+        let hls = self.ctx.hls.clone();
+        let config = SegmenterConfig {
+            fragment: hls.fragment.as_90khz() as i64,
+            max_fragment: hls.effective_max_fragment().as_90khz() as i64,
+        };
+        let output = HlsOutput::start(key.clone(), self.ctx.layout.clone(), hls, self.ctx.cleanup.clone(), previous);
+        self.role = Role::Publishing(Box::new(Publication::new(live, self.ctx.streams.clone(), output, config)));
+        tracing::info!(%peer, stream = %key, "publish started");
+        self.accept(request_id)
+    }
+
+    fn on_play(&mut self, request_id: u32, stream_id: u32, requested: &str) -> Result<(), ConnectionError> {
+        let peer = self.peer;
+        if !self.ctx.config.rtmp.allow_play {
+            tracing::warn!(%peer, stream = %requested, "play rejected: RTMP play is denied (allowPlay is off)");
+            return self.reject(request_id, "NetStream.Play.Failed", "play is denied");
+        }
+        if !matches!(self.role, Role::Idle) {
+            return self.reject(request_id, "NetStream.Play.Failed", "connection already in use");
+        }
+        let name = requested.split('?').next().unwrap_or_default();
+        let live = StreamKey::parse(name).ok().and_then(|k| self.ctx.streams.live(&k));
+        let Some(live) = live else {
+            tracing::info!(%peer, stream = %requested, "play rejected: no such live stream");
+            return self.reject(request_id, "NetStream.Play.StreamNotFound", "no such live stream");
+        };
+        self.accept(request_id)?;
+        let (headers, packets) = live.subscribe();
+        if let Some(metadata) = &headers.metadata {
+            self.send_metadata(stream_id, metadata)?;
+        }
+        for (ts, data) in [headers.video, headers.audio].into_iter().flatten() {
+            let is_video = data.first().is_some_and(|b| b & 0x0f == 7);
+            let packet = self.session_call(|s| {
+                if is_video {
+                    s.send_video_data(stream_id, data, RtmpTimestamp::new(ts), false)
+                } else {
+                    s.send_audio_data(stream_id, data, RtmpTimestamp::new(ts), false)
+                }
+            })?;
+            self.out.extend_from_slice(&packet.bytes);
+        }
+        tracing::info!(%peer, stream = %live.key, "play started");
+        self.role = Role::Playing(Player {
+            stream_id,
+            key: live.key.clone(),
+            packets,
+            waiting_for_keyframe: true,
+        });
+        Ok(())
+    }
+
+    fn send_metadata(&mut self, stream_id: u32, metadata: &StreamMetadata) -> Result<(), ConnectionError> {
+        let packet = self.session_call(|s| s.send_metadata(stream_id, metadata))?;
+        self.out.extend_from_slice(&packet.bytes);
+        Ok(())
+    }
+
+    fn play(&mut self, packet: Result<PlayPacket, broadcast::error::RecvError>) -> Result<(), ConnectionError> {
+        let Role::Playing(player) = &mut self.role else { return Ok(()) };
+        let stream_id = player.stream_id;
+        let packet = match packet {
+            Ok(p) => p,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(peer = %self.peer, stream = %player.key, missed, "player too slow; skipping to the next keyframe");
+                player.waiting_for_keyframe = true;
+                return Ok(());
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                self.closing = true;
+                return Ok(());
+            }
+        };
+        let bytes = match packet {
+            PlayPacket::End => {
+                self.closing = true;
+                return Ok(());
+            }
+            PlayPacket::Metadata(m) => return self.send_metadata(stream_id, &m),
+            PlayPacket::Video { timestamp, data, keyframe } => {
+                if player.waiting_for_keyframe && !keyframe {
+                    return Ok(());
+                }
+                player.waiting_for_keyframe = false;
+                self.session_call(|s| s.send_video_data(stream_id, data, RtmpTimestamp::new(timestamp), !keyframe))?
+            }
+            PlayPacket::Audio { timestamp, data } => {
+                if player.waiting_for_keyframe {
+                    return Ok(());
+                }
+                self.session_call(|s| s.send_audio_data(stream_id, data, RtmpTimestamp::new(timestamp), true))?
+            }
+        };
+        self.out.extend_from_slice(&bytes.bytes);
+        Ok(())
+    }
+
+    /// Ends whatever the connection was doing; a publication is completed.
+    fn close(&mut self) {
+        if let Role::Publishing(p) = std::mem::replace(&mut self.role, Role::Idle) {
+            p.finish();
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! One publisher's media path: FLV tags → [`Remuxer`] → [`Segmenter`] →
+//! [`HlsOutput`], plus fan-out to RTMP players.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rml_rtmp::sessions::StreamMetadata;
+
+use crate::hls::{SegmentEvent, Segmenter, SegmenterConfig, Tracks};
+use crate::live::{LiveStream, LiveStreams, PlayPacket};
+use crate::media::{MediaError, MediaFrame, Remuxer};
+use crate::store::HlsOutput;
+
+pub struct Publication {
+    pub live: Arc<LiveStream>,
+    streams: Arc<LiveStreams>,
+    remuxer: Remuxer,
+    segmenter: Segmenter,
+    output: HlsOutput,
+    events: Vec<SegmentEvent>,
+    media_errors: u64,
+}
+
+impl Publication {
+    pub fn new(live: Arc<LiveStream>, streams: Arc<LiveStreams>, output: HlsOutput, config: SegmenterConfig) -> Self {
+        Self {
+            live,
+            streams,
+            remuxer: Remuxer::new(),
+            segmenter: Segmenter::new(config),
+            output,
+            events: Vec::new(),
+            media_errors: 0,
+        }
+    }
+
+    pub fn metadata(&mut self, metadata: StreamMetadata) {
+        self.segmenter.expect_tracks(Tracks {
+            video: metadata.video_codec_id.is_some() || metadata.video_width.is_some(),
+            audio: metadata.audio_codec_id.is_some() || metadata.audio_sample_rate.is_some(),
+        });
+        let metadata = Arc::new(metadata);
+        self.live.headers().metadata = Some(metadata.clone());
+        self.live.send(PlayPacket::Metadata(metadata));
+    }
+
+    pub fn video(&mut self, timestamp: u32, data: Bytes) {
+        let keyframe = data.first().is_some_and(|b| b >> 4 == 1);
+        let is_header = data.len() > 1 && data[1] == 0 && data[0] & 0x0f == 7;
+        if is_header {
+            self.live.headers().video = Some((timestamp, data.clone()));
+            self.segmenter.expect_tracks(Tracks { video: true, audio: false });
+        }
+        let result = self.remuxer.push_video(timestamp, &data);
+        if !is_header {
+            self.live.send(PlayPacket::Video { timestamp, data, keyframe });
+        }
+        self.media(result);
+    }
+
+    pub fn audio(&mut self, timestamp: u32, data: Bytes) {
+        let is_header = data.len() > 1 && data[1] == 0 && data[0] >> 4 == 10;
+        if is_header {
+            self.live.headers().audio = Some((timestamp, data.clone()));
+            self.segmenter.expect_tracks(Tracks { video: false, audio: true });
+        }
+        let result = self.remuxer.push_audio(timestamp, &data);
+        if !is_header {
+            self.live.send(PlayPacket::Audio { timestamp, data });
+        }
+        self.media(result);
+    }
+
+    fn media(&mut self, result: Result<Option<MediaFrame>, MediaError>) {
+        if self.remuxer.take_config_change() {
+            tracing::info!(stream = %self.live.key, "codec configuration changed; next segment starts a discontinuity");
+            self.segmenter.force_discontinuity();
+        }
+        let frame = match result {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(e) => {
+                self.media_errors += 1;
+                // Log the first and then every thousandth, so a broken
+                // encoder cannot flood the log.
+                if self.media_errors % 1000 == 1 {
+                    tracing::warn!(stream = %self.live.key, error = %e, count = self.media_errors, "dropping unusable media");
+                }
+                return;
+            }
+        };
+        if let Err(e) = self.segmenter.push(&frame, &mut self.events) {
+            tracing::error!(stream = %self.live.key, error = %e, "muxing failed");
+        }
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        for event in self.events.drain(..) {
+            self.output.handle(event);
+        }
+    }
+
+    /// The publisher left: complete the last segment, end the playlist and
+    /// hand the history back to the stream table.
+    pub fn finish(mut self) {
+        if let Err(e) = self.segmenter.finish(&mut self.events) {
+            tracing::error!(stream = %self.live.key, error = %e, "muxing failed");
+        }
+        self.drain();
+        let history = self.output.finish();
+        tracing::info!(stream = %self.live.key, segments = history.window.entries.len(), "publish ended");
+        self.streams.release(&self.live, history);
+    }
+}

@@ -1,0 +1,145 @@
+//! Where a stream's playlist and segments live under the HLS root
+//! [hls_nested]: nested `<root>/<stream>/index.m3u8` + `<root>/<stream>/<id>.ts`,
+//! or flat `<root>/<stream>.m3u8` + `<root>/<stream>-<id>.ts`.
+
+use std::path::{Path, PathBuf};
+
+use crate::stream_key::StreamKey;
+
+pub const NESTED_PLAYLIST: &str = "index.m3u8";
+/// Suffix of a segment being written; never served, renamed when complete.
+pub const PARTIAL_SUFFIX: &str = ".part";
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+    nested: bool,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>, nested: bool) -> Self {
+        Self {
+            root: root.into(),
+            nested,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory holding the stream's playlist and segments.
+    pub fn stream_dir(&self, key: &StreamKey) -> PathBuf {
+        if self.nested {
+            self.root.join(key.as_str())
+        } else {
+            self.root.clone()
+        }
+    }
+
+    pub fn playlist_path(&self, key: &StreamKey) -> PathBuf {
+        if self.nested {
+            self.root.join(key.as_str()).join(NESTED_PLAYLIST)
+        } else {
+            self.root.join(format!("{key}.m3u8"))
+        }
+    }
+
+    /// The segment's file name, which is also its URI relative to the playlist.
+    pub fn segment_file_name(&self, key: &StreamKey, id: u64) -> String {
+        if self.nested {
+            format!("{id}.ts")
+        } else {
+            format!("{key}-{id}.ts")
+        }
+    }
+
+    pub fn segment_path(&self, key: &StreamKey, file_name: &str) -> PathBuf {
+        self.stream_dir(key).join(file_name)
+    }
+
+    /// Streams that have a playlist on disk (from before a restart).
+    pub fn discover(&self) -> std::io::Result<Vec<StreamKey>> {
+        let mut keys = Vec::new();
+        for entry in std::fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let candidate = if self.nested {
+                if !entry.file_type()?.is_dir() {
+                    continue;
+                }
+                Some(name)
+            } else {
+                name.strip_suffix(".m3u8")
+            };
+            if let Some(key) = candidate.and_then(|n| StreamKey::parse(n).ok()) {
+                if self.playlist_path(&key).is_file() {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Segment files (complete or partial) of this stream found on disk.
+    pub fn segment_files(&self, key: &StreamKey) -> std::io::Result<Vec<String>> {
+        let prefix = if self.nested { String::new() } else { format!("{key}-") };
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(self.stream_dir(key))? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let stem = name.strip_suffix(PARTIAL_SUFFIX).unwrap_or(name);
+            let Some(id) = stem.strip_prefix(&prefix).and_then(|s| s.strip_suffix(".ts")) else {
+                continue;
+            };
+            if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_and_flat_paths() {
+        let key = StreamKey::parse("cam1").unwrap();
+        let nested = Layout::new("/srv/live", true);
+        assert_eq!(nested.playlist_path(&key), Path::new("/srv/live/cam1/index.m3u8"));
+        assert_eq!(nested.segment_file_name(&key, 42), "42.ts");
+        assert_eq!(nested.segment_path(&key, "42.ts"), Path::new("/srv/live/cam1/42.ts"));
+        let flat = Layout::new("/srv/live", false);
+        assert_eq!(flat.playlist_path(&key), Path::new("/srv/live/cam1.m3u8"));
+        assert_eq!(flat.segment_file_name(&key, 42), "cam1-42.ts");
+        assert_eq!(flat.segment_path(&key, "cam1-42.ts"), Path::new("/srv/live/cam1-42.ts"));
+    }
+
+    #[test]
+    fn discovers_streams_and_their_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let flat = Layout::new(dir.path(), false);
+        let a = StreamKey::parse("a").unwrap();
+        let ab = StreamKey::parse("a-b").unwrap();
+        for f in ["a.m3u8", "a-1.ts", "a-2.ts.part", "a-b.m3u8", "a-b-7.ts", "junk.txt", "a-x.ts"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        assert_eq!(flat.discover().unwrap(), vec![a.clone(), ab.clone()]);
+        assert_eq!(flat.segment_files(&a).unwrap(), vec!["a-1.ts", "a-2.ts.part"]);
+        assert_eq!(flat.segment_files(&ab).unwrap(), vec!["a-b-7.ts"]);
+
+        let nested = Layout::new(dir.path(), true);
+        std::fs::create_dir(dir.path().join("cam")).unwrap();
+        std::fs::write(dir.path().join("cam/index.m3u8"), b"").unwrap();
+        std::fs::write(dir.path().join("cam/5.ts"), b"").unwrap();
+        std::fs::create_dir(dir.path().join("empty")).unwrap();
+        let cam = StreamKey::parse("cam").unwrap();
+        assert_eq!(nested.discover().unwrap(), vec![cam.clone()]);
+        assert_eq!(nested.segment_files(&cam).unwrap(), vec!["5.ts"]);
+    }
+}

@@ -1,0 +1,308 @@
+//! Turns one publication's segment events into files: a `.part` file while a
+//! segment is written, renamed when complete, then listed in the playlist,
+//! which is replaced atomically. Naming [hls_fragment_naming], date-times
+//! [hls_datetime], continuity [hls_continuous] and cleanup are decided here.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use oxcast_crds::{DatetimeMode, FragmentNaming, HlsSettings};
+
+use super::layout::PARTIAL_SUFFIX;
+use super::{write_atomically, CleanupQueue, Layout};
+use crate::hls::{PlaylistEntry, PlaylistWindow, SegmentEvent};
+use crate::stream_key::StreamKey;
+
+/// What outlives a publication: the playlist window and the last segment id,
+/// so a republish continues the sequence and never reuses a file name.
+#[derive(Debug, Clone)]
+pub struct StreamHistory {
+    pub window: PlaylistWindow,
+    pub last_id: Option<u64>,
+}
+
+struct OpenSegment {
+    id: u64,
+    file_name: String,
+    part_path: PathBuf,
+    file: Option<File>,
+    discontinuity: bool,
+    program_date_time: i64,
+}
+
+/// Writes one stream's HLS files for the duration of a publication.
+pub struct HlsOutput {
+    key: StreamKey,
+    layout: Layout,
+    settings: Arc<HlsSettings>,
+    cleanup: Arc<CleanupQueue>,
+    history: StreamHistory,
+    open: Option<OpenSegment>,
+    /// Media timestamp ↔ wall clock (Unix ms) pairing that date-times and
+    /// system ids are derived from, so PROGRAM-DATE-TIME steps equal EXTINFs.
+    anchor: Option<(i64, i64)>,
+    /// The first segment of a republish continues an older playlist.
+    continues_previous: bool,
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn ticks_to_ms(ticks: i64) -> i64 {
+    (ticks + 45).div_euclid(90)
+}
+
+impl HlsOutput {
+    /// Starts a publication; `previous` is what the last one on this key left.
+    pub fn start(
+        key: StreamKey,
+        layout: Layout,
+        settings: Arc<HlsSettings>,
+        cleanup: Arc<CleanupQueue>,
+        previous: Option<StreamHistory>,
+    ) -> Self {
+        let fresh = PlaylistWindow::new(
+            settings.playlist_type,
+            settings.fragment.get().as_secs_f64().round().max(1.0) as u64,
+        );
+        let (history, continues_previous) = match previous {
+            Some(h) if settings.continuous => {
+                let continues = !h.window.entries.is_empty();
+                (h, continues)
+            }
+            Some(h) => {
+                if settings.cleanup {
+                    for e in &h.window.entries {
+                        cleanup.schedule(layout.segment_path(&key, &e.file_name), settings.playlist_length.get());
+                    }
+                }
+                (
+                    StreamHistory {
+                        window: fresh,
+                        last_id: h.last_id,
+                    },
+                    false,
+                )
+            }
+            None => (
+                StreamHistory {
+                    window: fresh,
+                    last_id: None,
+                },
+                false,
+            ),
+        };
+        Self {
+            key,
+            layout,
+            settings,
+            cleanup,
+            history,
+            open: None,
+            anchor: None,
+            continues_previous,
+        }
+    }
+
+    pub fn key(&self) -> &StreamKey {
+        &self.key
+    }
+
+    pub fn window(&self) -> &PlaylistWindow {
+        &self.history.window
+    }
+
+    pub fn handle(&mut self, event: SegmentEvent) {
+        match event {
+            SegmentEvent::Begin {
+                start,
+                discontinuity,
+            } => self.begin(start, discontinuity),
+            SegmentEvent::Bytes(bytes) => self.write(&bytes),
+            SegmentEvent::End { duration } => self.end(duration),
+        }
+    }
+
+    fn next_id(&self, start: i64, pdt: i64) -> u64 {
+        let raw = match self.settings.fragment_naming {
+            FragmentNaming::System => pdt.max(0) as u64,
+            FragmentNaming::Sequential => self.history.window.next_sequence(),
+            FragmentNaming::Timestamp => start.max(0) as u64,
+        };
+        let g = self.settings.fragment_naming_granularity;
+        let id = if g > 0 { raw - raw % g } else { raw };
+        match self.history.last_id {
+            Some(last) if id <= last => last + g.max(1),
+            _ => id,
+        }
+    }
+
+    fn begin(&mut self, start: i64, discontinuity: bool) {
+        if self.open.is_some() {
+            self.discard_open();
+        }
+        let anchor = match self.anchor {
+            Some(a) if !discontinuity => a,
+            _ => (start, now_unix_ms()),
+        };
+        self.anchor = Some(anchor);
+        let program_date_time = anchor.1 + ticks_to_ms(start - anchor.0);
+        let id = self.next_id(start, program_date_time);
+        self.history.last_id = Some(id);
+        let file_name = self.layout.segment_file_name(&self.key, id);
+        let final_path = self.layout.segment_path(&self.key, &file_name);
+        let mut part = final_path.clone().into_os_string();
+        part.push(PARTIAL_SUFFIX);
+        let part_path = PathBuf::from(part);
+        let file = std::fs::create_dir_all(self.layout.stream_dir(&self.key))
+            .and_then(|()| File::create(&part_path));
+        let file = match file {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(stream = %self.key, path = %part_path.display(), error = %e, "cannot create segment; this segment is dropped");
+                None
+            }
+        };
+        let discontinuity = discontinuity || std::mem::take(&mut self.continues_previous);
+        self.open = Some(OpenSegment {
+            id,
+            file_name,
+            part_path,
+            file,
+            discontinuity,
+            program_date_time,
+        });
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let Some(open) = &mut self.open else { return };
+        if let Some(f) = &mut open.file {
+            if let Err(e) = f.write_all(bytes) {
+                tracing::warn!(stream = %self.key, path = %open.part_path.display(), error = %e, "segment write failed; this segment is dropped");
+                open.file = None;
+            }
+        }
+    }
+
+    fn discard_open(&mut self) {
+        if let Some(open) = self.open.take() {
+            let _ = std::fs::remove_file(&open.part_path);
+        }
+    }
+
+    fn end(&mut self, duration: i64) {
+        let Some(open) = self.open.take() else { return };
+        let Some(file) = open.file else {
+            let _ = std::fs::remove_file(&open.part_path);
+            return;
+        };
+        drop(file);
+        let final_path = self.layout.segment_path(&self.key, &open.file_name);
+        if let Err(e) = std::fs::rename(&open.part_path, &final_path) {
+            tracing::warn!(stream = %self.key, path = %final_path.display(), error = %e, "cannot publish segment; it is dropped");
+            let _ = std::fs::remove_file(&open.part_path);
+            return;
+        }
+        let entry = PlaylistEntry {
+            id: open.id,
+            file_name: open.file_name,
+            duration,
+            discontinuity: open.discontinuity,
+            program_date_time: (self.settings.datetime == DatetimeMode::System)
+                .then_some(open.program_date_time),
+        };
+        tracing::debug!(stream = %self.key, id = entry.id, duration_ms = entry.extinf_millis(), "segment complete");
+        let max = self.settings.playlist_length.as_90khz() as i64;
+        let dropped = self.history.window.push(entry, max);
+        if self.settings.cleanup {
+            for old in dropped {
+                let grace = Duration::from_millis(old.extinf_millis().max(0) as u64)
+                    + self.settings.playlist_length.get();
+                self.cleanup
+                    .schedule(self.layout.segment_path(&self.key, &old.file_name), grace);
+            }
+        }
+        self.write_playlist();
+    }
+
+    fn write_playlist(&self) {
+        let path = self.layout.playlist_path(&self.key);
+        let text = self.history.window.render(&self.settings.base_url);
+        if let Err(e) = std::fs::create_dir_all(self.layout.stream_dir(&self.key))
+            .and_then(|()| write_atomically(&path, text.as_bytes()))
+        {
+            tracing::warn!(stream = %self.key, path = %path.display(), error = %e, "playlist write failed");
+        }
+    }
+
+    /// The publication ended: drop an incomplete segment, mark the playlist
+    /// ended [end_list] and hand back what the next publication continues.
+    pub fn finish(mut self) -> StreamHistory {
+        self.discard_open();
+        if !self.history.window.entries.is_empty() {
+            self.history.window.ended = self.settings.end_list;
+            self.write_playlist();
+        }
+        self.history
+    }
+}
+
+/// Reads back a stream left on disk by an earlier run, so the next publish
+/// continues it. Segment files the playlist no longer lists are queued for
+/// deletion when cleanup is on. A playlist that does not parse is left alone.
+pub fn recover(
+    key: &StreamKey,
+    layout: &Layout,
+    settings: &HlsSettings,
+    cleanup: &CleanupQueue,
+) -> Option<StreamHistory> {
+    let path = layout.playlist_path(key);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(stream = %key, path = %path.display(), error = %e, "cannot read playlist left by an earlier run");
+            return None;
+        }
+    };
+    let mut window = match PlaylistWindow::parse(&text, &settings.base_url) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(stream = %key, path = %path.display(), error = %e, "ignoring unparsable playlist left by an earlier run");
+            return None;
+        }
+    };
+    let mut last_id = window.entries.iter().map(|e| e.id).max();
+    if settings.cleanup {
+        if let Ok(files) = layout.segment_files(key) {
+            for name in files {
+                if !window.entries.iter().any(|e| e.file_name == name) {
+                    if let Some(id) = name
+                        .trim_end_matches(PARTIAL_SUFFIX)
+                        .trim_end_matches(".ts")
+                        .rsplit('-')
+                        .next()
+                        .and_then(|d| d.parse::<u64>().ok())
+                    {
+                        last_id = last_id.max(Some(id));
+                    }
+                    cleanup.schedule(layout.segment_path(key, &name), settings.playlist_length.get());
+                }
+            }
+        }
+    }
+    if !window.ended && settings.end_list && !window.entries.is_empty() {
+        // The previous run stopped without ending this stream (a crash).
+        window.ended = true;
+        if let Err(e) = write_atomically(&path, window.render(&settings.base_url).as_bytes()) {
+            tracing::warn!(stream = %key, error = %e, "cannot end playlist left by an earlier run");
+        }
+    }
+    Some(StreamHistory { window, last_id })
+}
