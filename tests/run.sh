@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole oxcast test suite, as one command: `tests/run.sh`.
+#
+# Installs what it needs on a fresh Debian/Ubuntu machine (ffmpeg and
+# friends from apt), builds the Kubernetes control plane used by the cluster
+# tests (cached under ~/.cache/oxcast), then runs every cargo test in the
+# workspace. Heavy caches live outside the clone so a warm run takes minutes.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+cd "$repo"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/oxcast/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# Debian packages the tests drive for real: ffmpeg/ffprobe publish and
+# verify media; curl for HTTP checks in scripts.
+need_apt=()
+command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if ((${#need_apt[@]})); then
+    sudo_cmd=()
+    if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+    echo "tests/run.sh: installing ${need_apt[*]} with apt-get" >&2
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Kubernetes control plane for the cluster tests (skips what is cached).
+if [ -x tests/cluster/build.sh ]; then
+    tests/cluster/build.sh
+fi
+
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast
