@@ -942,7 +942,10 @@ fn republish_continues_the_playlist_after_a_discontinuity() {
     let mut saw_live_again = false;
     publish_watching(&server, key, media, |pl| {
         check_playlist(pl);
-        if pl.segments.len() > first.segments.len() {
+        // ffmpeg may close the stream a moment before its process exits,
+        // so only a playlist still short of the media must lack ENDLIST.
+        let second_part = pl.total_duration() - first.total_duration();
+        if pl.segments.len() > first.segments.len() && second_part < media.duration - 1.0 {
             assert!(
                 !pl.end_list,
                 "ENDLIST kept while the stream is live again:\n{pl:#?}"
@@ -1129,12 +1132,20 @@ fn sigterm_finishes_the_current_segment_and_writes_endlist() {
         errors.trim().is_empty(),
         "last segment does not decode:\n{errors}"
     );
-    let p = probe(&last_path, false).expect("ffprobe last segment");
+    // The cut is mid-GOP, so the PTS span ffprobe reports includes B-frame
+    // reordering; the DTS span of the video is what EXTINF measures.
+    let p = probe(&last_path, true).expect("ffprobe last segment");
+    let dts: Vec<f64> = p.packets_of("video").filter_map(|k| k.dts_time).collect();
+    let (lo, hi) = (
+        dts.iter().cloned().fold(f64::INFINITY, f64::min),
+        dts.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+    );
+    assert!(!dts.is_empty(), "no video in the last segment");
     assert_close(
-        "last segment duration",
-        p.duration.unwrap_or(0.0),
+        "last segment: video DTS span + one frame vs EXTINF",
+        hi - lo + 0.04,
         last.duration,
-        0.15,
+        0.045,
     );
     let done = publisher.wait_at_most(Duration::from_secs(10));
     assert!(
@@ -1150,8 +1161,10 @@ fn endlist_only_after_the_publisher_stops() {
     let mut server = Server::builder().hls("fragment", "1s").start();
     let snapshots = publish_watching(&server, "end1", media, |pl| {
         check_playlist(pl);
+        // ffmpeg may close the stream a moment before its process exits:
+        // only a playlist still clearly short of the media must lack ENDLIST.
         assert!(
-            !pl.end_list,
+            !pl.end_list || pl.total_duration() >= media.duration - 1.0,
             "ENDLIST while the publisher is still live:\n{pl:#?}"
         );
     });
