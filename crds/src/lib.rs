@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod hls;
+pub mod live_application;
 pub mod server;
 
 pub use duration::HumanDuration;
