@@ -1,3 +1,4 @@
 //! Shared support for the end-to-end tests: spawning real binaries, real media tools.
 
+pub mod cluster;
 pub mod media;

@@ -1,0 +1,450 @@
+//! Starting a local control plane: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler and kwok as plain processes on
+//! loopback ports, the way controller-runtime's envtest does it, plus the
+//! controllers (garbage collection, ReplicaSets, ServiceAccounts) and fake
+//! nodes that envtest leaves out.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use kube::api::PostParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+use super::binaries::Binaries;
+use super::pki::{CertPair, Pki, FRONT_PROXY_CLIENT};
+use super::process::{self, ExitCleanup, Processes};
+use super::Error;
+
+/// Range the API server assigns Service cluster IPs from.
+const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/16";
+/// Pod IPs kwok hands out on its fake node.
+const POD_CIDR: &str = "10.244.0.0/16";
+/// Issuer (and default audience) of ServiceAccount tokens, as in most clusters.
+const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// The annotation kwok is told to look for; nodes without it are left alone.
+pub(crate) const KWOK_NODE_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
+/// Name of the fake node every local control plane gets.
+pub(crate) const FAKE_NODE_NAME: &str = "kwok-node-0";
+
+/// Environment variable: keep the run directory (logs, etcd data, PKI) after
+/// the test binary exits, for debugging.
+pub const KEEP_RUN_DIR_ENV: &str = "OXCAST_TEST_KEEP_CLUSTER_DIR";
+
+/// Startup deadlines. Generous: a 2-core CI machine may be compiling at the
+/// same time, and the first start of the API server installs every built-in
+/// API and bootstrap RBAC object.
+const API_SERVER_READY: Duration = Duration::from_secs(180);
+const CONTROLLERS_READY: Duration = Duration::from_secs(120);
+const NODE_READY: Duration = Duration::from_secs(120);
+
+/// A running local control plane.
+pub(crate) struct LocalControlPlane {
+    pub run_dir: PathBuf,
+    pub admin_kubeconfig: PathBuf,
+    pub admin_config: Config,
+    /// Kept so the children stay owned; they die with the test binary.
+    pub _processes: Processes,
+}
+
+/// Free loopback ports, one per listener.
+struct Ports {
+    etcd_client: u16,
+    etcd_peer: u16,
+    apiserver: u16,
+    controller_manager: u16,
+    scheduler: u16,
+    kwok: u16,
+}
+
+impl Ports {
+    fn pick() -> Result<Self, Error> {
+        // Each listener is closed again before the next is bound, so the
+        // kernel could hand out one port twice; ask until all differ.
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 6 {
+            let p = process::free_port()?;
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        Ok(Self {
+            etcd_client: ports[0],
+            etcd_peer: ports[1],
+            apiserver: ports[2],
+            controller_manager: ports[3],
+            scheduler: ports[4],
+            kwok: ports[5],
+        })
+    }
+}
+
+/// Starts every component and waits until the cluster can run workloads.
+pub(crate) async fn start(bins: &Binaries) -> Result<LocalControlPlane, Error> {
+    let root = std::env::temp_dir().join("oxcast-cluster");
+    std::fs::create_dir_all(&root).map_err(Error::io_path(
+        "create the control-plane scratch root",
+        &root,
+    ))?;
+    process::remove_stale_runs(&root);
+    // Named "<pid>-…" so a later run can tell whether its owner is still alive.
+    let run_dir = tempfile::Builder::new()
+        .prefix(&format!("{}-", std::process::id()))
+        .tempdir_in(&root)
+        .map_err(Error::io_path(
+            "create the control-plane run directory",
+            &root,
+        ))?
+        .keep();
+    if std::env::var_os(KEEP_RUN_DIR_ENV).is_some() {
+        tracing::warn!(dir = %run_dir.display(), "keeping the control-plane run directory ({KEEP_RUN_DIR_ENV} is set)");
+        let marker = run_dir.join(process::KEEP_MARKER);
+        std::fs::write(&marker, b"")
+            .map_err(Error::io_path("mark the run directory as kept", &marker))?;
+    } else {
+        process::register_for_exit_cleanup(ExitCleanup::Dir(run_dir.clone()));
+    }
+    tracing::info!(dir = %run_dir.display(), bin_dir = %bins.dir().display(), "starting a local Kubernetes control plane");
+
+    let pki = Pki::generate(&run_dir.join("pki"))?;
+    let ports = Ports::pick()?;
+    let server = format!("https://127.0.0.1:{}", ports.apiserver);
+    let admin_kubeconfig = run_dir.join("admin.kubeconfig");
+    write_kubeconfig(&admin_kubeconfig, &server, &pki.ca_cert, &pki.admin)?;
+    let cm_kubeconfig = run_dir.join("controller-manager.kubeconfig");
+    write_kubeconfig(
+        &cm_kubeconfig,
+        &server,
+        &pki.ca_cert,
+        &pki.controller_manager,
+    )?;
+    let scheduler_kubeconfig = run_dir.join("scheduler.kubeconfig");
+    write_kubeconfig(&scheduler_kubeconfig, &server, &pki.ca_cert, &pki.scheduler)?;
+
+    let mut procs = Processes::new(run_dir.join("logs"))?;
+    let started = Instant::now();
+    let result = async {
+        procs.spawn("etcd", &bins.path("etcd"), &etcd_args(&run_dir, &ports))?;
+        procs.spawn(
+            "kube-apiserver",
+            &bins.path("kube-apiserver"),
+            &apiserver_args(&run_dir, &ports, &pki),
+        )?;
+        let kubeconfig = Kubeconfig::read_from(&admin_kubeconfig)?;
+        let admin_config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let client = Client::try_from(admin_config.clone())?;
+
+        poll(
+            &mut procs,
+            "kube-apiserver /readyz",
+            API_SERVER_READY,
+            || {
+                let client = client.clone();
+                async move {
+                    let req = http::Request::get("/readyz")
+                        .body(Vec::new())
+                        .map_err(|e| Error::Config(format!("build the /readyz request: {e}")))?;
+                    Ok(client
+                        .request_text(req)
+                        .await
+                        .ok()
+                        .filter(|body| body.trim() == "ok"))
+                }
+            },
+        )
+        .await?;
+        tracing::info!(elapsed = ?started.elapsed(), "kube-apiserver is ready");
+
+        procs.spawn(
+            "kube-controller-manager",
+            &bins.path("kube-controller-manager"),
+            &controller_manager_args(&run_dir, &ports, &pki, &cm_kubeconfig),
+        )?;
+        procs.spawn(
+            "kube-scheduler",
+            &bins.path("kube-scheduler"),
+            &scheduler_args(&run_dir, &ports, &scheduler_kubeconfig),
+        )?;
+        procs.spawn(
+            "kwok",
+            &bins.path("kwok"),
+            &kwok_args(&bins.kwok_stages(), &ports, &admin_kubeconfig),
+        )?;
+
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes.create(&PostParams::default(), &fake_node()?).await?;
+
+        // The ServiceAccount controller (in the controller manager) creates
+        // `default` in every namespace; seeing it proves the controllers run.
+        let service_accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        poll(
+            &mut procs,
+            "the controller manager (default ServiceAccount)",
+            CONTROLLERS_READY,
+            || {
+                let api = service_accounts.clone();
+                async move { Ok(api.get_opt("default").await?.map(|_| ())) }
+            },
+        )
+        .await?;
+
+        poll(
+            &mut procs,
+            "kwok to report the fake node Ready",
+            NODE_READY,
+            || {
+                let nodes = nodes.clone();
+                async move {
+                    let node = nodes.get(FAKE_NODE_NAME).await?;
+                    Ok(node_is_ready(&node).then_some(()))
+                }
+            },
+        )
+        .await?;
+        tracing::info!(elapsed = ?started.elapsed(), "local control plane is ready");
+        Ok::<_, Error>(admin_config)
+    }
+    .await;
+
+    match result {
+        Ok(admin_config) => Ok(LocalControlPlane {
+            run_dir,
+            admin_kubeconfig,
+            admin_config,
+            _processes: procs,
+        }),
+        Err(err) => {
+            tracing::error!(%err, logs = %run_dir.join("logs").display(), "control-plane startup failed");
+            procs.kill_all();
+            Err(err)
+        }
+    }
+}
+
+pub(crate) fn node_is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conds| {
+            conds
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// Polls `probe` until it yields `Some`, failing early when a component dies.
+async fn poll<T, F, Fut>(
+    procs: &mut Processes,
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, Error>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(50);
+    let mut last_error = None;
+    loop {
+        procs.check_running()?;
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            // Not ready yet often shows as an error (connection refused,
+            // 403 while RBAC bootstraps); remember it for the time-out message.
+            Err(e) => last_error = Some(e.to_string()),
+        }
+        if Instant::now() >= deadline {
+            let what = match last_error {
+                Some(e) => format!("{what} (last error: {e})"),
+                None => what.to_string(),
+            };
+            return Err(Error::Timeout { what, timeout });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
+fn path_arg(flag: &str, path: &Path) -> String {
+    format!("--{flag}={}", path.display())
+}
+
+fn etcd_args(run_dir: &Path, ports: &Ports) -> Vec<String> {
+    let client = format!("http://127.0.0.1:{}", ports.etcd_client);
+    let peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
+    vec![
+        "--name=oxcast-test".into(),
+        path_arg("data-dir", &run_dir.join("etcd")),
+        format!("--listen-client-urls={client}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster=oxcast-test={peer}"),
+        // The data is thrown away with the run: skip fsync, which otherwise
+        // dominates API latency on a shared CI disk.
+        "--unsafe-no-fsync".into(),
+        "--log-level=warn".into(),
+    ]
+}
+
+fn apiserver_args(run_dir: &Path, ports: &Ports, pki: &Pki) -> Vec<String> {
+    vec![
+        format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={}", ports.apiserver),
+        path_arg("cert-dir", &run_dir.join("apiserver")),
+        path_arg("tls-cert-file", &pki.serving.cert),
+        path_arg("tls-private-key-file", &pki.serving.key),
+        path_arg("client-ca-file", &pki.ca_cert),
+        // Request-header authentication for the aggregation layer.
+        path_arg("requestheader-client-ca-file", &pki.front_proxy_ca),
+        format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT}"),
+        "--requestheader-username-headers=X-Remote-User".into(),
+        "--requestheader-group-headers=X-Remote-Group".into(),
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+        path_arg("proxy-client-cert-file", &pki.front_proxy_client.cert),
+        path_arg("proxy-client-key-file", &pki.front_proxy_client.key),
+        // Real ServiceAccount tokens, so tests can act as a workload would.
+        format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
+        path_arg("service-account-key-file", &pki.service_account_pub),
+        path_arg("service-account-signing-key-file", &pki.service_account_key),
+        // RBAC enforced as in production clusters (Node for kubelet identities).
+        "--authorization-mode=Node,RBAC".into(),
+        format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+        "--allow-privileged=true".into(),
+        // The `kubernetes` Service would otherwise get a loopback endpoint,
+        // which EndpointSlice validation rejects over and over in the log.
+        "--endpoint-reconciler-type=none".into(),
+        "--profiling=false".into(),
+    ]
+}
+
+fn controller_manager_args(
+    run_dir: &Path,
+    ports: &Ports,
+    pki: &Pki,
+    kubeconfig: &Path,
+) -> Vec<String> {
+    vec![
+        path_arg("kubeconfig", kubeconfig),
+        path_arg("authentication-kubeconfig", kubeconfig),
+        path_arg("authorization-kubeconfig", kubeconfig),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={}", ports.controller_manager),
+        path_arg("cert-dir", &run_dir.join("controller-manager")),
+        "--leader-elect=false".into(),
+        "--cluster-name=oxcast-test".into(),
+        path_arg("root-ca-file", &pki.ca_cert),
+        path_arg("service-account-private-key-file", &pki.service_account_key),
+        // Each controller acts as its own ServiceAccount, as in kubeadm
+        // clusters, so RBAC gaps show up here too.
+        "--use-service-account-credentials=true".into(),
+    ]
+}
+
+fn scheduler_args(run_dir: &Path, ports: &Ports, kubeconfig: &Path) -> Vec<String> {
+    vec![
+        path_arg("kubeconfig", kubeconfig),
+        path_arg("authentication-kubeconfig", kubeconfig),
+        path_arg("authorization-kubeconfig", kubeconfig),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={}", ports.scheduler),
+        path_arg("cert-dir", &run_dir.join("scheduler")),
+        "--leader-elect=false".into(),
+    ]
+}
+
+fn kwok_args(stages: &Path, ports: &Ports, kubeconfig: &Path) -> Vec<String> {
+    let (key, value) = KWOK_NODE_ANNOTATION;
+    vec![
+        path_arg("kubeconfig", kubeconfig),
+        // The only config kwok reads (so a developer's ~/.kwok never changes
+        // what the tests see): upstream's default Stages, collected by
+        // build.sh. Managed nodes turn Ready and heartbeat through Leases;
+        // pods bound to them turn Running and Ready; deletions complete.
+        path_arg("config", stages),
+        "--manage-all-nodes=false".into(),
+        format!("--manage-nodes-with-annotation-selector={key}={value}"),
+        format!("--cidr={POD_CIDR}"),
+        "--node-ip=127.0.0.1".into(),
+        // Heartbeats through Leases, as kubelets do, so the node lifecycle
+        // controller keeps the node Ready.
+        "--node-lease-duration-seconds=40".into(),
+        format!("--server-address=127.0.0.1:{}", ports.kwok),
+    ]
+}
+
+/// The Node kwok pretends to run. No taints, so ordinary workloads (and the
+/// operator's Deployments) schedule onto it without tolerations.
+fn fake_node() -> Result<Node, Error> {
+    let (key, value) = KWOK_NODE_ANNOTATION;
+    let node = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": FAKE_NODE_NAME,
+            "annotations": {
+                key: value,
+                "node.alpha.kubernetes.io/ttl": "0",
+            },
+            "labels": {
+                "kubernetes.io/hostname": FAKE_NODE_NAME,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
+        },
+        "status": {
+            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            "nodeInfo": {
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": "fake",
+                "kubeProxyVersion": "fake",
+                "bootID": "", "machineID": "", "systemUUID": "",
+                "containerRuntimeVersion": "", "kernelVersion": "", "osImage": "",
+            },
+            "phase": "Running",
+        },
+    });
+    serde_json::from_value(node)
+        .map_err(|e| Error::Config(format!("the fake Node literal does not parse: {e}")))
+}
+
+/// Writes a kubeconfig (as JSON, which is valid YAML and read by every
+/// client) that authenticates with a client certificate.
+pub(crate) fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    user: &CertPair,
+) -> Result<(), Error> {
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "oxcast-test", "cluster": {
+            "server": server,
+            "certificate-authority": ca,
+        }}],
+        "users": [{"name": "oxcast-test", "user": {
+            "client-certificate": user.cert,
+            "client-key": user.key,
+        }}],
+        "contexts": [{"name": "oxcast-test", "context": {
+            "cluster": "oxcast-test",
+            "user": "oxcast-test",
+            "namespace": "default",
+        }}],
+        "current-context": "oxcast-test",
+    });
+    let text = serde_json::to_string_pretty(&doc)
+        .map_err(|e| Error::Config(format!("render a kubeconfig: {e}")))?;
+    std::fs::write(path, text).map_err(Error::io_path("write a kubeconfig", path))
+}
