@@ -82,14 +82,14 @@ impl FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        let sub_ms = self.0.as_nanos() % 1_000_000 != 0;
+        let sub_ms = !self.0.as_nanos().is_multiple_of(1_000_000);
         if sub_ms {
             write!(f, "{}s", self.0.as_secs_f64())
-        } else if ms % 3_600_000 == 0 && ms != 0 {
+        } else if ms.is_multiple_of(3_600_000) && ms != 0 {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 && ms != 0 {
+        } else if ms.is_multiple_of(60_000) && ms != 0 {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
+        } else if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -143,7 +143,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "5", "s", "-1s", "1.s", ".5s", "1x", "1 s", "1e3s", "1sec"] {
+        for bad in [
+            "", "5", "s", "-1s", "1.s", ".5s", "1x", "1 s", "1e3s", "1sec",
+        ] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?} parsed");
         }
     }

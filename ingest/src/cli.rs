@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use oxcast_crds::{DatetimeMode, FragmentNaming, HlsSettings, HumanDuration, IngestConfig, PlaylistType};
+use oxcast_crds::{
+    DatetimeMode, FragmentNaming, HlsSettings, HumanDuration, IngestConfig, PlaylistType,
+};
 use serde::de::DeserializeOwned;
 
 #[derive(Debug, Parser)]
@@ -215,9 +217,15 @@ impl HttpArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {source}")]
-    Parse { path: PathBuf, source: serde_yaml::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
 }
 
 pub fn load_config(path: Option<&Path>) -> Result<IngestConfig, ConfigFileError> {
@@ -270,8 +278,11 @@ mod tests {
             "--app",
             "live",
         ]);
-        let Some(Role::Run(run)) = cli.command else { panic!("expected run") };
-        let mut c: IngestConfig = serde_yaml::from_str("hls:\n  fragment: 4s\n  playlistLength: 20s\n").unwrap();
+        let Some(Role::Run(run)) = cli.command else {
+            panic!("expected run")
+        };
+        let mut c: IngestConfig =
+            serde_yaml::from_str("hls:\n  fragment: 4s\n  playlistLength: 20s\n").unwrap();
         run.rtmp.apply(&mut c);
         assert_eq!(c.hls.fragment, HumanDuration::from_secs(2));
         assert_eq!(c.hls.playlist_length, HumanDuration::from_secs(20));
@@ -290,14 +301,17 @@ mod tests {
             &["--hls-nested", "maybe"],
             &["--rtmp-listen", "nowhere"],
         ] {
-            let r = Cli::try_parse_from(std::iter::once("oxcast-ingest").chain(args.iter().copied()));
+            let r =
+                Cli::try_parse_from(std::iter::once("oxcast-ingest").chain(args.iter().copied()));
             assert!(r.is_err(), "{args:?} accepted");
         }
     }
 
     #[test]
     fn http_role_takes_no_rtmp_flags() {
-        assert!(Cli::try_parse_from(["oxcast-ingest", "http", "--rtmp-listen", "0.0.0.0:1"]).is_err());
+        assert!(
+            Cli::try_parse_from(["oxcast-ingest", "http", "--rtmp-listen", "0.0.0.0:1"]).is_err()
+        );
         let cli = parse(&["http", "--hls-root", "/srv", "--http-listen", "127.0.0.1:0"]);
         assert!(matches!(cli.command, Some(Role::Http(_))));
     }

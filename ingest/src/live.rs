@@ -17,8 +17,15 @@ use crate::stream_key::StreamKey;
 #[derive(Debug, Clone)]
 pub enum PlayPacket {
     Metadata(Arc<StreamMetadata>),
-    Video { timestamp: u32, data: Bytes, keyframe: bool },
-    Audio { timestamp: u32, data: Bytes },
+    Video {
+        timestamp: u32,
+        data: Bytes,
+        keyframe: bool,
+    },
+    Audio {
+        timestamp: u32,
+        data: Bytes,
+    },
     /// The publisher stopped.
     End,
 }
@@ -80,7 +87,10 @@ impl LiveStream {
 
 enum Slot {
     Live(Arc<LiveStream>),
-    Idle { history: StreamHistory, since: Instant },
+    Idle {
+        history: StreamHistory,
+        since: Instant,
+    },
 }
 
 /// Refused: the key already has a publisher.
@@ -99,7 +109,10 @@ impl LiveStreams {
     }
 
     /// Makes `key` live; returns the history a previous publication left.
-    pub fn claim(&self, key: &StreamKey) -> Result<(Arc<LiveStream>, Option<StreamHistory>), AlreadyLive> {
+    pub fn claim(
+        &self,
+        key: &StreamKey,
+    ) -> Result<(Arc<LiveStream>, Option<StreamHistory>), AlreadyLive> {
         let mut slots = self.lock();
         let live = Arc::new(LiveStream::new(key.clone()));
         match slots.insert(key.clone(), Slot::Live(live.clone())) {
@@ -158,7 +171,12 @@ impl LiveStreams {
     /// Forgets idle streams older than `ttl`, calling `remove_files` for each
     /// while the table is locked, so a new publisher on the same key cannot
     /// start writing before the old files are gone.
-    pub fn expire(&self, now: Instant, ttl: Duration, mut remove_files: impl FnMut(&StreamKey, &StreamHistory)) {
+    pub fn expire(
+        &self,
+        now: Instant,
+        ttl: Duration,
+        mut remove_files: impl FnMut(&StreamKey, &StreamHistory),
+    ) {
         let mut slots = self.lock();
         slots.retain(|key, slot| match slot {
             Slot::Idle { history, since } if now.duration_since(*since) >= ttl => {
@@ -205,11 +223,15 @@ mod tests {
         streams.insert_idle(a.clone(), history());
         let _live_b = streams.claim(&b).unwrap();
         let mut removed = Vec::new();
-        streams.expire(Instant::now(), Duration::from_secs(3600), |k, _| removed.push(k.clone()));
-        assert!(removed.is_empty());
-        streams.expire(Instant::now() + Duration::from_secs(3601), Duration::from_secs(3600), |k, _| {
+        streams.expire(Instant::now(), Duration::from_secs(3600), |k, _| {
             removed.push(k.clone())
         });
+        assert!(removed.is_empty());
+        streams.expire(
+            Instant::now() + Duration::from_secs(3601),
+            Duration::from_secs(3600),
+            |k, _| removed.push(k.clone()),
+        );
         assert_eq!(removed, vec![a]);
         assert!(streams.live(&b).is_some());
     }

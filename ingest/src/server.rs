@@ -19,7 +19,10 @@ pub enum ServerError {
     #[error("invalid configuration: {0}")]
     Config(#[from] oxcast_crds::InvalidSetting),
     #[error("cannot use HLS root {path}: {source}")]
-    HlsRoot { path: PathBuf, source: std::io::Error },
+    HlsRoot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
         what: &'static str,
@@ -48,7 +51,10 @@ fn announce(what: &str, addr: SocketAddr) {
     let _ = out.flush();
 }
 
-pub async fn run(options: ServerOptions, shutdown: watch::Receiver<bool>) -> Result<(), ServerError> {
+pub async fn run(
+    options: ServerOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
     options.config.validate()?;
     let config = Arc::new(options.config);
     let hls = Arc::new(config.hls.clone());
@@ -92,14 +98,22 @@ pub async fn run(options: ServerOptions, shutdown: watch::Receiver<bool>) -> Res
         tracing::info!(addr = %local, app = %config.rtmp.app, "rtmp listening");
         announce("rtmp", local);
         tasks.spawn(rtmp::serve(listener, ctx, shutdown.clone()));
-        tasks.spawn(janitor(streams.clone(), cleanup.clone(), layout.clone(), hls.clone(), shutdown.clone()));
+        tasks.spawn(janitor(
+            streams.clone(),
+            cleanup.clone(),
+            layout.clone(),
+            hls.clone(),
+            shutdown.clone(),
+        ));
     }
     if let Some(addr) = options.http_listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
-            what: "http",
-            addr,
-            source,
-        })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "http",
+                addr,
+                source,
+            })?;
         let local = listener.local_addr().map_err(|source| ServerError::Bind {
             what: "http",
             addr,

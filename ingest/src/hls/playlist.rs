@@ -83,7 +83,9 @@ impl PlaylistWindow {
         if self.playlist_type == PlaylistType::Live {
             let mut total = self.total_duration();
             while self.entries.len() > 1 && total > max_duration {
-                let Some(old) = self.entries.pop_front() else { break };
+                let Some(old) = self.entries.pop_front() else {
+                    break;
+                };
                 total -= old.duration;
                 self.media_sequence += 1;
                 if old.discontinuity {
@@ -102,7 +104,11 @@ impl PlaylistWindow {
         let _ = writeln!(s, "#EXT-X-TARGETDURATION:{}", self.target_duration);
         let _ = writeln!(s, "#EXT-X-MEDIA-SEQUENCE:{}", self.media_sequence);
         if self.discontinuity_sequence > 0 {
-            let _ = writeln!(s, "#EXT-X-DISCONTINUITY-SEQUENCE:{}", self.discontinuity_sequence);
+            let _ = writeln!(
+                s,
+                "#EXT-X-DISCONTINUITY-SEQUENCE:{}",
+                self.discontinuity_sequence
+            );
         }
         if self.playlist_type == PlaylistType::Event {
             s.push_str("#EXT-X-PLAYLIST-TYPE:EVENT\n");
@@ -177,7 +183,9 @@ impl PlaylistWindow {
             } else {
                 let uri = line.strip_prefix(base_url).unwrap_or(line);
                 let file_name = uri.rsplit('/').next().unwrap_or(uri).to_string();
-                let stem = file_name.strip_suffix(".ts").ok_or_else(|| err("segment is not .ts"))?;
+                let stem = file_name
+                    .strip_suffix(".ts")
+                    .ok_or_else(|| err("segment is not .ts"))?;
                 let digits_at = stem
                     .rfind(|c: char| !c.is_ascii_digit())
                     .map_or(0, |i| i + 1);
@@ -315,7 +323,10 @@ mod tests {
     fn parse_rejects_garbage() {
         assert!(PlaylistWindow::parse("", "").is_err());
         assert!(PlaylistWindow::parse("hello\n", "").is_err());
-        assert!(PlaylistWindow::parse("#EXTM3U\nfoo.ts\n", "").is_err(), "URI without EXTINF");
+        assert!(
+            PlaylistWindow::parse("#EXTM3U\nfoo.ts\n", "").is_err(),
+            "URI without EXTINF"
+        );
         assert!(PlaylistWindow::parse("#EXTM3U\n#EXTINF:abc,\n1.ts\n", "").is_err());
         assert!(PlaylistWindow::parse("#EXTM3U\n#EXTINF:1,\n1.mp4\n", "").is_err());
     }
@@ -325,6 +336,9 @@ mod tests {
         for ms in [0i64, 1_700_000_000_123, 1_795_000_000_999] {
             assert_eq!(parse_datetime(&format_datetime(ms)), Some(ms));
         }
-        assert_eq!(format_datetime(1_795_000_000_999), "2026-11-18T11:06:40.999+00:00");
+        assert_eq!(
+            format_datetime(1_795_000_000_999),
+            "2026-11-18T11:06:40.999+00:00"
+        );
     }
 }

@@ -100,12 +100,20 @@ impl Segmenter {
         }
     }
 
-    pub fn push(&mut self, frame: &MediaFrame, events: &mut Vec<SegmentEvent>) -> Result<(), MuxError> {
+    pub fn push(
+        &mut self,
+        frame: &MediaFrame,
+        events: &mut Vec<SegmentEvent>,
+    ) -> Result<(), MuxError> {
         if frame.kind == TrackKind::Video {
             self.video_seen = true;
         }
         let clock = self.clock_track();
-        let ts = if frame.kind == TrackKind::Video { frame.dts } else { frame.pts };
+        let ts = if frame.kind == TrackKind::Video {
+            frame.dts
+        } else {
+            frame.pts
+        };
 
         if let Some(open) = &self.open {
             if frame.kind == clock {
@@ -131,7 +139,9 @@ impl Segmenter {
                 let mut forced = false;
                 let cut = if open.clock != clock {
                     frame.keyframe
-                } else if frame.keyframe && (elapsed >= self.config.fragment || self.pending_discontinuity) {
+                } else if frame.keyframe
+                    && (elapsed >= self.config.fragment || self.pending_discontinuity)
+                {
                     true
                 } else if elapsed >= self.config.max_fragment {
                     forced = true;
@@ -152,8 +162,13 @@ impl Segmenter {
         match frame.kind {
             TrackKind::Video => {
                 self.flush_audio(pcr_on_audio)?;
-                self.muxer
-                    .write_video(frame.dts, frame.pts, frame.keyframe, &frame.data, &mut self.out)?;
+                self.muxer.write_video(
+                    frame.dts,
+                    frame.pts,
+                    frame.keyframe,
+                    &frame.data,
+                    &mut self.out,
+                )?;
             }
             TrackKind::Audio => {
                 if !self.audio.is_empty() && frame.pts - self.audio_pts >= AUDIO_PES_SPAN {
@@ -189,7 +204,8 @@ impl Segmenter {
 
     fn flush_audio(&mut self, pcr: bool) -> Result<(), MuxError> {
         if !self.audio.is_empty() {
-            self.muxer.write_audio(self.audio_pts, pcr, &self.audio, &mut self.out)?;
+            self.muxer
+                .write_audio(self.audio_pts, pcr, &self.audio, &mut self.out)?;
             self.audio.clear();
         }
         Ok(())
@@ -208,7 +224,11 @@ impl Segmenter {
         });
         let tracks = self.tracks(clock);
         self.muxer.write_tables(tracks, &mut self.out)?;
-        let default_delta = if clock == TrackKind::Video { 3_000 } else { 1_920 };
+        let default_delta = if clock == TrackKind::Video {
+            3_000
+        } else {
+            1_920
+        };
         self.open = Some(OpenSegment {
             start,
             clock,
@@ -221,7 +241,11 @@ impl Segmenter {
     /// Ends the open segment. With `next_start` the duration runs up to the
     /// next segment's first frame; without it (end of stream, clock jump) up
     /// to the last frame plus one frame interval.
-    fn end(&mut self, next_start: Option<i64>, events: &mut Vec<SegmentEvent>) -> Result<(), MuxError> {
+    fn end(
+        &mut self,
+        next_start: Option<i64>,
+        events: &mut Vec<SegmentEvent>,
+    ) -> Result<(), MuxError> {
         let Some(open) = self.open.take() else {
             self.audio.clear();
             return Ok(());
@@ -280,7 +304,10 @@ mod tests {
         let mut current = None;
         for e in events {
             match e {
-                SegmentEvent::Begin { start, discontinuity } => current = Some((*start, *discontinuity)),
+                SegmentEvent::Begin {
+                    start,
+                    discontinuity,
+                } => current = Some((*start, *discontinuity)),
                 SegmentEvent::End { duration } => {
                     let (s, d) = current.take().expect("End without Begin");
                     out.push((s, d, *duration));
@@ -308,20 +335,34 @@ mod tests {
         let segs = segments(&ev);
         assert_eq!(
             segs,
-            vec![(0, false, 2 * SEC), (2 * SEC, false, 2 * SEC), (4 * SEC, false, 2 * SEC), (6 * SEC, false, SEC)]
+            vec![
+                (0, false, 2 * SEC),
+                (2 * SEC, false, 2 * SEC),
+                (4 * SEC, false, 2 * SEC),
+                (6 * SEC, false, SEC)
+            ]
         );
     }
 
     #[test]
     fn drops_until_first_keyframe() {
         let mut s = segmenter(1, 2);
-        s.expect_tracks(Tracks { video: true, audio: true });
+        s.expect_tracks(Tracks {
+            video: true,
+            audio: true,
+        });
         let mut ev = Vec::new();
         s.push(&audio(0), &mut ev).unwrap();
         s.push(&video(0, false), &mut ev).unwrap();
         assert!(ev.is_empty());
         s.push(&video(3_000, true), &mut ev).unwrap();
-        assert_eq!(ev, vec![SegmentEvent::Begin { start: 3_000, discontinuity: false }]);
+        assert_eq!(
+            ev,
+            vec![SegmentEvent::Begin {
+                start: 3_000,
+                discontinuity: false
+            }]
+        );
     }
 
     #[test]
@@ -349,7 +390,9 @@ mod tests {
         s.finish(&mut ev).unwrap();
         let segs = segments(&ev);
         assert!(segs.len() >= 2);
-        assert!(segs[..segs.len() - 1].iter().all(|(_, _, d)| *d >= SEC && *d < SEC + 1_920));
+        assert!(segs[..segs.len() - 1]
+            .iter()
+            .all(|(_, _, d)| *d >= SEC && *d < SEC + 1_920));
         let total: i64 = segs.iter().map(|s| s.2).sum();
         assert_eq!(total, 100 * 1_920);
     }
@@ -372,7 +415,8 @@ mod tests {
         let mut s = segmenter(1, 2);
         let mut ev = Vec::new();
         for i in 0..20 {
-            s.push(&video(100 * SEC + i * 3_000, i == 0), &mut ev).unwrap();
+            s.push(&video(100 * SEC + i * 3_000, i == 0), &mut ev)
+                .unwrap();
         }
         for i in 0..20 {
             s.push(&video(i * 3_000, i == 0), &mut ev).unwrap();

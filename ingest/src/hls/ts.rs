@@ -7,8 +7,9 @@ use mpeg2ts::pes::PesHeader;
 use mpeg2ts::time::{ClockReference, Timestamp};
 use mpeg2ts::ts::payload::{Bytes as TsBytes, Pat, Pes, Pmt};
 use mpeg2ts::ts::{
-    AdaptationField, ContinuityCounter, EsInfo, Pid, ProgramAssociation, TransportScramblingControl,
-    TsHeader, TsPacket, TsPacketWriter, TsPayload, VersionNumber, WriteTsPacket,
+    AdaptationField, ContinuityCounter, EsInfo, Pid, ProgramAssociation,
+    TransportScramblingControl, TsHeader, TsPacket, TsPacketWriter, TsPayload, VersionNumber,
+    WriteTsPacket,
 };
 
 /// TS muxing failed; only a bug can cause this since output goes to memory.
@@ -101,7 +102,11 @@ impl TsMuxer {
                 descriptors: vec![],
             });
         }
-        let pcr_pid = if tracks.video || !tracks.audio { VIDEO_PID } else { AUDIO_PID };
+        let pcr_pid = if tracks.video || !tracks.audio {
+            VIDEO_PID
+        } else {
+            AUDIO_PID
+        };
         let pmt = TsPacket {
             header: header(pid(PMT_PID)?, &mut self.cc_pmt),
             adaptation_field: None,
@@ -143,7 +148,16 @@ impl TsMuxer {
     ) -> Result<(), MuxError> {
         let id = StreamId::new_audio(StreamId::AUDIO_MIN)?;
         let mut cc = self.cc_audio;
-        let r = write_pes(AUDIO_PID, &mut cc, id, pts, pts, pcr.then_some(true), data, out);
+        let r = write_pes(
+            AUDIO_PID,
+            &mut cc,
+            id,
+            pts,
+            pts,
+            pcr.then_some(true),
+            data,
+            out,
+        );
         self.cc_audio = cc;
         r
     }
@@ -171,7 +185,11 @@ fn write_pes(
         copyright: false,
         original_or_copy: false,
         pts: Some(timestamp(pts)?),
-        dts: if with_dts { Some(timestamp(dts)?) } else { None },
+        dts: if with_dts {
+            Some(timestamp(dts)?)
+        } else {
+            None
+        },
         escr: None,
     };
     let optional_len = 3 + 5 + if with_dts { 5 } else { 0 };
@@ -233,7 +251,14 @@ mod tests {
     fn round_trips_through_a_ts_reader() {
         let mut m = TsMuxer::default();
         let mut out = Vec::new();
-        m.write_tables(Tracks { video: true, audio: true }, &mut out).unwrap();
+        m.write_tables(
+            Tracks {
+                video: true,
+                audio: true,
+            },
+            &mut out,
+        )
+        .unwrap();
         let video: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
         m.write_video(9000, 12000, true, &video, &mut out).unwrap();
         let audio = vec![0x55u8; 700];
@@ -275,7 +300,14 @@ mod tests {
         let mut m = TsMuxer::default();
         let mut out = Vec::new();
         let t = (1i64 << 33) + 500;
-        m.write_tables(Tracks { video: true, audio: false }, &mut out).unwrap();
+        m.write_tables(
+            Tracks {
+                video: true,
+                audio: false,
+            },
+            &mut out,
+        )
+        .unwrap();
         m.write_video(t, t, true, &[1, 2, 3], &mut out).unwrap();
         let mut reader = PesPacketReader::new(TsPacketReader::new(&out[..]));
         let v = reader.read_pes_packet().unwrap().unwrap();

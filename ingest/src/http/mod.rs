@@ -23,7 +23,9 @@ const MAX_SEGMENT_LEN: usize = 255;
 const ONE_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub fn router(root: PathBuf, path_prefix: &str) -> Router {
-    let state = HttpState { root: Arc::new(root) };
+    let state = HttpState {
+        root: Arc::new(root),
+    };
     let prefix = path_prefix.trim_end_matches('/');
     Router::new()
         .route(&format!("{prefix}/{{*path}}"), get(serve_file))
@@ -66,12 +68,18 @@ fn resolve(root: &Path, url_path: &str) -> Option<(PathBuf, Kind)> {
     Some((path, kind))
 }
 
-async fn serve_file(State(state): State<HttpState>, UrlPath(url_path): UrlPath<String>) -> Response {
+async fn serve_file(
+    State(state): State<HttpState>,
+    UrlPath(url_path): UrlPath<String>,
+) -> Response {
     let Some((path, kind)) = resolve(&state.root, &url_path) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     // A symlink inside the root must not lead out of it.
-    let inside = match (tokio::fs::canonicalize(&path).await, tokio::fs::canonicalize(&*state.root).await) {
+    let inside = match (
+        tokio::fs::canonicalize(&path).await,
+        tokio::fs::canonicalize(&*state.root).await,
+    ) {
         (Ok(real), Ok(root)) => real.starts_with(root),
         _ => false,
     };
@@ -80,7 +88,9 @@ async fn serve_file(State(state): State<HttpState>, UrlPath(url_path): UrlPath<S
     }
     let body = match tokio::fs::read(&path).await {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return StatusCode::NOT_FOUND.into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return StatusCode::NOT_FOUND.into_response()
+        }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot read file to serve");
             return StatusCode::NOT_FOUND.into_response();
@@ -100,11 +110,17 @@ async fn serve_file(State(state): State<HttpState>, UrlPath(url_path): UrlPath<S
         ),
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
     if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(expires)) {
         headers.insert(header::EXPIRES, v);
     }
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     (headers, body).into_response()
 }
 
@@ -120,7 +136,18 @@ mod tests {
             Some(PathBuf::from("/srv/live/cam/index.m3u8"))
         );
         assert!(resolve(root, "cam/123.ts").is_some_and(|(_, k)| k == Kind::Segment));
-        for bad in ["../etc/passwd.ts", "cam/../../x.ts", "cam//1.ts", "cam/1.ts/", "/abs.ts", "cam\\1.ts", "cam/%2e%2e/1.ts", "cam/1.mp4", "cam/", "cam/1.ts\0"] {
+        for bad in [
+            "../etc/passwd.ts",
+            "cam/../../x.ts",
+            "cam//1.ts",
+            "cam/1.ts/",
+            "/abs.ts",
+            "cam\\1.ts",
+            "cam/%2e%2e/1.ts",
+            "cam/1.mp4",
+            "cam/",
+            "cam/1.ts\0",
+        ] {
             assert!(resolve(root, bad).is_none(), "{bad:?} resolved");
         }
     }

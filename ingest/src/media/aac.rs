@@ -154,7 +154,10 @@ mod tests {
     #[test]
     fn lc_mono_44k1() {
         let c = AacConfig::parse(&[0x12, 0x08]).unwrap();
-        assert_eq!((c.object_type, c.core_sample_rate(), c.channel_config), (2, 44100, 1));
+        assert_eq!(
+            (c.object_type, c.core_sample_rate(), c.channel_config),
+            (2, 44100, 1)
+        );
     }
 
     #[test]

@@ -179,7 +179,10 @@ pub(crate) mod tests {
     fn rejects_truncated_records() {
         let r = sample_record();
         for len in 0..r.len() {
-            assert!(AvcConfig::parse(&r[..len]).is_err(), "prefix of {len} parsed");
+            assert!(
+                AvcConfig::parse(&r[..len]).is_err(),
+                "prefix of {len} parsed"
+            );
         }
     }
 

@@ -94,7 +94,11 @@ impl Remuxer {
 
     /// Remuxes an FLV video tag body. `Ok(None)` for tags that carry no
     /// frame (sequence headers, end of sequence, info frames).
-    pub fn push_video(&mut self, timestamp_ms: u32, tag: &[u8]) -> Result<Option<MediaFrame>, MediaError> {
+    pub fn push_video(
+        &mut self,
+        timestamp_ms: u32,
+        tag: &[u8],
+    ) -> Result<Option<MediaFrame>, MediaError> {
         let ts = self.clock.extend(timestamp_ms) * TICKS_PER_MS;
         let (&head, body) = tag.split_first().ok_or(MediaError::TruncatedTag)?;
         if head & 0x80 != 0 {
@@ -146,7 +150,11 @@ impl Remuxer {
     }
 
     /// Remuxes an FLV audio tag body. `Ok(None)` for sequence headers.
-    pub fn push_audio(&mut self, timestamp_ms: u32, tag: &[u8]) -> Result<Option<MediaFrame>, MediaError> {
+    pub fn push_audio(
+        &mut self,
+        timestamp_ms: u32,
+        tag: &[u8],
+    ) -> Result<Option<MediaFrame>, MediaError> {
         let ts = self.clock.extend(timestamp_ms) * TICKS_PER_MS;
         let (&head, body) = tag.split_first().ok_or(MediaError::TruncatedTag)?;
         let format = head >> 4;
@@ -200,7 +208,9 @@ mod tests {
         assert!(f.keyframe);
         assert_eq!(f.dts, 90_000);
         assert_eq!(f.pts, 90_000 + 66 * 90);
-        assert!(f.data.starts_with(&[0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67]));
+        assert!(f
+            .data
+            .starts_with(&[0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67]));
         // Negative composition offset (-33 ms), inter frame.
         let tag = [0x27, 1, 0xff, 0xff, 0xdf, 0, 0, 0, 2, 0x41, 0x9a];
         let f = r.push_video(1033, &tag).unwrap().unwrap();
@@ -212,8 +222,14 @@ mod tests {
     fn frame_before_sequence_header_is_an_error() {
         let mut r = Remuxer::new();
         let tag = [0x17, 1, 0, 0, 0, 0, 0, 0, 1, 0x65];
-        assert_eq!(r.push_video(0, &tag), Err(MediaError::MissingSequenceHeader));
-        assert_eq!(r.push_audio(0, &[0xaf, 1, 1, 2]), Err(MediaError::MissingSequenceHeader));
+        assert_eq!(
+            r.push_video(0, &tag),
+            Err(MediaError::MissingSequenceHeader)
+        );
+        assert_eq!(
+            r.push_audio(0, &[0xaf, 1, 1, 2]),
+            Err(MediaError::MissingSequenceHeader)
+        );
     }
 
     #[test]
@@ -244,12 +260,25 @@ mod tests {
     #[test]
     fn rejects_other_codecs_and_garbage() {
         let mut r = Remuxer::new();
-        assert!(matches!(r.push_video(0, &[0x12, 0]), Err(MediaError::UnsupportedVideo(_))));
-        assert!(matches!(r.push_video(0, &[0x90, 0, 0, 0, 0]), Err(MediaError::UnsupportedVideo(_))));
-        assert!(matches!(r.push_audio(0, &[0x2f, 1]), Err(MediaError::UnsupportedAudio(_))));
+        assert!(matches!(
+            r.push_video(0, &[0x12, 0]),
+            Err(MediaError::UnsupportedVideo(_))
+        ));
+        assert!(matches!(
+            r.push_video(0, &[0x90, 0, 0, 0, 0]),
+            Err(MediaError::UnsupportedVideo(_))
+        ));
+        assert!(matches!(
+            r.push_audio(0, &[0x2f, 1]),
+            Err(MediaError::UnsupportedAudio(_))
+        ));
         assert_eq!(r.push_video(0, &[]), Err(MediaError::TruncatedTag));
         assert_eq!(r.push_video(0, &[0x17, 1]), Err(MediaError::TruncatedTag));
         assert_eq!(r.push_audio(0, &[0xaf]), Err(MediaError::TruncatedTag));
-        assert_eq!(r.push_video(0, &[0x57, 0]), Ok(None), "info frames are skipped");
+        assert_eq!(
+            r.push_video(0, &[0x57, 0]),
+            Ok(None),
+            "info frames are skipped"
+        );
     }
 }

@@ -59,24 +59,58 @@ struct Connection {
     out: Vec<u8>,
     /// Close once pending output is written (after a rejection).
     closing: bool,
+    /// A publish was just accepted: switch the socket to coalesced reads.
+    coalesce_reads: bool,
 }
 
-pub async fn run(mut socket: TcpStream, peer: SocketAddr, ctx: Arc<RtmpContext>, shutdown: watch::Receiver<bool>) {
+/// Once a publisher streams, wake up only when this much media is buffered
+/// (or the peer closes): a 3 Mbit/s stream then costs ~12 reads per second
+/// instead of one per frame, which is most of the CPU an idle-ish ingest
+/// server spends. Commands before the publish are answered byte by byte.
+const PUBLISH_READ_LOW_WATER: libc::c_int = 32 * 1024;
+
+fn set_read_low_water(socket: &TcpStream, bytes: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor belongs to `socket`, which outlives the call;
+    // SO_RCVLOWAT takes a c_int, passed by pointer with its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+pub async fn run(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<RtmpContext>,
+    shutdown: watch::Receiver<bool>,
+) {
     let _ = socket.set_nodelay(true);
     tracing::debug!(%peer, "rtmp connection accepted");
     let mut buf = vec![0u8; 64 * 1024];
-    let remaining = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut socket, &mut buf)).await {
-        Ok(Ok(rest)) => rest,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "rtmp connection closed during handshake");
-            return;
-        }
-        Err(_) => {
-            let e = ConnectionError::HandshakeTimeout(HANDSHAKE_TIMEOUT);
-            tracing::info!(%peer, error = %e, "rtmp connection closed during handshake");
-            return;
-        }
-    };
+    let remaining =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut socket, &mut buf)).await {
+            Ok(Ok(rest)) => rest,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "rtmp connection closed during handshake");
+                return;
+            }
+            Err(_) => {
+                let e = ConnectionError::HandshakeTimeout(HANDSHAKE_TIMEOUT);
+                tracing::info!(%peer, error = %e, "rtmp connection closed during handshake");
+                return;
+            }
+        };
     let session = match catch_unwind(|| ServerSession::new(ServerSessionConfig::new())) {
         Ok(Ok((session, initial))) => {
             let mut conn = Connection {
@@ -86,6 +120,7 @@ pub async fn run(mut socket: TcpStream, peer: SocketAddr, ctx: Arc<RtmpContext>,
                 role: Role::Idle,
                 out: Vec::new(),
                 closing: false,
+                coalesce_reads: false,
             };
             if let Err(e) = conn.handle_results(initial) {
                 tracing::info!(%peer, error = %e, "rtmp session setup failed");
@@ -99,7 +134,9 @@ pub async fn run(mut socket: TcpStream, peer: SocketAddr, ctx: Arc<RtmpContext>,
         }
     };
     let mut conn = session;
-    let result = conn.serve(&mut socket, &mut buf, &remaining, shutdown).await;
+    let result = conn
+        .serve(&mut socket, &mut buf, &remaining, shutdown)
+        .await;
     conn.close();
     match result {
         Ok(()) => tracing::debug!(%peer, "rtmp connection closed"),
@@ -112,7 +149,9 @@ async fn handshake(socket: &mut TcpStream, buf: &mut [u8]) -> Result<Vec<u8>, Co
     loop {
         let n = socket.read(buf).await?;
         if n == 0 {
-            return Err(ConnectionError::Handshake("peer closed the connection".into()));
+            return Err(ConnectionError::Handshake(
+                "peer closed the connection".into(),
+            ));
         }
         let step = catch_unwind(AssertUnwindSafe(|| hs.process_bytes(&buf[..n])))
             .map_err(|_| ConnectionError::Panicked)?
@@ -165,6 +204,11 @@ impl Connection {
                 _ = shutdown.changed() => return Ok(()),
             }
             self.flush(socket).await?;
+            if std::mem::take(&mut self.coalesce_reads) {
+                if let Err(e) = set_read_low_water(socket, PUBLISH_READ_LOW_WATER) {
+                    tracing::debug!(peer = %self.peer, error = %e, "cannot coalesce reads");
+                }
+            }
         }
         Ok(())
     }
@@ -187,7 +231,9 @@ impl Connection {
     fn handle_results(&mut self, results: Vec<ServerSessionResult>) -> Result<(), ConnectionError> {
         for result in results {
             match result {
-                ServerSessionResult::OutboundResponse(packet) => self.out.extend_from_slice(&packet.bytes),
+                ServerSessionResult::OutboundResponse(packet) => {
+                    self.out.extend_from_slice(&packet.bytes)
+                }
                 ServerSessionResult::RaisedEvent(event) => self.on_event(event)?,
                 ServerSessionResult::UnhandleableMessageReceived(_) => {}
             }
@@ -205,7 +251,12 @@ impl Connection {
             .map_err(|e| ConnectionError::Session(e.to_string()))
     }
 
-    fn reject(&mut self, request_id: u32, code: &str, description: &str) -> Result<(), ConnectionError> {
+    fn reject(
+        &mut self,
+        request_id: u32,
+        code: &str,
+        description: &str,
+    ) -> Result<(), ConnectionError> {
         let results = self.session_call(|s| s.reject_request(request_id, code, description))?;
         self.closing = true;
         self.handle_results(results)
@@ -219,16 +270,25 @@ impl Connection {
     fn on_event(&mut self, event: ServerSessionEvent) -> Result<(), ConnectionError> {
         let peer = self.peer;
         match event {
-            ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
+            ServerSessionEvent::ConnectionRequested {
+                request_id,
+                app_name,
+            } => {
                 if app_name.trim_end_matches('/') == self.ctx.config.rtmp.app {
                     self.accept(request_id)
                 } else {
                     tracing::warn!(%peer, app = %app_name, "connect rejected: unknown application");
-                    self.reject(request_id, "NetConnection.Connect.Rejected", "unknown application")
+                    self.reject(
+                        request_id,
+                        "NetConnection.Connect.Rejected",
+                        "unknown application",
+                    )
                 }
             }
             ServerSessionEvent::PublishStreamRequested {
-                request_id, stream_key, ..
+                request_id,
+                stream_key,
+                ..
             } => self.on_publish(request_id, &stream_key),
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 self.close();
@@ -240,13 +300,17 @@ impl Connection {
                 }
                 Ok(())
             }
-            ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => {
+            ServerSessionEvent::VideoDataReceived {
+                data, timestamp, ..
+            } => {
                 if let Role::Publishing(p) = &mut self.role {
                     p.video(timestamp.value, data);
                 }
                 Ok(())
             }
-            ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => {
+            ServerSessionEvent::AudioDataReceived {
+                data, timestamp, ..
+            } => {
                 if let Role::Publishing(p) = &mut self.role {
                     p.audio(timestamp.value, data);
                 }
@@ -270,7 +334,11 @@ impl Connection {
         let peer = self.peer;
         if !matches!(self.role, Role::Idle) {
             tracing::warn!(%peer, "publish rejected: connection is already publishing or playing");
-            return self.reject(request_id, "NetStream.Publish.BadName", "connection already in use");
+            return self.reject(
+                request_id,
+                "NetStream.Publish.BadName",
+                "connection already in use",
+            );
         }
         // Query arguments (`key?token=…`) are for authentication, not the name.
         let name = requested.split('?').next().unwrap_or_default();
@@ -278,14 +346,22 @@ impl Connection {
             Ok(k) => k,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "publish rejected");
-                return self.reject(request_id, "NetStream.Publish.BadName", "invalid stream name");
+                return self.reject(
+                    request_id,
+                    "NetStream.Publish.BadName",
+                    "invalid stream name",
+                );
             }
         };
         let (live, previous) = match self.ctx.streams.claim(&key) {
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(%peer, stream = %key, error = %e, "publish rejected");
-                return self.reject(request_id, "NetStream.Publish.BadName", "stream is already being published");
+                return self.reject(
+                    request_id,
+                    "NetStream.Publish.BadName",
+                    "stream is already being published",
+                );
             }
         };
         let hls = self.ctx.hls.clone();
@@ -293,26 +369,53 @@ impl Connection {
             fragment: hls.fragment.as_90khz() as i64,
             max_fragment: hls.effective_max_fragment().as_90khz() as i64,
         };
-        let output = HlsOutput::start(key.clone(), self.ctx.layout.clone(), hls, self.ctx.cleanup.clone(), previous);
-        self.role = Role::Publishing(Box::new(Publication::new(live, self.ctx.streams.clone(), output, config)));
+        let output = HlsOutput::start(
+            key.clone(),
+            self.ctx.layout.clone(),
+            hls,
+            self.ctx.cleanup.clone(),
+            previous,
+        );
+        self.role = Role::Publishing(Box::new(Publication::new(
+            live,
+            self.ctx.streams.clone(),
+            output,
+            config,
+        )));
         tracing::info!(%peer, stream = %key, "publish started");
+        self.coalesce_reads = true;
         self.accept(request_id)
     }
 
-    fn on_play(&mut self, request_id: u32, stream_id: u32, requested: &str) -> Result<(), ConnectionError> {
+    fn on_play(
+        &mut self,
+        request_id: u32,
+        stream_id: u32,
+        requested: &str,
+    ) -> Result<(), ConnectionError> {
         let peer = self.peer;
         if !self.ctx.config.rtmp.allow_play {
             tracing::warn!(%peer, stream = %requested, "play rejected: RTMP play is denied (allowPlay is off)");
             return self.reject(request_id, "NetStream.Play.Failed", "play is denied");
         }
         if !matches!(self.role, Role::Idle) {
-            return self.reject(request_id, "NetStream.Play.Failed", "connection already in use");
+            return self.reject(
+                request_id,
+                "NetStream.Play.Failed",
+                "connection already in use",
+            );
         }
         let name = requested.split('?').next().unwrap_or_default();
-        let live = StreamKey::parse(name).ok().and_then(|k| self.ctx.streams.live(&k));
+        let live = StreamKey::parse(name)
+            .ok()
+            .and_then(|k| self.ctx.streams.live(&k));
         let Some(live) = live else {
             tracing::info!(%peer, stream = %requested, "play rejected: no such live stream");
-            return self.reject(request_id, "NetStream.Play.StreamNotFound", "no such live stream");
+            return self.reject(
+                request_id,
+                "NetStream.Play.StreamNotFound",
+                "no such live stream",
+            );
         };
         self.accept(request_id)?;
         let (headers, packets) = live.subscribe();
@@ -340,14 +443,23 @@ impl Connection {
         Ok(())
     }
 
-    fn send_metadata(&mut self, stream_id: u32, metadata: &StreamMetadata) -> Result<(), ConnectionError> {
+    fn send_metadata(
+        &mut self,
+        stream_id: u32,
+        metadata: &StreamMetadata,
+    ) -> Result<(), ConnectionError> {
         let packet = self.session_call(|s| s.send_metadata(stream_id, metadata))?;
         self.out.extend_from_slice(&packet.bytes);
         Ok(())
     }
 
-    fn play(&mut self, packet: Result<PlayPacket, broadcast::error::RecvError>) -> Result<(), ConnectionError> {
-        let Role::Playing(player) = &mut self.role else { return Ok(()) };
+    fn play(
+        &mut self,
+        packet: Result<PlayPacket, broadcast::error::RecvError>,
+    ) -> Result<(), ConnectionError> {
+        let Role::Playing(player) = &mut self.role else {
+            return Ok(());
+        };
         let stream_id = player.stream_id;
         let packet = match packet {
             Ok(p) => p,
@@ -367,18 +479,26 @@ impl Connection {
                 return Ok(());
             }
             PlayPacket::Metadata(m) => return self.send_metadata(stream_id, &m),
-            PlayPacket::Video { timestamp, data, keyframe } => {
+            PlayPacket::Video {
+                timestamp,
+                data,
+                keyframe,
+            } => {
                 if player.waiting_for_keyframe && !keyframe {
                     return Ok(());
                 }
                 player.waiting_for_keyframe = false;
-                self.session_call(|s| s.send_video_data(stream_id, data, RtmpTimestamp::new(timestamp), !keyframe))?
+                self.session_call(|s| {
+                    s.send_video_data(stream_id, data, RtmpTimestamp::new(timestamp), !keyframe)
+                })?
             }
             PlayPacket::Audio { timestamp, data } => {
                 if player.waiting_for_keyframe {
                     return Ok(());
                 }
-                self.session_call(|s| s.send_audio_data(stream_id, data, RtmpTimestamp::new(timestamp), true))?
+                self.session_call(|s| {
+                    s.send_audio_data(stream_id, data, RtmpTimestamp::new(timestamp), true)
+                })?
             }
         };
         self.out.extend_from_slice(&bytes.bytes);

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oxcast_crds::IngestConfig;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::live::LiveStreams;
@@ -29,36 +31,141 @@ pub struct RtmpContext {
 /// How long a client may take to complete the RTMP handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections until `shutdown` flips to true, then waits for every
-/// connection to wind down (publishers finish their segment and playlist).
-pub async fn serve(listener: TcpListener, ctx: Arc<RtmpContext>, mut shutdown: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
+/// Accepts connections until `shutdown` flips to true, hands each one to a
+/// [`ConnectionWorkers`] thread, then waits for every connection to wind
+/// down (publishers finish their segment and playlist).
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<RtmpContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let workers = ConnectionWorkers::start(ctx, shutdown.clone());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    let ctx = ctx.clone();
-                    let shutdown = shutdown.clone();
-                    connections.spawn(connection::run(socket, peer, ctx, shutdown));
-                }
+                Ok((socket, peer)) => workers.dispatch(socket, peer),
                 Err(e) => {
                     tracing::warn!(error = %e, "rtmp accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(done) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(e) = done {
-                    tracing::error!(error = %e, "rtmp connection task failed");
-                }
-            }
             _ = shutdown.changed() => break,
         }
     }
-    while let Some(done) = connections.join_next().await {
-        if let Err(e) = done {
-            tracing::error!(error = %e, "rtmp connection task failed");
+    drop(listener);
+    let _ = tokio::task::spawn_blocking(move || workers.join()).await;
+}
+
+/// One thread per core, each running its own single-threaded runtime, like
+/// nginx's worker processes (but all of them, not one). A connection stays
+/// on the thread it was given, so a stream's packets never hop threads and
+/// idle threads sleep in epoll instead of being woken to steal work: for
+/// many small, steady RTMP streams this costs far less CPU than a
+/// work-stealing pool.
+pub struct ConnectionWorkers {
+    senders: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    next: AtomicUsize,
+}
+
+impl ConnectionWorkers {
+    pub fn start(ctx: Arc<RtmpContext>, shutdown: watch::Receiver<bool>) -> Self {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut senders = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let ctx = ctx.clone();
+            let shutdown = shutdown.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("rtmp-worker-{index}"))
+                .spawn(move || worker_thread(rx, ctx, shutdown));
+            match spawned {
+                Ok(handle) => {
+                    senders.push(tx);
+                    threads.push(handle);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start rtmp worker thread"),
+            }
+        }
+        Self {
+            senders,
+            threads,
+            next: AtomicUsize::new(0),
         }
     }
+
+    /// Gives the connection to the next worker, round robin.
+    pub fn dispatch(&self, socket: TcpStream, peer: SocketAddr) {
+        let socket = match socket.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand over rtmp connection");
+                return;
+            }
+        };
+        if self.senders.is_empty() {
+            tracing::error!(%peer, "no rtmp worker threads; dropping connection");
+            return;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
+        if self.senders[i].send((socket, peer)).is_err() {
+            tracing::error!(%peer, worker = i, "rtmp worker is gone; dropping connection");
+        }
+    }
+
+    /// Stops taking connections and waits for the workers to finish theirs.
+    pub fn join(self) {
+        drop(self.senders);
+        for t in self.threads {
+            if t.join().is_err() {
+                tracing::error!("rtmp worker thread panicked");
+            }
+        }
+    }
+}
+
+fn worker_thread(
+    mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    ctx: Arc<RtmpContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start rtmp worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                next = incoming.recv() => match next {
+                    Some((socket, peer)) => match TcpStream::from_std(socket) {
+                        Ok(socket) => {
+                            connections.spawn(connection::run(socket, peer, ctx.clone(), shutdown.clone()));
+                        }
+                        Err(e) => tracing::warn!(%peer, error = %e, "cannot adopt rtmp connection"),
+                    },
+                    None => break,
+                },
+                Some(done) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "rtmp connection task failed");
+                    }
+                }
+            }
+        }
+        while let Some(done) = connections.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "rtmp connection task failed");
+            }
+        }
+    });
 }
 
 /// Binds the RTMP listener.

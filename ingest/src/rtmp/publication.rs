@@ -22,7 +22,12 @@ pub struct Publication {
 }
 
 impl Publication {
-    pub fn new(live: Arc<LiveStream>, streams: Arc<LiveStreams>, output: HlsOutput, config: SegmenterConfig) -> Self {
+    pub fn new(
+        live: Arc<LiveStream>,
+        streams: Arc<LiveStreams>,
+        output: HlsOutput,
+        config: SegmenterConfig,
+    ) -> Self {
         Self {
             live,
             streams,
@@ -49,11 +54,18 @@ impl Publication {
         let is_header = data.len() > 1 && data[1] == 0 && data[0] & 0x0f == 7;
         if is_header {
             self.live.headers().video = Some((timestamp, data.clone()));
-            self.segmenter.expect_tracks(Tracks { video: true, audio: false });
+            self.segmenter.expect_tracks(Tracks {
+                video: true,
+                audio: false,
+            });
         }
         let result = self.remuxer.push_video(timestamp, &data);
         if !is_header {
-            self.live.send(PlayPacket::Video { timestamp, data, keyframe });
+            self.live.send(PlayPacket::Video {
+                timestamp,
+                data,
+                keyframe,
+            });
         }
         self.media(result);
     }
@@ -62,7 +74,10 @@ impl Publication {
         let is_header = data.len() > 1 && data[1] == 0 && data[0] >> 4 == 10;
         if is_header {
             self.live.headers().audio = Some((timestamp, data.clone()));
-            self.segmenter.expect_tracks(Tracks { video: false, audio: true });
+            self.segmenter.expect_tracks(Tracks {
+                video: false,
+                audio: true,
+            });
         }
         let result = self.remuxer.push_audio(timestamp, &data);
         if !is_header {

@@ -51,7 +51,9 @@ impl CleanupQueue {
             match std::fs::remove_file(&path) {
                 Ok(()) => tracing::debug!(path = %path.display(), "segment deleted"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "segment cleanup failed"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "segment cleanup failed")
+                }
             }
         }
     }
@@ -68,8 +70,14 @@ mod tests {
         q.schedule("a".into(), Duration::from_secs(10));
         let now = Instant::now();
         assert!(q.take_due(now).is_empty());
-        assert_eq!(q.take_due(now + Duration::from_secs(15)), vec![PathBuf::from("a")]);
-        assert_eq!(q.take_due(now + Duration::from_secs(60)), vec![PathBuf::from("b")]);
+        assert_eq!(
+            q.take_due(now + Duration::from_secs(15)),
+            vec![PathBuf::from("a")]
+        );
+        assert_eq!(
+            q.take_due(now + Duration::from_secs(60)),
+            vec![PathBuf::from("b")]
+        );
         assert!(q.is_empty());
     }
 }

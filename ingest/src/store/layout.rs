@@ -85,13 +85,20 @@ impl Layout {
 
     /// Segment files (complete or partial) of this stream found on disk.
     pub fn segment_files(&self, key: &StreamKey) -> std::io::Result<Vec<String>> {
-        let prefix = if self.nested { String::new() } else { format!("{key}-") };
+        let prefix = if self.nested {
+            String::new()
+        } else {
+            format!("{key}-")
+        };
         let mut names = Vec::new();
         for entry in std::fs::read_dir(self.stream_dir(key))? {
             let name = entry?.file_name();
             let Some(name) = name.to_str() else { continue };
             let stem = name.strip_suffix(PARTIAL_SUFFIX).unwrap_or(name);
-            let Some(id) = stem.strip_prefix(&prefix).and_then(|s| s.strip_suffix(".ts")) else {
+            let Some(id) = stem
+                .strip_prefix(&prefix)
+                .and_then(|s| s.strip_suffix(".ts"))
+            else {
                 continue;
             };
             if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
@@ -111,13 +118,22 @@ mod tests {
     fn nested_and_flat_paths() {
         let key = StreamKey::parse("cam1").unwrap();
         let nested = Layout::new("/srv/live", true);
-        assert_eq!(nested.playlist_path(&key), Path::new("/srv/live/cam1/index.m3u8"));
+        assert_eq!(
+            nested.playlist_path(&key),
+            Path::new("/srv/live/cam1/index.m3u8")
+        );
         assert_eq!(nested.segment_file_name(&key, 42), "42.ts");
-        assert_eq!(nested.segment_path(&key, "42.ts"), Path::new("/srv/live/cam1/42.ts"));
+        assert_eq!(
+            nested.segment_path(&key, "42.ts"),
+            Path::new("/srv/live/cam1/42.ts")
+        );
         let flat = Layout::new("/srv/live", false);
         assert_eq!(flat.playlist_path(&key), Path::new("/srv/live/cam1.m3u8"));
         assert_eq!(flat.segment_file_name(&key, 42), "cam1-42.ts");
-        assert_eq!(flat.segment_path(&key, "cam1-42.ts"), Path::new("/srv/live/cam1-42.ts"));
+        assert_eq!(
+            flat.segment_path(&key, "cam1-42.ts"),
+            Path::new("/srv/live/cam1-42.ts")
+        );
     }
 
     #[test]
@@ -126,11 +142,22 @@ mod tests {
         let flat = Layout::new(dir.path(), false);
         let a = StreamKey::parse("a").unwrap();
         let ab = StreamKey::parse("a-b").unwrap();
-        for f in ["a.m3u8", "a-1.ts", "a-2.ts.part", "a-b.m3u8", "a-b-7.ts", "junk.txt", "a-x.ts"] {
+        for f in [
+            "a.m3u8",
+            "a-1.ts",
+            "a-2.ts.part",
+            "a-b.m3u8",
+            "a-b-7.ts",
+            "junk.txt",
+            "a-x.ts",
+        ] {
             std::fs::write(dir.path().join(f), b"").unwrap();
         }
         assert_eq!(flat.discover().unwrap(), vec![a.clone(), ab.clone()]);
-        assert_eq!(flat.segment_files(&a).unwrap(), vec!["a-1.ts", "a-2.ts.part"]);
+        assert_eq!(
+            flat.segment_files(&a).unwrap(),
+            vec!["a-1.ts", "a-2.ts.part"]
+        );
         assert_eq!(flat.segment_files(&ab).unwrap(), vec!["a-b-7.ts"]);
 
         let nested = Layout::new(dir.path(), true);

@@ -80,7 +80,10 @@ impl HlsOutput {
             Some(h) => {
                 if settings.cleanup {
                     for e in &h.window.entries {
-                        cleanup.schedule(layout.segment_path(&key, &e.file_name), settings.playlist_length.get());
+                        cleanup.schedule(
+                            layout.segment_path(&key, &e.file_name),
+                            settings.playlist_length.get(),
+                        );
                     }
                 }
                 (
@@ -292,7 +295,10 @@ pub fn recover(
                     {
                         last_id = last_id.max(Some(id));
                     }
-                    cleanup.schedule(layout.segment_path(key, &name), settings.playlist_length.get());
+                    cleanup.schedule(
+                        layout.segment_path(key, &name),
+                        settings.playlist_length.get(),
+                    );
                 }
             }
         }
