@@ -11,6 +11,7 @@ pub mod hls;
 pub mod http;
 pub mod live;
 pub mod media;
+pub mod metrics;
 pub mod rtmp;
 pub mod server;
 pub mod store;

@@ -10,6 +10,7 @@ use oxcast_crds::IngestConfig;
 use tokio::sync::watch;
 
 use crate::live::LiveStreams;
+use crate::metrics::Metrics;
 use crate::rtmp::{self, RtmpContext};
 use crate::store::{output::recover, CleanupQueue, Layout};
 
@@ -69,6 +70,7 @@ pub async fn run(
     let layout = Layout::new(root.clone(), hls.nested);
     let streams = Arc::new(LiveStreams::default());
     let cleanup = Arc::new(CleanupQueue::default());
+    let metrics = Arc::new(Metrics::default());
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = options.rtmp_listen {
@@ -94,6 +96,7 @@ pub async fn run(
             layout: layout.clone(),
             streams: streams.clone(),
             cleanup: cleanup.clone(),
+            metrics: metrics.clone(),
         });
         tracing::info!(addr = %local, app = %config.rtmp.app, "rtmp listening");
         announce("rtmp", local);
@@ -119,7 +122,7 @@ pub async fn run(
             addr,
             source,
         })?;
-        let app = crate::http::router(root.clone(), &config.http.path_prefix);
+        let app = crate::http::router(root.clone(), &config.http.path_prefix, metrics.clone());
         tracing::info!(addr = %local, root = %root.display(), "http listening");
         announce("http", local);
         let mut stop = shutdown.clone();

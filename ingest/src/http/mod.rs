@@ -12,25 +12,41 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::metrics::Metrics;
+
 /// What the HTTP role serves.
 #[derive(Debug, Clone)]
 pub struct HttpState {
     root: Arc<PathBuf>,
+    metrics: Arc<Metrics>,
 }
 
 /// Longest path segment accepted (file systems allow 255 bytes).
 const MAX_SEGMENT_LEN: usize = 255;
 const ONE_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
-pub fn router(root: PathBuf, path_prefix: &str) -> Router {
+pub fn router(root: PathBuf, path_prefix: &str, metrics: Arc<Metrics>) -> Router {
     let state = HttpState {
         root: Arc::new(root),
+        metrics,
     };
     let prefix = path_prefix.trim_end_matches('/');
     Router::new()
         .route(&format!("{prefix}/{{*path}}"), get(serve_file))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(serve_metrics))
         .with_state(state)
+}
+
+async fn serve_metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

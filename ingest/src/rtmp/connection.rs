@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
@@ -90,13 +91,25 @@ fn set_read_low_water(socket: &TcpStream, bytes: libc::c_int) -> std::io::Result
 }
 
 pub async fn run(
-    mut socket: TcpStream,
+    socket: TcpStream,
     peer: SocketAddr,
     ctx: Arc<RtmpContext>,
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = socket.set_nodelay(true);
     tracing::debug!(%peer, "rtmp connection accepted");
+    let metrics = ctx.metrics.clone();
+    metrics.rtmp_connections.fetch_add(1, Ordering::Relaxed);
+    run_connection(socket, peer, ctx, shutdown).await;
+    metrics.rtmp_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run_connection(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<RtmpContext>,
+    shutdown: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     let remaining =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut socket, &mut buf)).await {
@@ -222,6 +235,10 @@ impl Connection {
     }
 
     fn feed(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
+        self.ctx
+            .metrics
+            .bytes_received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let results = catch_unwind(AssertUnwindSafe(|| self.session.handle_input(bytes)))
             .map_err(|_| ConnectionError::Panicked)?
             .map_err(|e| ConnectionError::Session(e.to_string()))?;
@@ -278,6 +295,7 @@ impl Connection {
                     self.accept(request_id)
                 } else {
                     tracing::warn!(%peer, app = %app_name, "connect rejected: unknown application");
+                    self.ctx.metrics.publish_rejections.inc("unknown_app");
                     self.reject(
                         request_id,
                         "NetConnection.Connect.Rejected",
@@ -334,6 +352,7 @@ impl Connection {
         let peer = self.peer;
         if !matches!(self.role, Role::Idle) {
             tracing::warn!(%peer, "publish rejected: connection is already publishing or playing");
+            self.ctx.metrics.publish_rejections.inc("connection_busy");
             return self.reject(
                 request_id,
                 "NetStream.Publish.BadName",
@@ -357,6 +376,7 @@ impl Connection {
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(%peer, stream = %key, error = %e, "publish rejected");
+                self.ctx.metrics.publish_rejections.inc("already_live");
                 return self.reject(
                     request_id,
                     "NetStream.Publish.BadName",
@@ -374,11 +394,13 @@ impl Connection {
             self.ctx.layout.clone(),
             hls,
             self.ctx.cleanup.clone(),
+            self.ctx.metrics.clone(),
             previous,
         );
         self.role = Role::Publishing(Box::new(Publication::new(
             live,
             self.ctx.streams.clone(),
+            self.ctx.metrics.clone(),
             output,
             config,
         )));

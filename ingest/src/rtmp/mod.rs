@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::live::LiveStreams;
+use crate::metrics::Metrics;
 use crate::store::{CleanupQueue, Layout};
 
 /// Everything a connection needs, shared by all of them.
@@ -26,6 +27,7 @@ pub struct RtmpContext {
     pub layout: Layout,
     pub streams: Arc<LiveStreams>,
     pub cleanup: Arc<CleanupQueue>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// How long a client may take to complete the RTMP handshake.

@@ -1,6 +1,7 @@
 //! One publisher's media path: FLV tags → [`Remuxer`] → [`Segmenter`] →
 //! [`HlsOutput`], plus fan-out to RTMP players.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,11 +10,13 @@ use rml_rtmp::sessions::StreamMetadata;
 use crate::hls::{SegmentEvent, Segmenter, SegmenterConfig, Tracks};
 use crate::live::{LiveStream, LiveStreams, PlayPacket};
 use crate::media::{MediaError, MediaFrame, Remuxer};
+use crate::metrics::Metrics;
 use crate::store::HlsOutput;
 
 pub struct Publication {
     pub live: Arc<LiveStream>,
     streams: Arc<LiveStreams>,
+    metrics: Arc<Metrics>,
     remuxer: Remuxer,
     segmenter: Segmenter,
     output: HlsOutput,
@@ -25,12 +28,16 @@ impl Publication {
     pub fn new(
         live: Arc<LiveStream>,
         streams: Arc<LiveStreams>,
+        metrics: Arc<Metrics>,
         output: HlsOutput,
         config: SegmenterConfig,
     ) -> Self {
+        metrics.publishers.fetch_add(1, Ordering::Relaxed);
+        metrics.live_streams.fetch_add(1, Ordering::Relaxed);
         Self {
             live,
             streams,
+            metrics,
             remuxer: Remuxer::new(),
             segmenter: Segmenter::new(config),
             output,
@@ -126,5 +133,7 @@ impl Publication {
         let history = self.output.finish();
         tracing::info!(stream = %self.live.key, segments = history.window.entries.len(), "publish ended");
         self.streams.release(&self.live, history);
+        self.metrics.publishers.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.live_streams.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -6,14 +6,16 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oxcast_crds::{DatetimeMode, FragmentNaming, HlsSettings};
 
 use super::layout::PARTIAL_SUFFIX;
 use super::{write_atomically, CleanupQueue, Layout};
 use crate::hls::{PlaylistEntry, PlaylistWindow, SegmentEvent};
+use crate::metrics::Metrics;
 use crate::stream_key::StreamKey;
 
 /// What outlives a publication: the playlist window and the last segment id,
@@ -31,6 +33,7 @@ struct OpenSegment {
     file: Option<File>,
     discontinuity: bool,
     program_date_time: i64,
+    started: Instant,
 }
 
 /// Writes one stream's HLS files for the duration of a publication.
@@ -39,6 +42,7 @@ pub struct HlsOutput {
     layout: Layout,
     settings: Arc<HlsSettings>,
     cleanup: Arc<CleanupQueue>,
+    metrics: Arc<Metrics>,
     history: StreamHistory,
     open: Option<OpenSegment>,
     /// Media timestamp ↔ wall clock (Unix ms) pairing that date-times and
@@ -66,6 +70,7 @@ impl HlsOutput {
         layout: Layout,
         settings: Arc<HlsSettings>,
         cleanup: Arc<CleanupQueue>,
+        metrics: Arc<Metrics>,
         previous: Option<StreamHistory>,
     ) -> Self {
         let fresh = PlaylistWindow::new(
@@ -107,6 +112,7 @@ impl HlsOutput {
             layout,
             settings,
             cleanup,
+            metrics,
             history,
             open: None,
             anchor: None,
@@ -169,6 +175,7 @@ impl HlsOutput {
         let file = match file {
             Ok(f) => Some(f),
             Err(e) => {
+                self.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(stream = %self.key, path = %part_path.display(), error = %e, "cannot create segment; this segment is dropped");
                 None
             }
@@ -181,6 +188,7 @@ impl HlsOutput {
             file,
             discontinuity,
             program_date_time,
+            started: Instant::now(),
         });
     }
 
@@ -188,6 +196,7 @@ impl HlsOutput {
         let Some(open) = &mut self.open else { return };
         if let Some(f) = &mut open.file {
             if let Err(e) = f.write_all(bytes) {
+                self.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(stream = %self.key, path = %open.part_path.display(), error = %e, "segment write failed; this segment is dropped");
                 open.file = None;
             }
@@ -209,6 +218,7 @@ impl HlsOutput {
         drop(file);
         let final_path = self.layout.segment_path(&self.key, &open.file_name);
         if let Err(e) = std::fs::rename(&open.part_path, &final_path) {
+            self.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(stream = %self.key, path = %final_path.display(), error = %e, "cannot publish segment; it is dropped");
             let _ = std::fs::remove_file(&open.part_path);
             return;
@@ -233,6 +243,12 @@ impl HlsOutput {
             }
         }
         self.write_playlist();
+        self.metrics
+            .segments_written
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .segment_write_seconds
+            .observe(open.started.elapsed());
     }
 
     fn write_playlist(&self) {
@@ -241,6 +257,7 @@ impl HlsOutput {
         if let Err(e) = std::fs::create_dir_all(self.layout.stream_dir(&self.key))
             .and_then(|()| write_atomically(&path, text.as_bytes()))
         {
+            self.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(stream = %self.key, path = %path.display(), error = %e, "playlist write failed");
         }
     }
