@@ -4,14 +4,16 @@
 //! `LiveApplication` custom resource (through schemars), the ingest server's
 //! config file (through serde) and the defaults of its command line.
 
+pub mod auth;
 pub mod duration;
 pub mod hls;
 pub mod live_application;
 pub mod server;
 
+pub use auth::{AuthMode, AuthSettings, KeysAuth, WebhookAuth};
 pub use duration::HumanDuration;
 pub use hls::{DatetimeMode, FragmentNaming, HlsSettings, PlaylistType};
-pub use server::{HttpSettings, IngestConfig, RtmpSettings};
+pub use server::{HttpSettings, IngestConfig, RtmpLimits, RtmpSettings};
 
 /// A setting that is out of range or inconsistent with another one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{HlsSettings, InvalidSetting};
+use crate::{AuthSettings, HlsSettings, HumanDuration, InvalidSetting};
 
 /// Everything the ingest server can be told, apart from where it listens and
 /// where the HLS tree lives (those are per-process, given on the command line).
@@ -25,6 +25,10 @@ pub struct RtmpSettings {
     /// Let RTMP players watch live streams (nginx-rtmp `allow play`); denied
     /// by default as in the reference `deny play all`.
     pub allow_play: bool,
+    /// Who may publish.
+    pub auth: AuthSettings,
+    /// Connection and resource limits.
+    pub limits: RtmpLimits,
 }
 
 impl Default for RtmpSettings {
@@ -32,6 +36,41 @@ impl Default for RtmpSettings {
         Self {
             app: "app".to_string(),
             allow_play: false,
+            auth: AuthSettings::default(),
+            limits: RtmpLimits::default(),
+        }
+    }
+}
+
+/// Limits that keep one client from hurting the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RtmpLimits {
+    /// Time a client has to complete the RTMP handshake.
+    pub handshake_timeout: HumanDuration,
+    /// A publisher that sends no media for this long is disconnected and its
+    /// stream ended [drop_idle_publisher].
+    pub idle_timeout: HumanDuration,
+    /// Open RTMP connections at most [max_connections]; more are refused.
+    #[schemars(range(min = 1))]
+    pub max_connections: u32,
+    /// Concurrent publishers at most; more are refused.
+    #[schemars(range(min = 1))]
+    pub max_publishers: u32,
+    /// Largest RTMP message accepted, in bytes; a larger one closes the
+    /// connection.
+    #[schemars(range(min = 65536))]
+    pub max_message_size: u32,
+}
+
+impl Default for RtmpLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: HumanDuration::from_secs(10),
+            idle_timeout: HumanDuration::from_secs(30),
+            max_connections: 1000,
+            max_publishers: 100,
+            max_message_size: 8 * 1024 * 1024,
         }
     }
 }
@@ -78,6 +117,26 @@ impl IngestConfig {
                 format!("{prefix:?} must be an absolute URL path such as /live, without a trailing slash"),
             ));
         }
+        let limits = &self.rtmp.limits;
+        if limits.handshake_timeout.get().is_zero() || limits.idle_timeout.get().is_zero() {
+            return Err(InvalidSetting::new(
+                "rtmp.limits",
+                "handshakeTimeout and idleTimeout must be greater than zero",
+            ));
+        }
+        if limits.max_connections == 0 || limits.max_publishers == 0 {
+            return Err(InvalidSetting::new(
+                "rtmp.limits",
+                "maxConnections and maxPublishers must be at least 1",
+            ));
+        }
+        if limits.max_message_size < 65536 {
+            return Err(InvalidSetting::new(
+                "rtmp.limits.maxMessageSize",
+                "must be at least 65536 bytes (a keyframe of HD video is larger)",
+            ));
+        }
+        self.rtmp.auth.validate()?;
         self.hls.validate()
     }
 }
