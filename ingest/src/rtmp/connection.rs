@@ -18,8 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
 
+use super::chunks::{ChunkError, ChunkReassembler};
 use super::publication::Publication;
-use super::{RtmpContext, HANDSHAKE_TIMEOUT};
+use super::RtmpContext;
 use crate::hls::SegmenterConfig;
 use crate::live::PlayPacket;
 use crate::store::HlsOutput;
@@ -37,6 +38,10 @@ enum ConnectionError {
     Session(String),
     #[error("malformed input made the RTMP library fail")]
     Panicked,
+    #[error("refused input: {0}")]
+    Chunk(#[from] ChunkError),
+    #[error("no media for {0:?} (idleTimeout)")]
+    Idle(std::time::Duration),
 }
 
 enum Role {
@@ -56,7 +61,12 @@ struct Connection {
     peer: SocketAddr,
     ctx: Arc<RtmpContext>,
     session: ServerSession,
+    chunks: ChunkReassembler,
+    /// Whole messages from `chunks`, re-encoded for `session`.
+    normalized: Vec<u8>,
     role: Role,
+    /// When the publisher last sent audio or video.
+    last_media: tokio::time::Instant,
     out: Vec<u8>,
     /// Close once pending output is written (after a rejection).
     closing: bool,
@@ -68,6 +78,10 @@ struct Connection {
 /// (or the peer closes): a 3 Mbit/s stream then costs ~12 reads per second
 /// instead of one per frame, which is most of the CPU an idle-ish ingest
 /// server spends. Commands before the publish are answered byte by byte.
+/// How often a publisher connection checks for idleness and drains reads
+/// below the low-water mark.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 const PUBLISH_READ_LOW_WATER: libc::c_int = 32 * 1024;
 
 fn set_read_low_water(socket: &TcpStream, bytes: libc::c_int) -> std::io::Result<()> {
@@ -99,7 +113,6 @@ pub async fn run(
     let _ = socket.set_nodelay(true);
     tracing::debug!(%peer, "rtmp connection accepted");
     let metrics = ctx.metrics.clone();
-    metrics.rtmp_connections.fetch_add(1, Ordering::Relaxed);
     run_connection(socket, peer, ctx, shutdown).await;
     metrics.rtmp_connections.fetch_sub(1, Ordering::Relaxed);
 }
@@ -111,15 +124,17 @@ async fn run_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
+    let limits = ctx.config.rtmp.limits.clone();
+    let handshake_timeout = limits.handshake_timeout.get();
     let remaining =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut socket, &mut buf)).await {
+        match tokio::time::timeout(handshake_timeout, handshake(&mut socket, &mut buf)).await {
             Ok(Ok(rest)) => rest,
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "rtmp connection closed during handshake");
                 return;
             }
             Err(_) => {
-                let e = ConnectionError::HandshakeTimeout(HANDSHAKE_TIMEOUT);
+                let e = ConnectionError::HandshakeTimeout(handshake_timeout);
                 tracing::info!(%peer, error = %e, "rtmp connection closed during handshake");
                 return;
             }
@@ -130,12 +145,20 @@ async fn run_connection(
                 peer,
                 ctx,
                 session,
+                chunks: ChunkReassembler::new(limits.max_message_size),
+                normalized: Vec::new(),
                 role: Role::Idle,
+                last_media: tokio::time::Instant::now(),
                 out: Vec::new(),
                 closing: false,
                 coalesce_reads: false,
             };
-            if let Err(e) = conn.handle_results(initial) {
+            let preamble = ChunkReassembler::session_preamble();
+            let ready = conn
+                .handle_results(initial)
+                .and_then(|()| conn.session_call(|s| s.handle_input(&preamble)))
+                .and_then(|results| conn.handle_results(results));
+            if let Err(e) = ready {
                 tracing::info!(%peer, error = %e, "rtmp session setup failed");
                 return;
             }
@@ -204,6 +227,9 @@ impl Connection {
             self.feed(remaining)?;
         }
         self.flush(socket).await?;
+        let idle_timeout = self.ctx.config.rtmp.limits.idle_timeout.get();
+        let mut tick = tokio::time::interval(IDLE_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.closing {
             tokio::select! {
                 read = socket.read(buf) => {
@@ -214,6 +240,19 @@ impl Connection {
                     self.feed(&buf[..n])?;
                 }
                 packet = next_play_packet(&mut self.role) => self.play(packet)?,
+                _ = tick.tick(), if matches!(self.role, Role::Publishing(_)) => {
+                    // Reads are coalesced (SO_RCVLOWAT): pick up whatever a
+                    // slow publisher has sent since, then judge idleness.
+                    match socket.try_read(buf) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => self.feed(&buf[..n])?,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    if self.last_media.elapsed() >= idle_timeout {
+                        return Err(ConnectionError::Idle(idle_timeout));
+                    }
+                }
                 _ = shutdown.changed() => return Ok(()),
             }
             self.flush(socket).await?;
@@ -239,10 +278,15 @@ impl Connection {
             .metrics
             .bytes_received
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let results = catch_unwind(AssertUnwindSafe(|| self.session.handle_input(bytes)))
-            .map_err(|_| ConnectionError::Panicked)?
-            .map_err(|e| ConnectionError::Session(e.to_string()))?;
-        self.handle_results(results)
+        self.chunks.push(bytes, &mut self.normalized)?;
+        if self.normalized.is_empty() {
+            return Ok(());
+        }
+        let normalized = std::mem::take(&mut self.normalized);
+        let results = self.session_call(|s| s.handle_input(&normalized));
+        self.normalized = normalized;
+        self.normalized.clear();
+        self.handle_results(results?)
     }
 
     fn handle_results(&mut self, results: Vec<ServerSessionResult>) -> Result<(), ConnectionError> {

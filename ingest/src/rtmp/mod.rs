@@ -2,6 +2,8 @@
 //! multi-threaded runtime spreads them over every core), handshake, session
 //! and publish/play decisions.
 
+pub mod amf;
+pub mod chunks;
 mod connection;
 mod publication;
 
@@ -30,9 +32,6 @@ pub struct RtmpContext {
     pub metrics: Arc<Metrics>,
 }
 
-/// How long a client may take to complete the RTMP handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Accepts connections until `shutdown` flips to true, hands each one to a
 /// [`ConnectionWorkers`] thread, then waits for every connection to wind
 /// down (publishers finish their segment and playlist).
@@ -41,11 +40,24 @@ pub async fn serve(
     ctx: Arc<RtmpContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let workers = ConnectionWorkers::start(ctx, shutdown.clone());
+    let workers = ConnectionWorkers::start(ctx.clone(), shutdown.clone());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => workers.dispatch(socket, peer),
+                Ok((socket, peer)) => {
+                    let open = ctx.metrics.rtmp_connections.load(Ordering::Relaxed);
+                    let max = i64::from(ctx.config.rtmp.limits.max_connections);
+                    if open >= max {
+                        tracing::warn!(%peer, open, max, "rtmp connection refused: maxConnections reached");
+                        ctx.metrics.publish_rejections.inc("max_connections");
+                        drop(socket);
+                        continue;
+                    }
+                    // Counted here, before the hand-over, so a burst of
+                    // connects cannot overshoot the limit.
+                    ctx.metrics.rtmp_connections.fetch_add(1, Ordering::Relaxed);
+                    workers.dispatch(socket, peer);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "rtmp accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
