@@ -200,11 +200,11 @@ count_playlists() { # count_playlists HLS_DIR -> streams with a listed segment
     echo "$n"
 }
 
-# run_phase NAME SERVER_PID RTMP_PORT APP HLS_DIR
+# run_phase NAME SERVER_PID RTMP_PORT APP HLS_DIR SERVER_LOG
 # Sets PHASE="cpu_pct rss_kib playlists publishers_alive".
 PHASE=""
 run_phase() {
-    local name=$1 spid=$2 port=$3 app=$4 hls=$5
+    local name=$1 spid=$2 port=$3 app=$4 hls=$5 slog=$6
     local pubs=() i
     log "$name: starting $STREAMS publishers"
     for i in $(seq 1 "$STREAMS"); do
@@ -216,7 +216,7 @@ run_phase() {
     done
     log "$name: warm-up ${WARMUP}s"
     sleep "$WARMUP"
-    kill -0 "$spid" 2>/dev/null || die "$name exited during warm-up"
+    kill -0 "$spid" 2>/dev/null || die "$name exited during warm-up: $(tail -n 20 "$slog")"
     local t0 t1 start end
     t0=$(sum_ticks "$spid")
     start=$(date +%s%N)
@@ -224,7 +224,7 @@ run_phase() {
     sleep "$MEASURE"
     t1=$(sum_ticks "$spid")
     end=$(date +%s%N)
-    kill -0 "$spid" 2>/dev/null || die "$name exited during the measurement"
+    kill -0 "$spid" 2>/dev/null || die "$name exited during the measurement: $(tail -n 20 "$slog")"
     local rss alive=0 playlists
     rss=$(sum_rss_kib "$spid")
     for i in "${pubs[@]}"; do
@@ -265,7 +265,7 @@ bench_oxcast() {
     log "oxcast: pid $spid, rtmp port $port"
     local idle
     idle=$(sum_rss_kib "$spid")
-    run_phase oxcast "$spid" "$port" live "$dir/hls"
+    run_phase oxcast "$spid" "$port" live "$dir/hls" "$dir/stderr.log"
     RESULT[oxcast]="$PHASE $idle"
     stop_pids "$spid"
 }
@@ -320,7 +320,7 @@ CONF
     log "nginx-rtmp: master pid $spid, workers: $(server_pids "$spid" | tail -n +2 | tr '\n' ' ')rtmp port $port"
     local idle
     idle=$(sum_rss_kib "$spid")
-    run_phase nginx "$spid" "$port" live "$dir/hls"
+    run_phase nginx "$spid" "$port" live "$dir/hls" "$dir/logs/error.log"
     RESULT[nginx]="$PHASE $idle"
     stop_pids "$spid"
 }

@@ -273,7 +273,11 @@ fn generate(kind: Fixture) -> Result<Media, FixtureError> {
 /// cleanly counts.
 fn check_he_aac(path: &Path) -> Result<(), FixtureError> {
     let p = probe(path, false).map_err(|e| {
-        FixtureError::Unsupported(format!("ffprobe cannot read the HE-AAC output: {e}"))
+        FixtureError::Unsupported(format!(
+            "this ffmpeg cannot make HE-AAC: its encoder accepts `-profile:a aac_he` but \
+             has no SBR, and ffprobe cannot read the result ({})",
+            e.lines().last().unwrap_or_default().trim()
+        ))
     })?;
     let profile = p
         .stream("audio")
