@@ -6,6 +6,7 @@
 //! → [`store`] (files on disk) ← [`http`] (serving). [`live`] is the table
 //! of streams; [`server`] wires the roles together.
 
+pub mod auth;
 pub mod cli;
 pub mod hls;
 pub mod http;

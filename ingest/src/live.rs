@@ -93,10 +93,14 @@ enum Slot {
     },
 }
 
-/// Refused: the key already has a publisher.
+/// Why a stream could not go live.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("stream {0} is already being published")]
-pub struct AlreadyLive(pub StreamKey);
+pub enum ClaimError {
+    #[error("stream {0} is already being published")]
+    AlreadyLive(StreamKey),
+    #[error("{0} streams are live, the maxPublishers limit")]
+    TooManyPublishers(usize),
+}
 
 #[derive(Default)]
 pub struct LiveStreams {
@@ -108,20 +112,28 @@ impl LiveStreams {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `key` live; returns the history a previous publication left.
+    /// Makes `key` live, if it is not already and fewer than `max_live`
+    /// streams are; returns the history a previous publication left.
     pub fn claim(
         &self,
         key: &StreamKey,
-    ) -> Result<(Arc<LiveStream>, Option<StreamHistory>), AlreadyLive> {
+        max_live: usize,
+    ) -> Result<(Arc<LiveStream>, Option<StreamHistory>), ClaimError> {
         let mut slots = self.lock();
+        if matches!(slots.get(key), Some(Slot::Live(_))) {
+            return Err(ClaimError::AlreadyLive(key.clone()));
+        }
+        let live_count = slots
+            .values()
+            .filter(|s| matches!(s, Slot::Live(_)))
+            .count();
+        if live_count >= max_live {
+            return Err(ClaimError::TooManyPublishers(live_count));
+        }
         let live = Arc::new(LiveStream::new(key.clone()));
         match slots.insert(key.clone(), Slot::Live(live.clone())) {
-            Some(Slot::Live(existing)) => {
-                slots.insert(key.clone(), Slot::Live(existing));
-                Err(AlreadyLive(key.clone()))
-            }
             Some(Slot::Idle { history, .. }) => Ok((live, Some(history))),
-            None => Ok((live, None)),
+            _ => Ok((live, None)),
         }
     }
 
@@ -205,13 +217,21 @@ mod tests {
     fn second_publisher_is_refused_until_release() {
         let streams = LiveStreams::default();
         let key = StreamKey::parse("k").unwrap();
-        let (first, prev) = streams.claim(&key).unwrap();
+        let (first, prev) = streams.claim(&key, 10).unwrap();
         assert!(prev.is_none());
-        assert_eq!(streams.claim(&key).unwrap_err(), AlreadyLive(key.clone()));
+        assert_eq!(
+            streams.claim(&key, 10).unwrap_err(),
+            ClaimError::AlreadyLive(key.clone())
+        );
+        let other = StreamKey::parse("other").unwrap();
+        assert_eq!(
+            streams.claim(&other, 1).unwrap_err(),
+            ClaimError::TooManyPublishers(1)
+        );
         assert!(Arc::ptr_eq(&streams.live(&key).unwrap(), &first));
         streams.release(&first, history());
         assert!(streams.live(&key).is_none());
-        let (_, prev) = streams.claim(&key).unwrap();
+        let (_, prev) = streams.claim(&key, 10).unwrap();
         assert_eq!(prev.unwrap().last_id, Some(7));
     }
 
@@ -221,7 +241,7 @@ mod tests {
         let a = StreamKey::parse("a").unwrap();
         let b = StreamKey::parse("b").unwrap();
         streams.insert_idle(a.clone(), history());
-        let _live_b = streams.claim(&b).unwrap();
+        let _live_b = streams.claim(&b, 10).unwrap();
         let mut removed = Vec::new();
         streams.expire(Instant::now(), Duration::from_secs(3600), |k, _| {
             removed.push(k.clone())

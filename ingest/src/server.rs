@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use oxcast_crds::IngestConfig;
 use tokio::sync::watch;
 
+use crate::auth::Authorizer;
 use crate::live::LiveStreams;
 use crate::metrics::Metrics;
 use crate::rtmp::{self, RtmpContext};
@@ -30,6 +31,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("publish authentication: {0}")]
+    Auth(#[from] crate::auth::AuthError),
     #[error("http server failed: {0}")]
     Http(std::io::Error),
 }
@@ -97,6 +100,7 @@ pub async fn run(
             streams: streams.clone(),
             cleanup: cleanup.clone(),
             metrics: metrics.clone(),
+            auth: Arc::new(Authorizer::from_settings(&config.rtmp.auth)?),
         });
         tracing::info!(addr = %local, app = %config.rtmp.app, "rtmp listening");
         announce("rtmp", local);

@@ -75,6 +75,7 @@ pub struct ChunkReassembler {
     streams: HashMap<u32, ChunkStream>,
     buffer: Vec<u8>,
     buffered_partials: usize,
+    tc_url: Option<String>,
 }
 
 impl ChunkReassembler {
@@ -85,7 +86,14 @@ impl ChunkReassembler {
             streams: HashMap::new(),
             buffer: Vec::new(),
             buffered_partials: 0,
+            tc_url: None,
         }
+    }
+
+    /// The `tcUrl` the client sent with `connect` (the session does not
+    /// expose it; the publish webhook wants it).
+    pub fn tc_url(&self) -> Option<&str> {
+        self.tc_url.as_deref()
     }
 
     /// What to feed the session before any client bytes: a SetChunkSize to
@@ -296,6 +304,9 @@ impl ChunkReassembler {
                     source,
                 })?;
                 let is_data = matches!(message.type_id, MSG_AMF0_DATA | MSG_AMF3_DATA);
+                if !is_data && summary.first_string.as_deref() == Some("connect") {
+                    self.tc_url = connect_tc_url(body);
+                }
                 // `@setDataFrame` needs a name and a value after it, or the
                 // session indexes past the end of its value list.
                 if is_data
@@ -310,6 +321,17 @@ impl ChunkReassembler {
         }
         write_message(out, &message);
         Ok(())
+    }
+}
+
+/// `tcUrl` from a `connect` command (already vetted by [`amf::scan`]).
+fn connect_tc_url(body: &[u8]) -> Option<String> {
+    use rml_rtmp::rml_amf0::{deserialize, Amf0Value};
+    let values = deserialize(&mut std::io::Cursor::new(body)).ok()?;
+    let properties = values.into_iter().nth(2)?.get_object_properties()?;
+    match properties.get("tcUrl") {
+        Some(Amf0Value::Utf8String(url)) => Some(url.clone()),
+        _ => None,
     }
 }
 

@@ -21,7 +21,9 @@ use tokio::sync::{broadcast, watch};
 use super::chunks::{ChunkError, ChunkReassembler};
 use super::publication::Publication;
 use super::RtmpContext;
+use crate::auth::{Decision, PublishRequest};
 use crate::hls::SegmenterConfig;
+use crate::live::ClaimError;
 use crate::live::PlayPacket;
 use crate::store::HlsOutput;
 use crate::stream_key::StreamKey;
@@ -67,6 +69,12 @@ struct Connection {
     role: Role,
     /// When the publisher last sent audio or video.
     last_media: tokio::time::Instant,
+    /// Identifies the connection to the publish webhook.
+    client_id: u64,
+    /// A publish waiting for the webhook's answer.
+    pending_auth: Option<PendingAuth>,
+    /// The request behind the current publication (for `publish_done`).
+    publish_request: Option<PublishRequest>,
     out: Vec<u8>,
     /// Close once pending output is written (after a rejection).
     closing: bool,
@@ -149,6 +157,9 @@ async fn run_connection(
                 normalized: Vec::new(),
                 role: Role::Idle,
                 last_media: tokio::time::Instant::now(),
+                client_id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+                pending_auth: None,
+                publish_request: None,
                 out: Vec::new(),
                 closing: false,
                 coalesce_reads: false,
@@ -207,6 +218,23 @@ async fn handshake(socket: &mut TcpStream, buf: &mut [u8]) -> Result<Vec<u8>, Co
     }
 }
 
+type PendingAuth =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (u32, PublishRequest, Decision)> + Send>>;
+
+static NEXT_CLIENT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Waits for a pending publish authorization; never resolves without one.
+async fn next_auth_decision(pending: &mut Option<PendingAuth>) -> (u32, PublishRequest, Decision) {
+    match pending {
+        Some(fut) => {
+            let out = fut.await;
+            *pending = None;
+            out
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits for the next packet for a player; never resolves for other roles.
 async fn next_play_packet(role: &mut Role) -> Result<PlayPacket, broadcast::error::RecvError> {
     match role {
@@ -240,6 +268,9 @@ impl Connection {
                     self.feed(&buf[..n])?;
                 }
                 packet = next_play_packet(&mut self.role) => self.play(packet)?,
+                (request_id, request, decision) = next_auth_decision(&mut self.pending_auth) => {
+                    self.finish_publish(request_id, request, decision)?;
+                }
                 _ = tick.tick(), if matches!(self.role, Role::Publishing(_)) => {
                     // Reads are coalesced (SO_RCVLOWAT): pick up whatever a
                     // slow publisher has sent since, then judge idleness.
@@ -394,7 +425,7 @@ impl Connection {
 
     fn on_publish(&mut self, request_id: u32, requested: &str) -> Result<(), ConnectionError> {
         let peer = self.peer;
-        if !matches!(self.role, Role::Idle) {
+        if !matches!(self.role, Role::Idle) || self.pending_auth.is_some() {
             tracing::warn!(%peer, "publish rejected: connection is already publishing or playing");
             self.ctx.metrics.publish_rejections.inc("connection_busy");
             return self.reject(
@@ -404,28 +435,67 @@ impl Connection {
             );
         }
         // Query arguments (`key?token=…`) are for authentication, not the name.
-        let name = requested.split('?').next().unwrap_or_default();
-        let key = match StreamKey::parse(name) {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "publish rejected");
-                return self.reject(
-                    request_id,
-                    "NetStream.Publish.BadName",
-                    "invalid stream name",
-                );
+        let (name, args) = PublishRequest::split_name(requested);
+        if let Err(e) = StreamKey::parse(&name) {
+            tracing::warn!(%peer, error = %e, "publish rejected");
+            self.ctx.metrics.publish_rejections.inc("invalid_name");
+            return self.reject(
+                request_id,
+                "NetStream.Publish.BadName",
+                "invalid stream name",
+            );
+        }
+        let request = PublishRequest {
+            addr: peer,
+            client_id: self.client_id,
+            app: self.ctx.config.rtmp.app.clone(),
+            name,
+            tc_url: self.chunks.tc_url().unwrap_or_default().to_string(),
+            args,
+        };
+        match self.ctx.auth.decide_now(&request) {
+            Some(decision) => self.finish_publish(request_id, request, decision),
+            None => {
+                let auth = self.ctx.auth.clone();
+                self.pending_auth = Some(Box::pin(async move {
+                    let decision = auth.authorize(&request).await;
+                    (request_id, request, decision)
+                }));
+                Ok(())
+            }
+        }
+    }
+
+    /// Acts on the authorization: claims the (possibly renamed) stream and
+    /// starts its HLS output, or refuses the publish.
+    fn finish_publish(
+        &mut self,
+        request_id: u32,
+        request: PublishRequest,
+        decision: Decision,
+    ) -> Result<(), ConnectionError> {
+        let peer = self.peer;
+        let key = match decision {
+            Decision::Accept(key) => key,
+            Decision::Reject(reason) => {
+                tracing::warn!(%peer, %reason, "publish rejected: not authorized");
+                self.ctx.metrics.publish_rejections.inc("unauthorized");
+                return self.reject(request_id, "NetStream.Publish.BadName", "not authorized");
             }
         };
-        let (live, previous) = match self.ctx.streams.claim(&key) {
+        let max = self.ctx.config.rtmp.limits.max_publishers as usize;
+        let (live, previous) = match self.ctx.streams.claim(&key, max) {
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(%peer, stream = %key, error = %e, "publish rejected");
-                self.ctx.metrics.publish_rejections.inc("already_live");
-                return self.reject(
-                    request_id,
-                    "NetStream.Publish.BadName",
-                    "stream is already being published",
-                );
+                let (reason, text) = match e {
+                    ClaimError::AlreadyLive(_) => {
+                        ("already_live", "stream is already being published")
+                    }
+                    ClaimError::TooManyPublishers(_) => ("max_publishers", "too many publishers"),
+                };
+                self.ctx.metrics.publish_rejections.inc(reason);
+                return self.reject(request_id, "NetStream.Publish.BadName", text);
             }
         };
         let hls = self.ctx.hls.clone();
@@ -448,8 +518,15 @@ impl Connection {
             output,
             config,
         )));
-        tracing::info!(%peer, stream = %key, "publish started");
+        if key.as_str() == request.name {
+            tracing::info!(%peer, stream = %key, "publish started");
+        } else {
+            // The requested name may be a secret key: never log it.
+            tracing::info!(%peer, stream = %key, "publish started under its public name");
+        }
+        self.publish_request = Some(request);
         self.coalesce_reads = true;
+        self.last_media = tokio::time::Instant::now();
         self.accept(request_id)
     }
 
@@ -575,6 +652,9 @@ impl Connection {
     fn close(&mut self) {
         if let Role::Publishing(p) = std::mem::replace(&mut self.role, Role::Idle) {
             p.finish();
+        }
+        if let Some(request) = self.publish_request.take() {
+            self.ctx.auth.publish_done(request);
         }
     }
 }

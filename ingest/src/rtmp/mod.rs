@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::auth::Authorizer;
 use crate::live::LiveStreams;
 use crate::metrics::Metrics;
 use crate::store::{CleanupQueue, Layout};
@@ -30,6 +31,7 @@ pub struct RtmpContext {
     pub streams: Arc<LiveStreams>,
     pub cleanup: Arc<CleanupQueue>,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<Authorizer>,
 }
 
 /// Accepts connections until `shutdown` flips to true, hands each one to a
