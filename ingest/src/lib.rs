@@ -8,6 +8,8 @@
 
 pub mod auth;
 pub mod cli;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hls;
 pub mod http;
 pub mod live;

@@ -76,6 +76,9 @@ pub struct ChunkReassembler {
     buffer: Vec<u8>,
     buffered_partials: usize,
     tc_url: Option<String>,
+    /// End offsets in the caller's `out` of each message the last `push`
+    /// emitted, so the session can be fed one message at a time.
+    ends: Vec<usize>,
 }
 
 impl ChunkReassembler {
@@ -87,7 +90,17 @@ impl ChunkReassembler {
             buffer: Vec::new(),
             buffered_partials: 0,
             tc_url: None,
+            ends: Vec::new(),
         }
+    }
+
+    /// Where each message emitted by the last [`push`](Self::push) ends in
+    /// its output. A session must see a command's answer go out before the
+    /// next command is handled (a client may pipeline `connect`,
+    /// `createStream` and `publish` in one packet), so callers feed
+    /// messages one by one.
+    pub fn message_ends(&self) -> &[usize] {
+        &self.ends
     }
 
     /// The `tcUrl` the client sent with `connect` (the session does not
@@ -121,6 +134,7 @@ impl ChunkReassembler {
     /// Consumes client bytes and appends every message they complete to
     /// `out`, re-encoded as single type-0 chunks for the session.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), ChunkError> {
+        self.ends.clear();
         let mut data = bytes;
         let owned;
         if !self.buffer.is_empty() {
@@ -320,6 +334,7 @@ impl ChunkReassembler {
             _ => {}
         }
         write_message(out, &message);
+        self.ends.push(out.len());
         Ok(())
     }
 }

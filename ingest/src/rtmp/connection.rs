@@ -314,10 +314,22 @@ impl Connection {
             return Ok(());
         }
         let normalized = std::mem::take(&mut self.normalized);
-        let results = self.session_call(|s| s.handle_input(&normalized));
+        let ends = self.chunks.message_ends().to_vec();
+        let mut start = 0;
+        let mut outcome = Ok(());
+        // One message at a time, answering each before the next is handled.
+        for end in ends {
+            outcome = self
+                .session_call(|s| s.handle_input(&normalized[start..end]))
+                .and_then(|results| self.handle_results(results));
+            if outcome.is_err() {
+                break;
+            }
+            start = end;
+        }
         self.normalized = normalized;
         self.normalized.clear();
-        self.handle_results(results?)
+        outcome
     }
 
     fn handle_results(&mut self, results: Vec<ServerSessionResult>) -> Result<(), ConnectionError> {

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Builds the seed corpora for the fuzz targets from real ffmpeg output.
+
+rtmp_input: the bytes ffmpeg sends when it publishes to a running
+oxcast-ingest, captured by a relay in front of the server (prefixed with the
+two control bytes the target reads: read size, and 0 = "do the handshake").
+
+flv_to_hls: the audio/video tags of a short ffmpeg-made FLV file, in the
+target's record format [kind, ts(4), len(2), tag body].
+
+Usage: make_seeds.py OXCAST_INGEST_BINARY  (needs ffmpeg on PATH)
+"""
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LIMIT = 48 * 1024
+
+
+def make_flv(path, extra):
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=15",
+         "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=44100", "-t", "2",
+         "-c:v", "libx264", "-g", "15", "-bf", "2", "-b:v", "100k", "-c:a", "aac", "-b:a", "32k",
+         *extra, "-f", "flv", path],
+        check=True,
+    )
+
+
+def flv_records(path):
+    data = open(path, "rb").read()
+    pos = struct.unpack(">I", data[5:9])[0] + 4
+    out = bytearray()
+    while pos + 11 <= len(data) and len(out) < LIMIT:
+        kind, size = data[pos], int.from_bytes(data[pos + 1:pos + 4], "big")
+        ts = int.from_bytes(data[pos + 4:pos + 7], "big") | (data[pos + 7] << 24)
+        body = data[pos + 11:pos + 11 + size]
+        if kind in (8, 9):
+            out += bytes([1 if kind == 8 else 0]) + struct.pack(">IH", ts, len(body)) + body
+        pos += 11 + size + 4
+    return bytes(out)
+
+
+def capture_publish(binary, flv):
+    with tempfile.TemporaryDirectory() as root:
+        server = subprocess.Popen([binary, "rtmp", "--rtmp-listen", "127.0.0.1:0", "--hls-root", root],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = server.stdout.readline().split()
+        host, port = line[2].rsplit(":", 1)
+        relay = socket.socket()
+        relay.bind(("127.0.0.1", 0))
+        relay.listen(1)
+        captured = bytearray()
+
+        def pump():
+            client, _ = relay.accept()
+            upstream = socket.create_connection((host, int(port)))
+
+            def back():
+                try:
+                    while (chunk := upstream.recv(65536)):
+                        client.sendall(chunk)
+                except OSError:
+                    pass
+            threading.Thread(target=back, daemon=True).start()
+            while (chunk := client.recv(65536)):
+                captured.extend(chunk)
+                upstream.sendall(chunk)
+            upstream.close()
+
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        subprocess.run(["ffmpeg", "-v", "error", "-i", flv, "-c", "copy", "-f", "flv",
+                        f"rtmp://127.0.0.1:{relay.getsockname()[1]}/app/seed"], check=True)
+        t.join(timeout=10)
+        server.terminate()
+        server.wait()
+        return bytes(captured[:LIMIT])
+
+
+def main():
+    binary = sys.argv[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = os.path.join(tmp, "plain.flv")
+        mono = os.path.join(tmp, "mono.flv")
+        make_flv(plain, [])
+        make_flv(mono, ["-ac", "1", "-ar", "22050"])
+        seeds = {
+            "rtmp_input/ffmpeg-publish": bytes([64, 0]) + capture_publish(binary, plain),
+            "rtmp_input/ffmpeg-publish-small-reads": bytes([1, 0]) + capture_publish(binary, mono),
+            "flv_to_hls/ffmpeg-h264-aac": flv_records(plain),
+            "flv_to_hls/ffmpeg-mono-22k": flv_records(mono),
+        }
+    for name, data in seeds.items():
+        path = os.path.join(HERE, "corpus", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        print(f"{path}: {len(data)} bytes")
+
+
+if __name__ == "__main__":
+    main()
