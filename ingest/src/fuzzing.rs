@@ -132,7 +132,7 @@ fn list_segments(events: &mut Vec<SegmentEvent>, window: &mut PlaylistWindow, mu
                     id,
                     file_name: format!("{id}.ts"),
                     duration,
-                    discontinuity: id % 3 == 0,
+                    discontinuity: id.is_multiple_of(3),
                     program_date_time: Some(1_700_000_000_000 + id as i64),
                 },
                 450_000,
