@@ -108,7 +108,7 @@ async fn crd_installs_becomes_established_and_validates() {
     let negative = live_app(
         "negative-replicas",
         LiveApplicationSpec {
-            replicas: Some(-1),
+            replicas: -1,
             ..Default::default()
         },
     );
@@ -155,11 +155,12 @@ async fn live_application_round_trips_with_defaults_and_status_subresource() {
 
     let spec = LiveApplicationSpec {
         image: Some("ghcr.io/example/oxcast-ingest:test".into()),
-        replicas: Some(2),
-        hls: Some(HlsSettings {
+        replicas: 0,
+        hls: HlsSettings {
             fragment: HumanDuration::from_secs(2),
             ..HlsSettings::default()
-        }),
+        },
+        ..LiveApplicationSpec::default()
     };
     apps.create(&PostParams::default(), &live_app("explicit", spec.clone()))
         .await
@@ -187,8 +188,7 @@ async fn live_application_round_trips_with_defaults_and_status_subresource() {
         )
         .await
         .expect("server-side apply a sparse LiveApplication");
-    assert_eq!(applied.spec.hls, Some(HlsSettings::default()));
-    assert_eq!(applied.spec.replicas, None);
+    assert_eq!(applied.spec, LiveApplicationSpec::default());
 
     // Status goes through its subresource only, and does not bump generation.
     let status_patch = serde_json::json!({"status": {"readyReplicas": 1, "observedGeneration": 1}});
@@ -205,12 +205,12 @@ async fn live_application_round_trips_with_defaults_and_status_subresource() {
     assert_eq!(after_status.metadata.generation, Some(1));
     assert_eq!(after_status.spec, spec);
 
-    let sneaky = serde_json::json!({"spec": {"replicas": 3}, "status": {"readyReplicas": 99}});
+    let sneaky = serde_json::json!({"spec": {"replicas": 1}, "status": {"readyReplicas": 99}});
     let after_main = apps
         .patch("explicit", &PatchParams::default(), &Patch::Merge(&sneaky))
         .await
         .expect("patch the main resource");
-    assert_eq!(after_main.spec.replicas, Some(3));
+    assert_eq!(after_main.spec.replicas, 1);
     assert_eq!(after_main.metadata.generation, Some(2));
     assert_eq!(
         after_main.status.as_ref().and_then(|s| s.ready_replicas),
