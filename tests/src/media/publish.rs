@@ -56,6 +56,11 @@ impl Publisher {
         }
     }
 
+    /// ffmpeg's process id (to pause it with SIGSTOP, for instance).
+    pub fn pid(&self) -> u32 {
+        self.running.id()
+    }
+
     /// Is ffmpeg still running?
     pub fn is_running(&mut self) -> bool {
         !self.running.has_exited()
