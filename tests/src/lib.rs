@@ -1,5 +1,6 @@
 //! Shared support for the end-to-end tests: spawning real binaries, real media tools.
 
+pub mod chart;
 pub mod cluster;
 pub mod media;
 pub mod rtmp_client;
