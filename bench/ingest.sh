@@ -15,6 +15,7 @@
 # Usage: bench/ingest.sh [-n STREAMS] [--warmup SECS] [--measure SECS]
 #                        [--only oxcast|nginx] [--strict] [--keep]
 # Environment: STREAMS, WARMUP, MEASURE, OXCAST_BIN (skip the release build),
+#   OXCAST_ARGS (extra arguments for `oxcast-ingest rtmp`, word-split),
 #   NGINX (default /usr/sbin/nginx), RTMP_MODULE (default Debian's
 #   /usr/lib/nginx/modules/ngx_rtmp_module.so), BENCH_CACHE (fixture cache,
 #   default ~/.cache/oxcast/bench), CARGO_TARGET_DIR.
@@ -254,7 +255,9 @@ bench_oxcast() {
     [ -x "$bin" ] || die "oxcast binary $bin not found"
     local dir=$WORK/oxcast
     mkdir -p "$dir/hls"
-    "$bin" rtmp --rtmp-listen 127.0.0.1:0 --hls-root "$dir/hls" --app live \
+    local extra=()
+    if [ -n "${OXCAST_ARGS:-}" ]; then read -r -a extra <<<"$OXCAST_ARGS"; fi
+    "$bin" rtmp --rtmp-listen 127.0.0.1:0 --hls-root "$dir/hls" --app live "${extra[@]}" \
         >"$dir/stdout.log" 2>"$dir/stderr.log" &
     local spid=$!
     PIDS+=("$spid")

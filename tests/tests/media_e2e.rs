@@ -1515,6 +1515,76 @@ fn rtmp_play_works_with_allow_play() {
     assert_alive(&mut server);
 }
 
+/// A server whose config file sets `rtmp.limits.idleTimeout: 2s`.
+fn server_with_idle_timeout_2s(dir: &Path) -> Server {
+    let config = dir.join("idle.yaml");
+    std::fs::write(
+        &config,
+        "rtmp:\n  limits:\n    idleTimeout: 2s\nhls:\n  fragment: 1s\n  fragmentNaming: sequential\n",
+    )
+    .expect("write config");
+    Server::builder().arg("--config").arg(&config).start()
+}
+
+#[test]
+fn active_publisher_outlives_the_idle_timeout() {
+    need_ffmpeg();
+    let media = require(Fixture::Av8s);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = server_with_idle_timeout_2s(dir.path());
+    // 8 s of steadily flowing media against a 2 s idle timeout: the
+    // publisher must not be dropped.
+    let pl = publish_to_end(&server, "idle1", media);
+    check_playlist(&pl);
+    assert!(
+        !pl.segments.iter().any(|s| s.discontinuity),
+        "stream was interrupted:\n{pl:#?}"
+    );
+    assert_close(
+        "whole stream listed",
+        pl.total_duration(),
+        media.duration,
+        0.25,
+    );
+    assert_alive(&mut server);
+}
+
+#[test]
+fn stalled_publisher_is_dropped_after_the_idle_timeout() {
+    need_ffmpeg();
+    let media = require(Fixture::Av14s);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = server_with_idle_timeout_2s(dir.path());
+    let key = "stall1";
+    let path = server.playlist_path(key);
+    let publisher = Publisher::start(media, &server.rtmp_url(key));
+    wait_playlist(&path, "first segment", FIRST_SEGMENT_TIMEOUT, |p| {
+        !p.segments.is_empty()
+    });
+    // Freeze ffmpeg: its TCP connection stays open but sends nothing.
+    oxcast_tests::media::process::send_signal(publisher.pid(), libc::SIGSTOP);
+    let stalled_at = Instant::now();
+    let pl = wait_playlist(
+        &path,
+        "ENDLIST after the idle timeout",
+        Duration::from_secs(10),
+        |p| p.end_list,
+    );
+    let after = stalled_at.elapsed();
+    oxcast_tests::media::process::send_signal(publisher.pid(), libc::SIGCONT);
+    check_playlist(&pl);
+    assert!(
+        after >= Duration::from_millis(1500),
+        "stream ended {after:?} after the stall, before the 2 s idle timeout"
+    );
+    let done = publisher.wait_at_most(Duration::from_secs(15));
+    assert!(
+        !done.success(),
+        "the dropped publisher should see its connection closed"
+    );
+    assert_alive(&mut server);
+}
+
 // ---------------------------------------------------------------------------
 // HTTP serving and roles
 
