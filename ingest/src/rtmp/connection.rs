@@ -409,6 +409,7 @@ impl Connection {
                 data, timestamp, ..
             } => {
                 if let Role::Publishing(p) = &mut self.role {
+                    self.last_media = tokio::time::Instant::now();
                     p.video(timestamp.value, data);
                 }
                 Ok(())
@@ -417,6 +418,7 @@ impl Connection {
                 data, timestamp, ..
             } => {
                 if let Role::Publishing(p) = &mut self.role {
+                    self.last_media = tokio::time::Instant::now();
                     p.audio(timestamp.value, data);
                 }
                 Ok(())
