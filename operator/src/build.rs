@@ -1,0 +1,709 @@
+//! Desired state: a LiveApplication in, the Kubernetes objects that run it
+//! out. Pure functions with no client, so every field is unit-tested and a
+//! reconcile can compare what it wants with what it sees before writing.
+//!
+//! Every object carries only the fields the operator cares about: it is
+//! applied with server-side apply, so the API server keeps its defaults and
+//! other managers' fields, and a field dropped here is removed there.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, Lifecycle, LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    SleepAction, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use oxcast_crds::live_application::{
+    AccessMode, HttpMode, LiveApplication, LiveApplicationSpec, ServiceOptions, ServiceType,
+    StorageSpec, HTTP_CONTAINER_PORT, RTMP_CONTAINER_PORT,
+};
+use oxcast_crds::InvalidSetting;
+use serde::Serialize;
+
+use crate::names::{Component, Names, ANNOTATION_CONFIG_CHECKSUM, ANNOTATION_DESIRED_HASH};
+use crate::render;
+
+/// UID and GID the containers run as (distroless `nonroot`); the volumes'
+/// group too, so the ingest server can write the HLS tree.
+pub const RUN_AS: i64 = 65532;
+/// How long a terminating pod keeps running before it gets SIGTERM: long
+/// enough for Service endpoints and load balancers to stop sending it new
+/// connections, so a rollout does not drop publishers that are just
+/// connecting or viewers fetching a segment.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
+/// Time the servers get after SIGTERM beyond the longest segment: the ingest
+/// server completes each open segment and ends its playlist before exiting.
+const SHUTDOWN_MARGIN_SECONDS: i64 = 10;
+
+const VOLUME_CONFIG: &str = "config";
+const VOLUME_HLS: &str = "hls";
+const VOLUME_KEYS: &str = "stream-keys";
+const PORT_RTMP: &str = "rtmp";
+const PORT_HTTP: &str = "http";
+
+/// Operator-wide inputs to the build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSettings {
+    /// Ingest image used when the spec names none (`--ingest-image`).
+    pub default_image: String,
+}
+
+/// Why no objects could be built for a LiveApplication.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The spec is inconsistent; nothing is applied until it is fixed.
+    #[error("invalid spec: {0}")]
+    Invalid(#[from] InvalidSetting),
+    /// The object came without a name, namespace or uid (never from the API server).
+    #[error("the LiveApplication has no {0}")]
+    MissingMetadata(&'static str),
+    #[error("rendering the ingest config: {0}")]
+    Render(#[from] serde_yaml::Error),
+    #[error("hashing a desired object: {0}")]
+    Hash(#[from] serde_json::Error),
+}
+
+/// A kind of child that a spec change can make unnecessary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObsoleteKind {
+    Deployment,
+    PersistentVolumeClaim,
+}
+
+/// A child an earlier spec needed and this one does not: deleted if it
+/// exists and this LiveApplication controls it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Obsolete {
+    pub kind: ObsoleteKind,
+    pub name: String,
+}
+
+/// Everything one LiveApplication should own.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub config_map: ConfigMap,
+    /// The claim the operator creates (storage.persistentVolumeClaim only).
+    pub pvc: Option<PersistentVolumeClaim>,
+    /// The ingest Deployment first, then the HTTP one in deployment mode.
+    pub deployments: Vec<Deployment>,
+    /// RTMP Service, then HTTP Service.
+    pub services: Vec<Service>,
+    pub obsolete: Vec<Obsolete>,
+}
+
+/// Checks what the CRD's CEL rules check and the builders rely on, plus
+/// what the ingest server checks at startup: a CRD installed from an older
+/// manifest might not enforce everything, and a spec the server refuses
+/// would only crash-loop its pods.
+pub fn validate(spec: &LiveApplicationSpec) -> Result<(), InvalidSetting> {
+    let invalid = |field, message: &str| {
+        Err(InvalidSetting {
+            field,
+            message: message.to_string(),
+        })
+    };
+    let storage = &spec.storage;
+    let kinds = [
+        storage.empty_dir.is_some(),
+        storage.persistent_volume_claim.is_some(),
+        storage.existing_claim.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return invalid(
+            "storage",
+            "set exactly one of storage.emptyDir, storage.persistentVolumeClaim or storage.existingClaim",
+        );
+    }
+    if spec.http.mode == HttpMode::Deployment && !shared_volume(storage) {
+        return invalid(
+            "http.mode",
+            "http.mode deployment needs a volume the HTTP pods can share: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim",
+        );
+    }
+    if spec.replicas > 1 && !shared_volume(storage) {
+        return invalid(
+            "replicas",
+            "more than one ingest replica needs a shared volume: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim",
+        );
+    }
+    render::validate(&render::ingest_config(spec))
+}
+
+/// Whether several pods, on any nodes, can mount the HLS volume.
+fn shared_volume(storage: &StorageSpec) -> bool {
+    storage.existing_claim.is_some()
+        || storage
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|p| p.access_modes.contains(&AccessMode::ReadWriteMany))
+}
+
+/// Validates `app` and builds its children.
+pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired, BuildError> {
+    let spec = &app.spec;
+    validate(spec)?;
+    let name = app
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(BuildError::MissingMetadata("name"))?;
+    let namespace = app
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(BuildError::MissingMetadata("namespace"))?;
+    let owner = app
+        .controller_owner_ref(&())
+        .ok_or(BuildError::MissingMetadata("uid"))?;
+    let b = Builder {
+        spec,
+        names: Names::new(name),
+        namespace,
+        owner,
+        image: spec
+            .image
+            .clone()
+            .unwrap_or_else(|| settings.default_image.clone()),
+    };
+
+    let config_text = render::render(&render::ingest_config(spec))?;
+    let checksum = render::checksum(&config_text);
+    let config_map = stamp(b.config_map(config_text))?;
+    let pvc = spec
+        .storage
+        .persistent_volume_claim
+        .as_ref()
+        .map(|_| stamp(b.pvc()))
+        .transpose()?;
+    let deployment_mode = spec.http.mode == HttpMode::Deployment;
+    let mut deployments = vec![stamp(b.ingest_deployment(&checksum))?];
+    if deployment_mode {
+        deployments.push(stamp(b.http_deployment(&checksum))?);
+    }
+    let services = vec![stamp(b.rtmp_service())?, stamp(b.http_service())?];
+
+    let mut obsolete = Vec::new();
+    if !deployment_mode {
+        obsolete.push(Obsolete {
+            kind: ObsoleteKind::Deployment,
+            name: b.names.http_deployment(),
+        });
+    }
+    if pvc.is_none() {
+        obsolete.push(Obsolete {
+            kind: ObsoleteKind::PersistentVolumeClaim,
+            name: b.names.pvc(),
+        });
+    }
+    Ok(Desired {
+        config_map,
+        pvc,
+        deployments,
+        services,
+        obsolete,
+    })
+}
+
+/// Adds [`ANNOTATION_DESIRED_HASH`]: the hash of the object as built, so a
+/// later reconcile can tell "my intent changed" (hash differs) from "the
+/// object drifted" (fields differ) without remembering anything.
+fn stamp<K: Resource + Serialize>(mut obj: K) -> Result<K, serde_json::Error> {
+    let text = serde_json::to_string(&obj)?;
+    let hash = render::checksum(&text);
+    obj.annotations_mut()
+        .insert(ANNOTATION_DESIRED_HASH.to_string(), hash[..16].to_string());
+    Ok(obj)
+}
+
+struct Builder<'a> {
+    spec: &'a LiveApplicationSpec,
+    names: Names,
+    namespace: &'a str,
+    owner: OwnerReference,
+    image: String,
+}
+
+impl Builder<'_> {
+    fn meta(&self, name: String, component: Component) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.to_string()),
+            labels: Some(self.names.labels(component)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn config_map(&self, text: String) -> ConfigMap {
+        ConfigMap {
+            metadata: self.meta(self.names.config_map(), Component::Application),
+            data: Some(BTreeMap::from([(render::CONFIG_KEY.to_string(), text)])),
+            ..ConfigMap::default()
+        }
+    }
+
+    fn pvc(&self) -> PersistentVolumeClaim {
+        let pvc = self
+            .spec
+            .storage
+            .persistent_volume_claim
+            .clone()
+            .unwrap_or_default();
+        PersistentVolumeClaim {
+            metadata: self.meta(self.names.pvc(), Component::Application),
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(
+                    pvc.access_modes
+                        .iter()
+                        .map(|m| m.as_str().to_string())
+                        .collect(),
+                ),
+                storage_class_name: pvc.storage_class_name,
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".to_string(), pvc.size)])),
+                    limits: None,
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        }
+    }
+
+    fn ingest_deployment(&self, checksum: &str) -> Deployment {
+        let sidecar = self.spec.http.mode == HttpMode::Sidecar;
+        let mut containers = vec![self.ingest_container()];
+        if sidecar {
+            containers.push(self.http_container());
+        }
+        let mut volumes = vec![self.config_volume(), self.hls_volume()];
+        if let Some(secret) = render::keys_secret(self.spec) {
+            volumes.push(Volume {
+                name: VOLUME_KEYS.to_string(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.to_string()),
+                    // Owner and group (fsGroup) may read; nobody else.
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+        let grace = PRE_STOP_SLEEP_SECONDS
+            + self
+                .spec
+                .hls
+                .effective_max_fragment()
+                .get()
+                .as_secs_f64()
+                .ceil() as i64
+            + SHUTDOWN_MARGIN_SECONDS;
+        self.deployment(
+            self.names.ingest_deployment(),
+            Component::Ingest,
+            self.spec.replicas,
+            self.ingest_strategy(),
+            checksum,
+            containers,
+            volumes,
+            grace,
+        )
+    }
+
+    fn http_deployment(&self, checksum: &str) -> Deployment {
+        self.deployment(
+            self.names.http_deployment(),
+            Component::Http,
+            self.spec.http.replicas,
+            rolling_update(),
+            checksum,
+            vec![self.http_container()],
+            vec![self.config_volume(), self.hls_volume()],
+            PRE_STOP_SLEEP_SECONDS + SHUTDOWN_MARGIN_SECONDS,
+        )
+    }
+
+    /// A ReadWriteOnce claim can only be mounted on one node at a time, so
+    /// the old pod must go before the new one starts; everything else
+    /// surges a new pod first, so the application stays reachable.
+    fn ingest_strategy(&self) -> DeploymentStrategy {
+        match &self.spec.storage.persistent_volume_claim {
+            Some(pvc) if !pvc.access_modes.contains(&AccessMode::ReadWriteMany) => {
+                DeploymentStrategy {
+                    type_: Some("Recreate".to_string()),
+                    rolling_update: None,
+                }
+            }
+            _ => rolling_update(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deployment(
+        &self,
+        name: String,
+        component: Component,
+        replicas: i32,
+        strategy: DeploymentStrategy,
+        checksum: &str,
+        containers: Vec<Container>,
+        volumes: Vec<Volume>,
+        termination_grace_seconds: i64,
+    ) -> Deployment {
+        let spec = self.spec;
+        let mut annotations = spec.pod_annotations.clone();
+        annotations.insert(ANNOTATION_CONFIG_CHECKSUM.to_string(), checksum.to_string());
+        Deployment {
+            metadata: self.meta(name, component),
+            spec: Some(DeploymentSpec {
+                replicas: Some(replicas),
+                selector: LabelSelector {
+                    match_labels: Some(self.names.selector(component)),
+                    match_expressions: None,
+                },
+                strategy: Some(strategy),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(self.names.labels(component)),
+                        annotations: Some(annotations),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers,
+                        volumes: Some(volumes),
+                        security_context: Some(pod_security_context()),
+                        termination_grace_period_seconds: Some(termination_grace_seconds),
+                        // The servers never talk to the Kubernetes API.
+                        automount_service_account_token: Some(false),
+                        // Service environment variables are noise to them.
+                        enable_service_links: Some(false),
+                        node_selector: non_empty_map(&spec.node_selector),
+                        tolerations: non_empty_vec(&spec.tolerations),
+                        affinity: spec.affinity.clone(),
+                        image_pull_secrets: non_empty_vec(&spec.image_pull_secrets),
+                        ..PodSpec::default()
+                    }),
+                },
+                ..DeploymentSpec::default()
+            }),
+            ..Deployment::default()
+        }
+    }
+
+    fn ingest_container(&self) -> Container {
+        let mut mounts = vec![config_mount(), hls_mount(false)];
+        if render::keys_secret(self.spec).is_some() {
+            mounts.push(VolumeMount {
+                name: VOLUME_KEYS.to_string(),
+                mount_path: render::KEYS_DIR.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+        let tcp = || Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String(PORT_RTMP.to_string()),
+                host: None,
+            }),
+            ..Probe::default()
+        };
+        Container {
+            name: "ingest".to_string(),
+            image: Some(self.image.clone()),
+            image_pull_policy: self.spec.image_pull_policy.map(|p| p.as_str().to_string()),
+            command: Some(vec!["oxcast-ingest".to_string()]),
+            args: Some(
+                [
+                    "rtmp",
+                    "--config",
+                    &render::config_path(),
+                    "--hls-root",
+                    render::HLS_ROOT,
+                    "--rtmp-listen",
+                    &format!("0.0.0.0:{RTMP_CONTAINER_PORT}"),
+                ]
+                .map(str::to_string)
+                .to_vec(),
+            ),
+            ports: Some(vec![ContainerPort {
+                name: Some(PORT_RTMP.to_string()),
+                container_port: RTMP_CONTAINER_PORT,
+                protocol: Some("TCP".to_string()),
+                ..ContainerPort::default()
+            }]),
+            readiness_probe: Some(Probe {
+                period_seconds: Some(5),
+                failure_threshold: Some(2),
+                ..tcp()
+            }),
+            liveness_probe: Some(Probe {
+                period_seconds: Some(10),
+                failure_threshold: Some(3),
+                ..tcp()
+            }),
+            lifecycle: Some(pre_stop_sleep()),
+            resources: self.spec.resources.clone(),
+            volume_mounts: Some(mounts),
+            security_context: Some(container_security_context()),
+            ..Container::default()
+        }
+    }
+
+    fn http_container(&self) -> Container {
+        let get = |path: &str| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.to_string()),
+                port: IntOrString::String(PORT_HTTP.to_string()),
+                ..HTTPGetAction::default()
+            }),
+            ..Probe::default()
+        };
+        Container {
+            name: "http".to_string(),
+            image: Some(self.image.clone()),
+            image_pull_policy: self.spec.image_pull_policy.map(|p| p.as_str().to_string()),
+            command: Some(vec!["oxcast-ingest".to_string()]),
+            args: Some(
+                [
+                    "http",
+                    "--config",
+                    &render::config_path(),
+                    "--hls-root",
+                    render::HLS_ROOT,
+                    "--http-listen",
+                    &format!("0.0.0.0:{HTTP_CONTAINER_PORT}"),
+                ]
+                .map(str::to_string)
+                .to_vec(),
+            ),
+            ports: Some(vec![ContainerPort {
+                name: Some(PORT_HTTP.to_string()),
+                container_port: HTTP_CONTAINER_PORT,
+                protocol: Some("TCP".to_string()),
+                ..ContainerPort::default()
+            }]),
+            readiness_probe: Some(Probe {
+                period_seconds: Some(5),
+                failure_threshold: Some(2),
+                ..get("/readyz")
+            }),
+            liveness_probe: Some(Probe {
+                period_seconds: Some(10),
+                failure_threshold: Some(3),
+                ..get("/healthz")
+            }),
+            lifecycle: Some(pre_stop_sleep()),
+            resources: self.spec.http.resources.clone(),
+            // The HTTP server only reads the tree.
+            volume_mounts: Some(vec![config_mount(), hls_mount(true)]),
+            security_context: Some(container_security_context()),
+            ..Container::default()
+        }
+    }
+
+    fn config_volume(&self) -> Volume {
+        Volume {
+            name: VOLUME_CONFIG.to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: self.names.config_map(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        }
+    }
+
+    fn hls_volume(&self) -> Volume {
+        let storage = &self.spec.storage;
+        let mut volume = Volume {
+            name: VOLUME_HLS.to_string(),
+            ..Volume::default()
+        };
+        if let Some(claim) = &storage.existing_claim {
+            volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.claim_name.clone(),
+                read_only: None,
+            });
+        } else if storage.persistent_volume_claim.is_some() {
+            volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+                claim_name: self.names.pvc(),
+                read_only: None,
+            });
+        } else {
+            let empty_dir = storage.empty_dir.clone().unwrap_or_default();
+            volume.empty_dir = Some(EmptyDirVolumeSource {
+                medium: empty_dir.medium.filter(|m| !m.is_empty()),
+                size_limit: empty_dir.size_limit,
+            });
+        }
+        volume
+    }
+
+    fn rtmp_service(&self) -> Service {
+        let svc = &self.spec.rtmp.service;
+        self.service(
+            self.names.rtmp_service(),
+            Component::Ingest,
+            svc.type_,
+            &svc.options,
+            ServicePort {
+                name: Some(PORT_RTMP.to_string()),
+                port: self.spec.rtmp.port,
+                target_port: Some(IntOrString::String(PORT_RTMP.to_string())),
+                protocol: Some("TCP".to_string()),
+                ..ServicePort::default()
+            },
+        )
+    }
+
+    fn http_service(&self) -> Service {
+        let svc = &self.spec.http.service;
+        // In sidecar mode the ingest pods serve HTTP.
+        let backend = match self.spec.http.mode {
+            HttpMode::Sidecar => Component::Ingest,
+            HttpMode::Deployment => Component::Http,
+        };
+        let mut service = self.service(
+            self.names.http_service(),
+            backend,
+            svc.type_,
+            &svc.options,
+            ServicePort {
+                name: Some(PORT_HTTP.to_string()),
+                port: svc.port,
+                target_port: Some(IntOrString::String(PORT_HTTP.to_string())),
+                protocol: Some("TCP".to_string()),
+                ..ServicePort::default()
+            },
+        );
+        // The Service belongs to the HTTP role whichever pods back it.
+        service.metadata.labels = Some(self.names.labels(Component::Http));
+        service
+    }
+
+    fn service(
+        &self,
+        name: String,
+        backend: Component,
+        type_: ServiceType,
+        options: &ServiceOptions,
+        port: ServicePort,
+    ) -> Service {
+        let mut metadata = self.meta(name, backend);
+        metadata.annotations = non_empty_map(&options.annotations);
+        let external = type_ != ServiceType::ClusterIP;
+        let load_balancer = type_ == ServiceType::LoadBalancer;
+        Service {
+            metadata,
+            spec: Some(ServiceSpec {
+                type_: Some(type_.as_str().to_string()),
+                selector: Some(self.names.selector(backend)),
+                ports: Some(vec![port]),
+                load_balancer_source_ranges: non_empty_vec(&options.load_balancer_source_ranges)
+                    .filter(|_| load_balancer),
+                load_balancer_class: options
+                    .load_balancer_class
+                    .clone()
+                    .filter(|_| load_balancer),
+                external_traffic_policy: options
+                    .external_traffic_policy
+                    .filter(|_| external)
+                    .map(|p| p.as_str().to_string()),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
+    }
+}
+
+fn rolling_update() -> DeploymentStrategy {
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".to_string()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(0)),
+        }),
+    }
+}
+
+fn pre_stop_sleep() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: PRE_STOP_SLEEP_SECONDS,
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    }
+}
+
+fn config_mount() -> VolumeMount {
+    VolumeMount {
+        name: VOLUME_CONFIG.to_string(),
+        mount_path: render::CONFIG_DIR.to_string(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn hls_mount(read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: VOLUME_HLS.to_string(),
+        mount_path: render::HLS_ROOT.to_string(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The Pod Security Standard "restricted", pod part.
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        // Only chown a volume whose root does not already match: a large
+        // HLS volume would otherwise be walked on every pod start.
+        fs_group_change_policy: Some("OnRootMismatch".to_string()),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The Pod Security Standard "restricted", container part.
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// `None` for an empty map: the API server drops empty maps, and an absent
+/// field is what the operator then sees.
+fn non_empty_map(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    (!map.is_empty()).then(|| map.clone())
+}
+
+fn non_empty_vec<T: Clone>(items: &[T]) -> Option<Vec<T>> {
+    (!items.is_empty()).then(|| items.to_vec())
+}
+
+#[cfg(test)]
+#[path = "build_tests.rs"]
+mod tests;

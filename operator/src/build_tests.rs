@@ -1,0 +1,587 @@
+//! Field assertions on the objects built for each example manifest.
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use serde::Deserialize;
+
+use super::*;
+use crate::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY};
+
+const IMAGE: &str = "registry.example/oxcast-ingest:test";
+
+fn settings() -> BuildSettings {
+    BuildSettings {
+        default_image: IMAGE.to_string(),
+    }
+}
+
+/// The LiveApplication in `examples/<file>`, as the API server would hand
+/// it to the operator (namespace and uid set, defaults filled in).
+fn example(text: &str) -> LiveApplication {
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_json::Value::deserialize(doc).expect("examples are YAML");
+        if value["kind"] == "LiveApplication" {
+            let mut app: LiveApplication =
+                serde_json::from_value(value).expect("a valid LiveApplication");
+            app.metadata.namespace = Some("media".to_string());
+            app.metadata.uid = Some("6b1f3c1e-0000-4000-8000-000000000001".to_string());
+            return app;
+        }
+    }
+    panic!("no LiveApplication in the example");
+}
+
+fn minimal() -> LiveApplication {
+    example(include_str!("../../examples/minimal.yaml"))
+}
+
+fn scale_out() -> LiveApplication {
+    example(include_str!("../../examples/scale-out.yaml"))
+}
+
+fn stream_keys() -> LiveApplication {
+    example(include_str!("../../examples/stream-keys.yaml"))
+}
+
+fn pod(d: &Deployment) -> &PodSpec {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod template spec")
+}
+
+fn container<'a>(d: &'a Deployment, name: &str) -> &'a Container {
+    pod(d)
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn template_annotation(d: &Deployment, key: &str) -> Option<String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(key).cloned())
+}
+
+fn volume<'a>(d: &'a Deployment, name: &str) -> &'a Volume {
+    pod(d)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+fn assert_restricted(d: &Deployment) {
+    let pod = pod(d);
+    let psc = pod.security_context.as_ref().expect("pod security context");
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    for c in &pod.containers {
+        let sc = c
+            .security_context
+            .as_ref()
+            .expect("container security context");
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()]),
+            "{}",
+            c.name
+        );
+        assert!(
+            c.readiness_probe.is_some() && c.liveness_probe.is_some(),
+            "{}",
+            c.name
+        );
+        let pre_stop = c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|p| p.sleep.as_ref())
+            .map(|s| s.seconds);
+        assert_eq!(pre_stop, Some(PRE_STOP_SLEEP_SECONDS), "{}", c.name);
+    }
+}
+
+fn assert_owned(meta: &ObjectMeta, app: &LiveApplication) {
+    let refs = meta.owner_references.as_ref().expect("owner references");
+    assert_eq!(refs.len(), 1);
+    let owner = &refs[0];
+    assert_eq!(owner.kind, "LiveApplication");
+    assert_eq!(owner.api_version, "live.oxcast.dev/v1alpha1");
+    assert_eq!(Some(&owner.uid), app.metadata.uid.as_ref());
+    assert_eq!(owner.controller, Some(true));
+    assert_eq!(meta.namespace.as_deref(), Some("media"));
+    let labels = meta.labels.as_ref().expect("labels");
+    assert_eq!(
+        labels.get(LABEL_MANAGED_BY).map(String::as_str),
+        Some("oxcast-operator")
+    );
+    assert_eq!(labels.get(LABEL_INSTANCE), app.metadata.name.as_ref());
+    assert!(
+        meta.annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(ANNOTATION_DESIRED_HASH)),
+        "every child carries the desired hash"
+    );
+}
+
+#[test]
+fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
+    let app = minimal();
+    let d = build(&app, &settings()).expect("build");
+    assert!(d.pvc.is_none());
+    assert_eq!(d.deployments.len(), 1);
+    assert_eq!(d.services.len(), 2);
+    assert_owned(&d.config_map.metadata, &app);
+
+    let ingest = &d.deployments[0];
+    assert_owned(&ingest.metadata, &app);
+    assert_eq!(ingest.metadata.name.as_deref(), Some("live"));
+    let spec = ingest.spec.as_ref().expect("spec");
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(
+        spec.selector
+            .match_labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_COMPONENT))
+            .map(String::as_str),
+        Some("ingest")
+    );
+    assert_restricted(ingest);
+    let names: Vec<_> = pod(ingest)
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["ingest", "http"]);
+
+    let rtmp = container(ingest, "ingest");
+    assert_eq!(
+        rtmp.image.as_deref(),
+        Some(IMAGE),
+        "the operator's default image"
+    );
+    assert_eq!(rtmp.command, Some(vec!["oxcast-ingest".to_string()]));
+    assert_eq!(
+        rtmp.args.as_deref().expect("args"),
+        [
+            "rtmp",
+            "--config",
+            "/etc/oxcast/config.yaml",
+            "--hls-root",
+            "/var/lib/oxcast/hls",
+            "--rtmp-listen",
+            "0.0.0.0:1935"
+        ]
+    );
+    let port = &rtmp.ports.as_ref().expect("ports")[0];
+    assert_eq!(
+        (port.name.as_deref(), port.container_port),
+        (Some("rtmp"), 1935)
+    );
+    let probe = rtmp
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.tcp_socket.as_ref())
+        .expect("tcp probe");
+    assert_eq!(probe.port, IntOrString::String("rtmp".to_string()));
+
+    let http = container(ingest, "http");
+    assert_eq!(
+        http.args.as_deref().expect("args"),
+        [
+            "http",
+            "--config",
+            "/etc/oxcast/config.yaml",
+            "--hls-root",
+            "/var/lib/oxcast/hls",
+            "--http-listen",
+            "0.0.0.0:8080"
+        ]
+    );
+    let port = &http.ports.as_ref().expect("ports")[0];
+    assert_eq!(
+        (port.name.as_deref(), port.container_port),
+        (Some("http"), 8080)
+    );
+    let get = |p: &Option<Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|g| g.path.clone())
+    };
+    assert_eq!(get(&http.liveness_probe).as_deref(), Some("/healthz"));
+    assert_eq!(get(&http.readiness_probe).as_deref(), Some("/readyz"));
+    let hls_mount = http
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "hls")
+        .expect("hls mount");
+    assert_eq!(
+        hls_mount.read_only,
+        Some(true),
+        "the HTTP server only reads"
+    );
+
+    let hls = volume(ingest, "hls");
+    assert!(hls.empty_dir.is_some() && hls.persistent_volume_claim.is_none());
+    assert_eq!(
+        volume(ingest, "config")
+            .config_map
+            .as_ref()
+            .map(|c| c.name.as_str()),
+        Some("live-config")
+    );
+    // 5 s preStop + 10 s default maxFragment + 10 s margin.
+    assert_eq!(pod(ingest).termination_grace_period_seconds, Some(25));
+    assert_eq!(
+        spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("RollingUpdate")
+    );
+
+    let rtmp_svc = d.services[0].spec.as_ref().expect("spec");
+    assert_eq!(d.services[0].metadata.name.as_deref(), Some("live-rtmp"));
+    assert_eq!(rtmp_svc.type_.as_deref(), Some("LoadBalancer"));
+    let port = &rtmp_svc.ports.as_ref().expect("ports")[0];
+    assert_eq!(port.port, 1935);
+    assert_eq!(port.target_port, Some(IntOrString::String("rtmp".into())));
+    assert_eq!(
+        rtmp_svc.selector,
+        Some(Names::new("live").selector(Component::Ingest))
+    );
+
+    let http_svc = d.services[1].spec.as_ref().expect("spec");
+    assert_eq!(d.services[1].metadata.name.as_deref(), Some("live-http"));
+    assert_eq!(http_svc.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(http_svc.ports.as_ref().expect("ports")[0].port, 80);
+    assert_eq!(
+        http_svc.selector,
+        Some(Names::new("live").selector(Component::Ingest)),
+        "in sidecar mode the ingest pods serve HTTP"
+    );
+
+    // The ConfigMap is the server's config, reference defaults.
+    let text = &d.config_map.data.as_ref().expect("data")["config.yaml"];
+    let config: oxcast_crds::IngestConfig =
+        serde_yaml::from_str(text).expect("the server can read it");
+    assert_eq!(config, oxcast_crds::IngestConfig::default());
+    assert_eq!(
+        template_annotation(ingest, ANNOTATION_CONFIG_CHECKSUM),
+        Some(render::checksum(text))
+    );
+
+    let obsolete: Vec<_> = d
+        .obsolete
+        .iter()
+        .map(|o| (o.kind, o.name.as_str()))
+        .collect();
+    assert_eq!(
+        obsolete,
+        [
+            (ObsoleteKind::Deployment, "live-http"),
+            (ObsoleteKind::PersistentVolumeClaim, "live-hls")
+        ]
+    );
+}
+
+#[test]
+fn scale_out_example_shares_a_read_write_many_claim_with_an_http_deployment() {
+    let app = scale_out();
+    let d = build(&app, &settings()).expect("build");
+    let pvc = d.pvc.as_ref().expect("a claim");
+    assert_owned(&pvc.metadata, &app);
+    assert_eq!(pvc.metadata.name.as_deref(), Some("scale-out-hls"));
+    let pvc_spec = pvc.spec.as_ref().expect("spec");
+    assert_eq!(
+        pvc_spec.access_modes,
+        Some(vec!["ReadWriteMany".to_string()])
+    );
+    assert_eq!(
+        pvc_spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .map(|r| r["storage"].0.as_str()),
+        Some("20Gi")
+    );
+
+    assert_eq!(d.deployments.len(), 2);
+    let (ingest, http) = (&d.deployments[0], &d.deployments[1]);
+    assert_eq!(ingest.spec.as_ref().and_then(|s| s.replicas), Some(3));
+    assert_eq!(http.metadata.name.as_deref(), Some("scale-out-http"));
+    assert_eq!(http.spec.as_ref().and_then(|s| s.replicas), Some(2));
+    assert_owned(&http.metadata, &app);
+    assert_restricted(ingest);
+    assert_restricted(http);
+    let ingest_names: Vec<_> = pod(ingest)
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(ingest_names, ["ingest"], "no sidecar in deployment mode");
+    let http_names: Vec<_> = pod(http)
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(http_names, ["http"]);
+    for dep in [ingest, http] {
+        assert_eq!(
+            volume(dep, "hls")
+                .persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.as_str()),
+            Some("scale-out-hls")
+        );
+        assert!(template_annotation(dep, ANNOTATION_CONFIG_CHECKSUM).is_some());
+    }
+    assert_eq!(
+        container(ingest, "ingest")
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .map(|r| r["cpu"].0.as_str()),
+        Some("500m")
+    );
+    assert_eq!(
+        container(http, "http")
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .map(|r| r["memory"].0.as_str()),
+        Some("256Mi")
+    );
+    assert!(pod(ingest).affinity.is_some());
+
+    let rtmp_svc = d.services[0].spec.as_ref().expect("spec");
+    assert_eq!(rtmp_svc.external_traffic_policy.as_deref(), Some("Local"));
+    let http_svc = d.services[1].spec.as_ref().expect("spec");
+    assert_eq!(
+        http_svc.selector,
+        Some(Names::new("scale-out").selector(Component::Http)),
+        "in deployment mode the HTTP pods serve HTTP"
+    );
+    assert!(d.obsolete.is_empty(), "{:?}", d.obsolete);
+
+    let config: oxcast_crds::IngestConfig =
+        serde_yaml::from_str(&d.config_map.data.as_ref().expect("data")["config.yaml"])
+            .expect("config");
+    assert_eq!(
+        config.hls.fragment,
+        oxcast_crds::HumanDuration::from_secs(2)
+    );
+    assert_eq!(
+        config.hls.playlist_length,
+        oxcast_crds::HumanDuration::from_secs(20)
+    );
+}
+
+#[test]
+fn stream_keys_example_mounts_the_secret_where_the_config_points() {
+    let app = stream_keys();
+    let d = build(&app, &settings()).expect("build");
+    let ingest = &d.deployments[0];
+    let keys = volume(ingest, "stream-keys")
+        .secret
+        .as_ref()
+        .expect("secret volume");
+    assert_eq!(keys.secret_name.as_deref(), Some("stream-keys"));
+    let mount = container(ingest, "ingest")
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "stream-keys")
+        .expect("keys mount");
+    assert_eq!(mount.mount_path, render::KEYS_DIR);
+    assert_eq!(mount.read_only, Some(true));
+    assert!(
+        !container(ingest, "http")
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "stream-keys"),
+        "the HTTP server never sees the keys"
+    );
+    let config: oxcast_crds::IngestConfig =
+        serde_yaml::from_str(&d.config_map.data.as_ref().expect("data")["config.yaml"])
+            .expect("config");
+    assert_eq!(config.rtmp.auth.mode, oxcast_crds::AuthMode::Keys);
+    assert_eq!(
+        config
+            .rtmp
+            .auth
+            .keys
+            .as_ref()
+            .and_then(|k| k.path.as_deref()),
+        Some(render::KEYS_DIR)
+    );
+    assert!(config.validate().is_ok());
+}
+
+#[test]
+fn a_config_change_changes_the_pod_template_and_nothing_else_does_not() {
+    let app = minimal();
+    let before = build(&app, &settings()).expect("build");
+    let again = build(&app, &settings()).expect("build");
+    let checksum = |d: &Desired| template_annotation(&d.deployments[0], ANNOTATION_CONFIG_CHECKSUM);
+    assert_eq!(
+        checksum(&before),
+        checksum(&again),
+        "building is deterministic"
+    );
+    assert_eq!(
+        before.deployments[0].metadata.annotations,
+        again.deployments[0].metadata.annotations
+    );
+
+    let mut changed = app.clone();
+    changed.spec.hls.fragment = oxcast_crds::HumanDuration::from_secs(2);
+    let after = build(&changed, &settings()).expect("build");
+    assert_ne!(checksum(&before), checksum(&after), "new config, new pods");
+}
+
+#[test]
+fn service_options_only_where_they_apply() {
+    let mut app = minimal();
+    app.spec.rtmp.service.options.load_balancer_source_ranges = vec!["10.0.0.0/8".into()];
+    app.spec
+        .rtmp
+        .service
+        .options
+        .annotations
+        .insert("lb.example/type".into(), "nlb".into());
+    let d = build(&app, &settings()).expect("build");
+    let svc = &d.services[0];
+    assert_eq!(
+        svc.spec
+            .as_ref()
+            .and_then(|s| s.load_balancer_source_ranges.clone()),
+        Some(vec!["10.0.0.0/8".to_string()])
+    );
+    assert_eq!(
+        svc.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("lb.example/type"))
+            .map(String::as_str),
+        Some("nlb")
+    );
+
+    // Removing an option removes the field from what is applied.
+    app.spec.rtmp.service.options = ServiceOptions::default();
+    let d = build(&app, &settings()).expect("build");
+    let json = serde_json::to_value(&d.services[0]).expect("json");
+    assert!(
+        json["spec"].get("loadBalancerSourceRanges").is_none(),
+        "{json}"
+    );
+    assert!(
+        json["metadata"]["annotations"]
+            .get("lb.example/type")
+            .is_none(),
+        "{json}"
+    );
+}
+
+#[test]
+fn read_write_once_claims_recreate_instead_of_surging() {
+    let mut app = minimal();
+    app.spec.storage = StorageSpec {
+        empty_dir: None,
+        persistent_volume_claim: Some(oxcast_crds::live_application::PvcStorage {
+            access_modes: vec![AccessMode::ReadWriteOnce],
+            ..Default::default()
+        }),
+        existing_claim: None,
+    };
+    let d = build(&app, &settings()).expect("build");
+    assert_eq!(
+        d.deployments[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.strategy.as_ref())
+            .and_then(|s| s.type_.as_deref()),
+        Some("Recreate")
+    );
+}
+
+#[test]
+fn existing_claims_are_mounted_but_never_created_or_deleted() {
+    let mut app = minimal();
+    app.spec.replicas = 2;
+    app.spec.http.mode = HttpMode::Deployment;
+    app.spec.storage = StorageSpec {
+        empty_dir: None,
+        persistent_volume_claim: None,
+        existing_claim: Some(oxcast_crds::live_application::ExistingClaim {
+            claim_name: "shared-hls".into(),
+        }),
+    };
+    let d = build(&app, &settings()).expect("build");
+    assert!(d.pvc.is_none());
+    for dep in &d.deployments {
+        assert_eq!(
+            volume(dep, "hls")
+                .persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.as_str()),
+            Some("shared-hls")
+        );
+    }
+    // Only the operator's own claim name is ever considered for deletion.
+    assert!(d
+        .obsolete
+        .iter()
+        .all(|o| o.kind != ObsoleteKind::PersistentVolumeClaim || o.name == "live-hls"));
+}
+
+#[test]
+fn the_image_in_the_spec_wins() {
+    let mut app = minimal();
+    app.spec.image = Some("my.registry/ingest:1.2".into());
+    app.spec.image_pull_policy = Some(oxcast_crds::live_application::ImagePullPolicy::IfNotPresent);
+    let d = build(&app, &settings()).expect("build");
+    for c in &pod(&d.deployments[0]).containers {
+        assert_eq!(c.image.as_deref(), Some("my.registry/ingest:1.2"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    }
+}
+
+#[test]
+fn invalid_specs_build_nothing_and_say_why() {
+    let mut app = minimal();
+    app.spec.http.mode = HttpMode::Deployment;
+    match build(&app, &settings()) {
+        Err(BuildError::Invalid(e)) => assert_eq!(e.field, "http.mode"),
+        other => panic!("expected an invalid spec, got {other:?}"),
+    }
+    let mut app = minimal();
+    app.spec.http.settings.path_prefix = "live".into();
+    match build(&app, &settings()) {
+        Err(BuildError::Invalid(e)) => assert_eq!(e.field, "http.pathPrefix"),
+        other => panic!("expected an invalid spec, got {other:?}"),
+    }
+    let mut app = minimal();
+    app.spec.storage.existing_claim = Some(oxcast_crds::live_application::ExistingClaim {
+        claim_name: "x".into(),
+    });
+    assert!(matches!(
+        build(&app, &settings()),
+        Err(BuildError::Invalid(_))
+    ));
+    let mut app = minimal();
+    app.metadata.uid = None;
+    assert!(matches!(
+        build(&app, &settings()),
+        Err(BuildError::MissingMetadata("uid"))
+    ));
+}

@@ -1,0 +1,692 @@
+//! The LiveApplication controller: watches, the reconcile pipeline and its
+//! error policy.
+//!
+//! Per reconcile: validate and build the desired children (pure, see
+//! [`crate::build`]) → server-side apply each child whose observed copy
+//! differs (one field manager, controller owner references) → delete
+//! children an earlier spec needed → observe → write the status if it
+//! changed. Observed objects come from reflector stores fed by the same
+//! watches that trigger reconciles, so a reconcile that has nothing to
+//! change sends no request at all.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use oxcast_crds::live_application::{HttpMode, LiveApplication, LiveApplicationStatus};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::build::{self, BuildError, BuildSettings, Desired, ObsoleteKind};
+use crate::diff::needs_apply;
+use crate::metrics::Metrics;
+use crate::names::{Names, LABEL_INSTANCE, MANAGED_SELECTOR, MANAGER};
+use crate::status::{self, Observed};
+use crate::{Error, Health};
+
+/// What the controller needs to know besides the cluster.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// Namespaces to watch; empty means all.
+    pub watch_namespaces: Vec<String>,
+    pub build: BuildSettings,
+    /// How often a LiveApplication is reconciled with no event at all, to
+    /// catch anything a watch missed.
+    pub resync_interval: Duration,
+    /// Reconciles running at once (per watched namespace).
+    pub concurrency: u16,
+    /// This instance, for Events (`reportingInstance`).
+    pub identity: String,
+}
+
+/// State shared by every reconcile of this operator instance.
+struct Shared {
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    settings: ControllerSettings,
+    /// Consecutive failures per LiveApplication, for exponential backoff.
+    failures: Mutex<HashMap<(String, String), u32>>,
+}
+
+/// The reflector stores of one watch scope (all namespaces, or one).
+#[derive(Clone)]
+struct Stores {
+    deployments: Store<Deployment>,
+    services: Store<Service>,
+    config_maps: Store<ConfigMap>,
+    pvcs: Store<PersistentVolumeClaim>,
+    pods: Store<Pod>,
+}
+
+impl Stores {
+    /// Waits for every store's initial list: before that, a missing object
+    /// may just not have been listed yet, and "creating" it would be a
+    /// needless write.
+    async fn ready(&self) -> Result<(), Error> {
+        let dropped = |_| Error::Shutdown;
+        self.deployments.wait_until_ready().await.map_err(dropped)?;
+        self.services.wait_until_ready().await.map_err(dropped)?;
+        self.config_maps.wait_until_ready().await.map_err(dropped)?;
+        self.pvcs.wait_until_ready().await.map_err(dropped)?;
+        self.pods.wait_until_ready().await.map_err(dropped)
+    }
+}
+
+struct Context {
+    shared: Arc<Shared>,
+    stores: Stores,
+}
+
+/// Runs the controllers until `cancel` fires, then lets in-flight
+/// reconciles finish. One controller per watched namespace (or one for the
+/// whole cluster): each has its own watches, so a namespaced install needs
+/// no cluster-wide read access.
+pub(crate) async fn run(
+    client: Client,
+    settings: ControllerSettings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) {
+    let reporter = Reporter {
+        controller: MANAGER.to_string(),
+        instance: Some(settings.identity.clone()),
+    };
+    let scopes: Vec<Option<String>> = if settings.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings
+            .watch_namespaces
+            .iter()
+            .cloned()
+            .map(Some)
+            .collect()
+    };
+    let shared = Arc::new(Shared {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        metrics,
+        settings,
+        failures: Mutex::new(HashMap::new()),
+    });
+    let controllers = scopes
+        .into_iter()
+        .map(|scope| run_scope(shared.clone(), scope, health.clone(), cancel.clone()));
+    futures::future::join_all(controllers).await;
+}
+
+fn scoped<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A watch of the operator's own objects of kind `K`, feeding a store.
+/// managedFields are dropped before storing: the operator never reads them
+/// and they are a large part of every object.
+fn child_watch<K>(
+    client: &Client,
+    scope: Option<&str>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let config = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let stream = watcher(scoped::<K>(client, scope), config)
+        .default_backoff()
+        .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
+        .reflect(writer)
+        // Deleted children count too: deleting one must trigger its owner
+        // so it is recreated.
+        .touched_objects();
+    (store, stream)
+}
+
+async fn run_scope(
+    shared: Arc<Shared>,
+    scope: Option<String>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) {
+    let client = shared.client.clone();
+    let scope_ref = scope.as_deref();
+    let (deployments, deployment_events) = child_watch::<Deployment>(&client, scope_ref);
+    let (services, service_events) = child_watch::<Service>(&client, scope_ref);
+    let (config_maps, config_map_events) = child_watch::<ConfigMap>(&client, scope_ref);
+    let (pvcs, pvc_events) = child_watch::<PersistentVolumeClaim>(&client, scope_ref);
+    let (pods, pod_events) = child_watch::<Pod>(&client, scope_ref);
+    let stores = Stores {
+        deployments,
+        services,
+        config_maps,
+        pvcs,
+        pods,
+    };
+    {
+        // Ready (for /readyz) once the first scope has listed everything.
+        let stores = stores.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            if stores.ready().await.is_ok() {
+                health.set_ready();
+            }
+        });
+    }
+    let apps = scoped::<LiveApplication>(&client, scope_ref);
+    let config = ControllerConfig::default().concurrency(shared.settings.concurrency);
+    let context = Arc::new(Context {
+        shared: shared.clone(),
+        stores,
+    });
+    tracing::info!(
+        namespace = scope_ref.unwrap_or("<all>"),
+        "starting the LiveApplication controller"
+    );
+    Controller::new(apps, watcher::Config::default())
+        .with_config(config)
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
+        .owns_stream(config_map_events)
+        .owns_stream(pvc_events)
+        // Pods belong to ReplicaSets, not to the LiveApplication: map them
+        // by label. Their states feed the Degraded condition.
+        .watches_stream(pod_events, |pod: Pod| {
+            let namespace = pod.namespace();
+            pod.labels().get(LABEL_INSTANCE).map(|name| {
+                ObjectRef::<LiveApplication>::new(name)
+                    .within(namespace.as_deref().unwrap_or_default())
+            })
+        })
+        .graceful_shutdown_on(cancel.cancelled_owned())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::trace!(%object, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+            }
+        })
+        .await;
+    tracing::info!(
+        namespace = scope_ref.unwrap_or("<all>"),
+        "LiveApplication controller stopped"
+    );
+}
+
+async fn reconcile(app: Arc<LiveApplication>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_app(&app, &ctx).await;
+    let shared = &ctx.shared;
+    shared
+        .metrics
+        .reconciled(started.elapsed(), result.as_ref().err().map(Error::reason));
+    if result.is_ok() {
+        if let Ok(mut failures) = shared.failures.lock() {
+            failures.remove(&key(&app));
+        }
+    }
+    result
+}
+
+fn key(app: &LiveApplication) -> (String, String) {
+    (app.namespace().unwrap_or_default(), app.name_any())
+}
+
+/// Requeue with exponential backoff per LiveApplication: 1 s, 2 s, 4 s, …
+/// up to 5 minutes, so a persistent error neither spins nor goes unnoticed.
+fn error_policy(app: Arc<LiveApplication>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = match ctx.shared.failures.lock() {
+        Ok(mut failures) => {
+            let n = failures.entry(key(&app)).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay = Duration::from_secs(1u64 << failures.saturating_sub(1).min(9))
+        .min(Duration::from_secs(300));
+    tracing::warn!(
+        namespace = app.namespace().unwrap_or_default(),
+        name = %app.name_any(),
+        error = %error,
+        failures,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// The children as they are after this reconcile's writes.
+#[derive(Default)]
+struct Children {
+    ingest: Option<Deployment>,
+    http: Option<Deployment>,
+    rtmp_service: Option<Service>,
+    http_service: Option<Service>,
+    pvc: Option<PersistentVolumeClaim>,
+}
+
+/// What applying changed, for Events.
+#[derive(Default)]
+struct Changes {
+    created: Vec<String>,
+    updated: Vec<String>,
+    deleted: Vec<String>,
+}
+
+async fn reconcile_app(app: &LiveApplication, ctx: &Context) -> Result<Action, Error> {
+    ctx.stores.ready().await?;
+    if app.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the children.
+        return Ok(Action::await_change());
+    }
+    let shared = &ctx.shared;
+    let namespace = app.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let names = Names::new(app.name_any());
+    let resync = Action::requeue(shared.settings.resync_interval);
+
+    let desired = match build::build(app, &shared.settings.build) {
+        Ok(desired) => desired,
+        Err(BuildError::Invalid(invalid)) => {
+            let message = invalid.to_string();
+            let none = Children::default();
+            let observed = observe(app, &namespace, &names, &none, &[], Some(&message), None);
+            if write_status(app, ctx, &observed).await?.is_some() {
+                tracing::warn!(namespace, name = %names.app, error = %message, "invalid spec");
+                event(
+                    ctx,
+                    app,
+                    EventType::Warning,
+                    "InvalidSpec",
+                    "Validate",
+                    message,
+                )
+                .await;
+            }
+            // Nothing to retry: the next spec change triggers a reconcile.
+            return Ok(Action::await_change());
+        }
+        Err(other) => return Err(other.into()),
+    };
+
+    let mut changes = Changes::default();
+    let children = match apply_all(app, ctx, &desired, &mut changes).await {
+        Ok(children) => children,
+        Err(e) => {
+            let message = e.to_string();
+            let none = Children::default();
+            let observed = observe(app, &namespace, &names, &none, &[], None, Some(&message));
+            // The apply error is what matters; a failing status write is
+            // only logged.
+            if let Err(status_error) = write_status(app, ctx, &observed).await {
+                tracing::warn!(namespace, name = %names.app, error = %status_error, "cannot record the apply error in status");
+            }
+            event(
+                ctx,
+                app,
+                EventType::Warning,
+                "ApplyFailed",
+                "Apply",
+                message,
+            )
+            .await;
+            report_changes(ctx, app, changes).await;
+            return Err(e);
+        }
+    };
+    delete_obsolete(app, ctx, &desired, &mut changes).await?;
+    report_changes(ctx, app, changes).await;
+
+    let pods = ctx.stores.pods.state_filter(|pod| {
+        pod.metadata.namespace.as_deref() == Some(namespace.as_str())
+            && pod.labels().get(LABEL_INSTANCE) == Some(&names.app)
+    });
+    let observed = observe(app, &namespace, &names, &children, &pods, None, None);
+    let before = app.status.as_ref();
+    if let Some(after) = write_status(app, ctx, &observed).await? {
+        for (type_, event_type) in [
+            (status::READY, EventType::Normal),
+            (status::DEGRADED, EventType::Warning),
+        ] {
+            if status::is_true(before, type_) || !status::is_true(Some(&after), type_) {
+                continue;
+            }
+            if let Some(c) = status::find(&after, type_) {
+                event(
+                    ctx,
+                    app,
+                    event_type,
+                    &c.reason,
+                    "Observe",
+                    c.message.clone(),
+                )
+                .await;
+            }
+        }
+    }
+    Ok(resync)
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+fn observe<'a>(
+    app: &'a LiveApplication,
+    namespace: &'a str,
+    names: &'a Names,
+    children: &'a Children,
+    pods: &'a [Arc<Pod>],
+    invalid: Option<&'a str>,
+    apply_error: Option<&'a str>,
+) -> Observed<'a> {
+    let spec = &app.spec;
+    Observed {
+        generation: app.metadata.generation,
+        namespace,
+        names,
+        spec,
+        invalid,
+        apply_error,
+        ingest: children.ingest.as_ref(),
+        http: children.http.as_ref(),
+        expect_http_deployment: spec.http.mode == HttpMode::Deployment,
+        rtmp_service: children.rtmp_service.as_ref(),
+        http_service: children.http_service.as_ref(),
+        pvc: children.pvc.as_ref(),
+        expect_pvc: spec.storage.persistent_volume_claim.is_some(),
+        pods: pods.iter().map(Arc::as_ref).collect(),
+    }
+}
+
+/// Writes the status if it differs from the current one; returns the new
+/// status if it did.
+async fn write_status(
+    app: &LiveApplication,
+    ctx: &Context,
+    observed: &Observed<'_>,
+) -> Result<Option<LiveApplicationStatus>, Error> {
+    let current = app.status.as_ref();
+    let new = status::compute(current, observed, &now());
+    if current == Some(&new) {
+        return Ok(None);
+    }
+    let name = &observed.names.app;
+    let api: Api<LiveApplication> = Api::namespaced(ctx.shared.client.clone(), observed.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": LiveApplication::api_version(&()),
+        "kind": LiveApplication::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        name: name.clone(),
+        source,
+    })?;
+    ctx.shared.metrics.status_updated();
+    Ok(Some(new))
+}
+
+async fn apply_all(
+    app: &LiveApplication,
+    ctx: &Context,
+    desired: &Desired,
+    changes: &mut Changes,
+) -> Result<Children, Error> {
+    let stores = &ctx.stores;
+    apply(ctx, &stores.config_maps, &desired.config_map, changes).await?;
+    let pvc = match &desired.pvc {
+        Some(pvc) => Some(apply(ctx, &stores.pvcs, pvc, changes).await?),
+        None => None,
+    };
+    let mut deployments = Vec::with_capacity(desired.deployments.len());
+    for deployment in &desired.deployments {
+        deployments.push(apply(ctx, &stores.deployments, deployment, changes).await?);
+    }
+    let mut services = Vec::with_capacity(desired.services.len());
+    for service in &desired.services {
+        services.push(apply(ctx, &stores.services, service, changes).await?);
+    }
+    let mut deployments = deployments.into_iter();
+    let mut services = services.into_iter();
+    let http_mode = app.spec.http.mode;
+    Ok(Children {
+        ingest: deployments.next(),
+        http: if http_mode == HttpMode::Deployment {
+            deployments.next()
+        } else {
+            None
+        },
+        rtmp_service: services.next(),
+        http_service: services.next(),
+        pvc,
+    })
+}
+
+/// Applies `desired` unless the stored copy already matches it; returns the
+/// object as it now is.
+async fn apply<K>(
+    ctx: &Context,
+    store: &Store<K>,
+    desired: &K,
+    changes: &mut Changes,
+) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let kind = K::kind(&());
+    let name = desired.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    let observed = store.get(&ObjectRef::new(&name).within(&namespace));
+    let want = serde_json::to_value(desired).map_err(|source| Error::Serialize {
+        kind: kind.to_string(),
+        source,
+    })?;
+    let have = observed
+        .as_deref()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|source| Error::Serialize {
+            kind: kind.to_string(),
+            source,
+        })?;
+    if let (Some(current), false) = (&observed, needs_apply(&want, have.as_ref())) {
+        return Ok(current.as_ref().clone());
+    }
+    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind: kind.to_string(),
+            name: name.clone(),
+            source,
+        })?;
+    ctx.shared.metrics.applied(static_kind(&kind));
+    let what = format!("{kind} {name}");
+    tracing::info!(namespace, object = %what, created = observed.is_none(), "applied");
+    if observed.is_some() {
+        changes.updated.push(what);
+    } else {
+        changes.created.push(what);
+    }
+    Ok(applied)
+}
+
+/// Metric labels must be `'static`.
+fn static_kind(kind: &str) -> &'static str {
+    match kind {
+        "Deployment" => "Deployment",
+        "Service" => "Service",
+        "ConfigMap" => "ConfigMap",
+        "PersistentVolumeClaim" => "PersistentVolumeClaim",
+        _ => "Other",
+    }
+}
+
+async fn delete_obsolete(
+    app: &LiveApplication,
+    ctx: &Context,
+    desired: &Desired,
+    changes: &mut Changes,
+) -> Result<(), Error> {
+    let uid = app.uid().unwrap_or_default();
+    let namespace = app.namespace().unwrap_or_default();
+    for obsolete in &desired.obsolete {
+        match obsolete.kind {
+            ObsoleteKind::Deployment => {
+                delete_if_controlled(
+                    ctx,
+                    &ctx.stores.deployments,
+                    &namespace,
+                    &obsolete.name,
+                    &uid,
+                    changes,
+                )
+                .await?
+            }
+            ObsoleteKind::PersistentVolumeClaim => {
+                delete_if_controlled(
+                    ctx,
+                    &ctx.stores.pvcs,
+                    &namespace,
+                    &obsolete.name,
+                    &uid,
+                    changes,
+                )
+                .await?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `name` if it exists and this LiveApplication is its controller:
+/// an object of the same name that someone else made is left alone.
+async fn delete_if_controlled<K>(
+    ctx: &Context,
+    store: &Store<K>,
+    namespace: &str,
+    name: &str,
+    owner_uid: &str,
+    changes: &mut Changes,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let Some(existing) = store.get(&ObjectRef::new(name).within(namespace)) else {
+        return Ok(());
+    };
+    let controlled = existing
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && r.uid == owner_uid);
+    if !controlled || existing.meta().deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let kind = K::kind(&());
+    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), namespace);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(source) => {
+            return Err(Error::Delete {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                source,
+            })
+        }
+    }
+    ctx.shared.metrics.deleted(static_kind(&kind));
+    tracing::info!(namespace, object = %format!("{kind} {name}"), "deleted, no longer needed");
+    changes.deleted.push(format!("{kind} {name}"));
+    Ok(())
+}
+
+async fn report_changes(ctx: &Context, app: &LiveApplication, changes: Changes) {
+    for (reason, list) in [
+        ("Created", changes.created),
+        ("Updated", changes.updated),
+        ("Deleted", changes.deleted),
+    ] {
+        if !list.is_empty() {
+            let note = format!("{} {}", reason.to_lowercase(), list.join(", "));
+            event(ctx, app, EventType::Normal, reason, "Apply", note).await;
+        }
+    }
+}
+
+/// Publishes an Event about `app`. Events are best effort: failing to
+/// record one must not fail the reconcile.
+async fn event(
+    ctx: &Context,
+    app: &LiveApplication,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    // The API server rejects notes over 1 kB.
+    let note: String = note.chars().take(1000).collect();
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .shared
+        .recorder
+        .publish(&event, &app.object_ref(&()))
+        .await
+    {
+        tracing::warn!(name = %app.name_any(), reason, error = %e, "cannot publish an Event");
+    }
+}

@@ -1,0 +1,115 @@
+//! The ingest server's config file, rendered from a LiveApplication spec.
+//!
+//! The pods read `oxcast_crds::IngestConfig` as YAML from a ConfigMap; the
+//! spec embeds the same settings types, so rendering is a copy plus the one
+//! thing only the operator knows: where it mounted the stream-keys Secret.
+
+use oxcast_crds::live_application::LiveApplicationSpec;
+use oxcast_crds::{AuthMode, IngestConfig, InvalidSetting};
+use sha2::{Digest, Sha256};
+
+/// Where the ConfigMap is mounted in every container.
+pub const CONFIG_DIR: &str = "/etc/oxcast";
+/// The config file's key in the ConfigMap (and its name in [`CONFIG_DIR`]).
+pub const CONFIG_KEY: &str = "config.yaml";
+/// The HLS tree inside the pods.
+pub const HLS_ROOT: &str = "/var/lib/oxcast/hls";
+/// Where the stream-keys Secret is mounted: a directory whose entries are
+/// the keys, which the server reads as such and re-reads on change.
+pub const KEYS_DIR: &str = "/var/run/oxcast/stream-keys";
+
+/// Full path of the config file in the containers.
+pub fn config_path() -> String {
+    format!("{CONFIG_DIR}/{CONFIG_KEY}")
+}
+
+/// The config the pods run with.
+pub fn ingest_config(spec: &LiveApplicationSpec) -> IngestConfig {
+    let mut config = spec.ingest_config();
+    if let Some(keys) = config.rtmp.auth.keys.as_mut() {
+        if keys.secret_name.is_some() {
+            keys.path = Some(KEYS_DIR.to_string());
+        }
+    }
+    config
+}
+
+/// The Secret to mount for `keys` auth, if any.
+pub fn keys_secret(spec: &LiveApplicationSpec) -> Option<&str> {
+    let auth = &spec.rtmp.settings.auth;
+    match auth.mode {
+        AuthMode::Keys => auth
+            .keys
+            .as_ref()
+            .and_then(|k| k.secret_name.as_deref())
+            .filter(|s| !s.is_empty()),
+        AuthMode::None | AuthMode::Webhook => None,
+    }
+}
+
+/// Checks what the server would check at startup, so a spec the server
+/// would refuse never reaches the pods (they would only crash-loop).
+pub fn validate(config: &IngestConfig) -> Result<(), InvalidSetting> {
+    config.validate()
+}
+
+/// The config file's text.
+pub fn render(config: &IngestConfig) -> Result<String, serde_yaml::Error> {
+    let body = serde_yaml::to_string(config)?;
+    Ok(format!(
+        "# Rendered by oxcast-operator from the LiveApplication spec; edits are overwritten.\n{body}"
+    ))
+}
+
+/// Hex SHA-256 of `text`.
+pub fn checksum(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxcast_crds::{AuthSettings, KeysAuth};
+
+    #[test]
+    fn the_rendered_file_is_what_the_server_reads() {
+        let spec = LiveApplicationSpec::default();
+        let text = render(&ingest_config(&spec)).expect("render");
+        let back: IngestConfig = serde_yaml::from_str(&text).expect("the server can parse it");
+        assert_eq!(back, IngestConfig::default());
+        assert!(validate(&back).is_ok());
+    }
+
+    #[test]
+    fn keys_auth_points_at_the_mounted_secret() {
+        let mut spec = LiveApplicationSpec::default();
+        spec.rtmp.settings.auth = AuthSettings {
+            mode: AuthMode::Keys,
+            keys: Some(KeysAuth {
+                path: None,
+                secret_name: Some("stream-keys".into()),
+            }),
+            webhook: None,
+        };
+        let config = ingest_config(&spec);
+        assert_eq!(
+            config
+                .rtmp
+                .auth
+                .keys
+                .as_ref()
+                .and_then(|k| k.path.as_deref()),
+            Some(KEYS_DIR)
+        );
+        assert!(validate(&config).is_ok(), "the server accepts it");
+        assert_eq!(keys_secret(&spec), Some("stream-keys"));
+    }
+
+    #[test]
+    fn checksum_changes_with_the_text() {
+        assert_eq!(checksum("a"), checksum("a"));
+        assert_ne!(checksum("a"), checksum("b"));
+        assert_eq!(checksum("").len(), 64);
+    }
+}
