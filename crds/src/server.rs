@@ -81,12 +81,23 @@ impl Default for RtmpLimits {
 pub struct HttpSettings {
     /// URL path under which the HLS tree is served (`/live/<stream>/index.m3u8`).
     pub path_prefix: String,
+    /// `Access-Control-Allow-Origin` for the HLS tree and the API: `*` (any
+    /// site may embed the streams), a comma-separated list of exact origins
+    /// (`https://a.example, https://b.example`), or empty for no CORS.
+    pub cors_allow_origin: String,
+    /// Memory for recently served playlists and segments, in MiB; files
+    /// larger than an eighth of it are read from disk each time. 0 disables
+    /// the cache.
+    #[schemars(range(max = 65536))]
+    pub cache_size_mib: u32,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             path_prefix: "/live".to_string(),
+            cors_allow_origin: "*".to_string(),
+            cache_size_mib: 64,
         }
     }
 }
@@ -115,6 +126,19 @@ impl IngestConfig {
             return Err(InvalidSetting::new(
                 "http.pathPrefix",
                 format!("{prefix:?} must be an absolute URL path such as /live, without a trailing slash"),
+            ));
+        }
+        let cors = &self.http.cors_allow_origin;
+        if !cors.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+            return Err(InvalidSetting::new(
+                "http.corsAllowOrigin",
+                format!("{cors:?} must be *, empty, or comma-separated origins"),
+            ));
+        }
+        if self.http.cache_size_mib > 65536 {
+            return Err(InvalidSetting::new(
+                "http.cacheSizeMib",
+                "must be at most 65536 (64 GiB)",
             ));
         }
         let limits = &self.rtmp.limits;

@@ -78,6 +78,19 @@ pub struct HttpArgs {
     /// URL path the HLS tree is served under [default: /live].
     #[arg(long)]
     pub http_path_prefix: Option<String>,
+    /// Access-Control-Allow-Origin: `*`, comma-separated origins, or `` for
+    /// no CORS [default: *].
+    #[arg(long)]
+    pub http_cors_origin: Option<String>,
+    /// Memory cache for served playlists and segments, in MiB; 0 = off
+    /// [default: 64].
+    #[arg(long)]
+    pub http_cache_size_mib: Option<u32>,
+    /// Directory with the player's hls.js bundle (built in `player/` by
+    /// `npm ci && npm run build`); without it the page at `/` uses the
+    /// browser's native HLS.
+    #[arg(long, env = "OXCAST_PLAYER_ASSETS", default_value = "player/dist")]
+    pub player_assets: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +222,12 @@ impl HttpArgs {
     pub fn apply(&self, c: &mut IngestConfig) {
         if let Some(prefix) = &self.http_path_prefix {
             c.http.path_prefix = prefix.clone();
+        }
+        if let Some(origin) = &self.http_cors_origin {
+            c.http.cors_allow_origin = origin.clone();
+        }
+        if let Some(mib) = self.http_cache_size_mib {
+            c.http.cache_size_mib = mib;
         }
     }
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use rml_rtmp::sessions::StreamMetadata;
 use tokio::sync::broadcast;
 
+use crate::media::{AacConfig, AvcConfig};
 use crate::store::StreamHistory;
 use crate::stream_key::StreamKey;
 
@@ -46,6 +47,130 @@ pub struct LiveStream {
     pub started_at: SystemTime,
     packets: broadcast::Sender<PlayPacket>,
     headers: Mutex<StreamHeaders>,
+    stats: Mutex<StreamStats>,
+}
+
+/// What the streams API tells viewers about a live stream. Fields the
+/// publisher has not (yet) revealed are `None`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamInfo {
+    /// RFC 6381 codec of the video track, e.g. `avc1.64001f`.
+    pub video_codec: Option<String>,
+    /// RFC 6381 codec of the audio track, e.g. `mp4a.40.2`.
+    pub audio_codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Frames per second, measured from the video timestamps (the
+    /// publisher's metadata until a measurement window has passed).
+    pub frame_rate: Option<f64>,
+    /// Media bits per second (audio + video payload) over the last window.
+    pub bitrate: Option<u64>,
+    pub audio_sample_rate: Option<u32>,
+    pub audio_channels: Option<u8>,
+}
+
+/// Media time over which bitrate and frame rate are averaged.
+const RATE_WINDOW_MS: u32 = 2000;
+/// A timestamp jump larger than this restarts the measurement window
+/// instead of producing an absurd rate.
+const RATE_MAX_GAP_MS: u32 = 60_000;
+
+/// Running measurements behind [`StreamInfo`]. Windows are timed by the
+/// media timestamps, not the wall clock, so a publisher that sends in bursts
+/// still gets its real frame rate.
+#[derive(Debug, Default)]
+struct StreamStats {
+    info: StreamInfo,
+    seen_video: bool,
+    window_start: Option<u32>,
+    window_bytes: u64,
+    window_frames: u32,
+}
+
+impl StreamStats {
+    fn metadata(&mut self, m: &StreamMetadata) {
+        // Metadata is the publisher's claim; parsed sequence headers and
+        // measurements win once they exist.
+        let info = &mut self.info;
+        if info.width.is_none() {
+            info.width = m.video_width.filter(|w| *w > 0);
+        }
+        if info.height.is_none() {
+            info.height = m.video_height.filter(|h| *h > 0);
+        }
+        if info.frame_rate.is_none() {
+            info.frame_rate = m
+                .video_frame_rate
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .map(|r| round2(f64::from(r)));
+        }
+    }
+
+    fn video_config(&mut self, config: &AvcConfig) {
+        if let Some(sps) = config.sps.first().filter(|s| s.len() >= 4) {
+            self.info.video_codec =
+                Some(format!("avc1.{:02x}{:02x}{:02x}", sps[1], sps[2], sps[3]));
+        }
+        if let Some((w, h)) = config.resolution() {
+            self.info.width = Some(w);
+            self.info.height = Some(h);
+        }
+    }
+
+    fn audio_config(&mut self, config: &AacConfig) {
+        // HE-AAC is announced as object type 5 (SBR), as players expect.
+        let object_type = if config.sbr { 5 } else { config.object_type };
+        self.info.audio_codec = Some(format!("mp4a.40.{object_type}"));
+        self.info.audio_sample_rate = Some(config.output_sample_rate());
+        self.info.audio_channels = match config.channel_config {
+            0 => None,
+            7 => Some(8),
+            n => Some(n),
+        };
+    }
+
+    /// Counts one media packet; `video_frame` for video frames (not headers).
+    fn packet(&mut self, timestamp: u32, len: usize, video: bool, video_frame: bool) {
+        self.seen_video |= video;
+        self.window_bytes += len as u64;
+        // Video drives the window clock when there is video; audio otherwise.
+        if video != self.seen_video {
+            return;
+        }
+        let Some(start) = self.window_start else {
+            self.window_start = Some(timestamp);
+            self.window_frames = u32::from(video_frame);
+            return;
+        };
+        let elapsed = timestamp.wrapping_sub(start);
+        if elapsed > RATE_MAX_GAP_MS {
+            self.restart(timestamp, len, video_frame);
+            return;
+        }
+        if elapsed >= RATE_WINDOW_MS {
+            // The packet that closes a window belongs to the next one.
+            let bytes = self.window_bytes - len as u64;
+            self.info.bitrate = Some(bytes * 8 * 1000 / u64::from(elapsed));
+            if self.seen_video && self.window_frames > 0 {
+                self.info.frame_rate = Some(round2(
+                    f64::from(self.window_frames) * 1000.0 / f64::from(elapsed),
+                ));
+            }
+            self.restart(timestamp, len, video_frame);
+        } else if video_frame {
+            self.window_frames += 1;
+        }
+    }
+
+    fn restart(&mut self, timestamp: u32, len: usize, video_frame: bool) {
+        self.window_start = Some(timestamp);
+        self.window_bytes = len as u64;
+        self.window_frames = u32::from(video_frame);
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
 }
 
 /// Backlog per player before it is considered lagging and skips to the next
@@ -60,7 +185,41 @@ impl LiveStream {
             started_at: SystemTime::now(),
             packets,
             headers: Mutex::new(StreamHeaders::default()),
+            stats: Mutex::new(StreamStats::default()),
         }
+    }
+
+    fn stats(&self) -> MutexGuard<'_, StreamStats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Codecs, resolution and rates as known so far.
+    pub fn info(&self) -> StreamInfo {
+        self.stats().info.clone()
+    }
+
+    /// The publisher sent `@setDataFrame onMetaData`.
+    pub fn record_metadata(&self, metadata: &StreamMetadata) {
+        self.stats().metadata(metadata);
+    }
+
+    /// A video tag of `len` bytes; `config` is the decoder configuration
+    /// when the tag was a sequence header.
+    pub fn record_video(&self, timestamp: u32, len: usize, config: Option<&AvcConfig>) {
+        let mut stats = self.stats();
+        if let Some(config) = config {
+            stats.video_config(config);
+        }
+        stats.packet(timestamp, len, true, config.is_none());
+    }
+
+    /// An audio tag of `len` bytes; `config` as for [`LiveStream::record_video`].
+    pub fn record_audio(&self, timestamp: u32, len: usize, config: Option<&AacConfig>) {
+        let mut stats = self.stats();
+        if let Some(config) = config {
+            stats.audio_config(config);
+        }
+        stats.packet(timestamp, len, false, false);
     }
 
     pub fn has_players(&self) -> bool {
@@ -254,5 +413,55 @@ mod tests {
         );
         assert_eq!(removed, vec![a]);
         assert!(streams.live(&b).is_some());
+    }
+
+    #[test]
+    fn stats_measure_rates_from_media_timestamps() {
+        let mut stats = StreamStats::default();
+        let mut meta = StreamMetadata::new();
+        meta.video_width = Some(640);
+        meta.video_height = Some(360);
+        meta.video_frame_rate = Some(25.0);
+        stats.metadata(&meta);
+        assert_eq!(stats.info.width, Some(640));
+        assert_eq!(stats.info.frame_rate, Some(25.0));
+        // 30 fps video of 1000 bytes a frame, 50 audio packets/s of 100 bytes.
+        for i in 0..=90u32 {
+            let ts = i * 1000 / 30;
+            stats.packet(ts, 1000, true, true);
+            if i % 3 == 0 {
+                stats.packet(ts, 100, false, false);
+                stats.packet(ts + 10, 100, false, false);
+            }
+        }
+        let info = &stats.info;
+        assert_eq!(info.frame_rate, Some(30.0));
+        // 30 frames × 1000 B + ~20 audio packets × 100 B per second.
+        let bitrate = info.bitrate.expect("measured");
+        assert!((250_000..=265_000).contains(&bitrate), "{bitrate}");
+    }
+
+    #[test]
+    fn stats_take_codecs_from_sequence_headers() {
+        let mut stats = StreamStats::default();
+        let avc = AvcConfig::parse(&crate::media::avc::tests::sample_record()).unwrap();
+        stats.video_config(&avc);
+        let codec = stats.info.video_codec.clone().expect("codec");
+        assert!(codec.starts_with("avc1.") && codec.len() == 11, "{codec}");
+        let aac = AacConfig::parse(&[0x11, 0x90]).unwrap(); // LC, 48 kHz, stereo
+        stats.audio_config(&aac);
+        assert_eq!(stats.info.audio_codec.as_deref(), Some("mp4a.40.2"));
+        assert_eq!(stats.info.audio_sample_rate, Some(48_000));
+        assert_eq!(stats.info.audio_channels, Some(2));
+    }
+
+    #[test]
+    fn stats_restart_after_a_timestamp_jump() {
+        let mut stats = StreamStats::default();
+        stats.packet(0, 10, true, true);
+        stats.packet(100_000, 10, true, true);
+        assert_eq!(stats.info.bitrate, None, "a 100 s gap is not a window");
+        stats.packet(102_000, 10, true, true);
+        assert_eq!(stats.info.bitrate, Some(10 * 8 * 1000 / 2000));
     }
 }

@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<()> {
     let mut config = load_config(common.config.as_deref())?;
     let rtmp_listen = rtmp.as_ref().map(|r| r.rtmp_listen);
     let http_listen = http.as_ref().map(|h| h.http_listen);
+    let player_assets = http.as_ref().map(|h| h.player_assets.clone());
     if let Some(r) = rtmp {
         r.apply(&mut config);
     }
@@ -38,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         http_listen,
         hls_root: common.hls_root,
         config,
+        player_assets,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

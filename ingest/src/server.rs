@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use oxcast_crds::IngestConfig;
 use tokio::sync::watch;
 
 use crate::auth::Authorizer;
+use crate::http::{Health, HttpOptions, StreamSource};
 use crate::live::LiveStreams;
 use crate::metrics::Metrics;
 use crate::rtmp::{self, RtmpContext};
@@ -35,6 +37,8 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthError),
     #[error("http server failed: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    HttpSetup(#[from] crate::http::HttpError),
 }
 
 /// What to run: RTMP ingest, HTTP serving, or both (all-in-one).
@@ -44,6 +48,8 @@ pub struct ServerOptions {
     pub http_listen: Option<SocketAddr>,
     pub hls_root: PathBuf,
     pub config: IngestConfig,
+    /// hls.js for the player page (HTTP roles); see `--player-assets`.
+    pub player_assets: Option<PathBuf>,
 }
 
 /// Prints the bound address on stdout, one line per listener, so scripts
@@ -74,6 +80,7 @@ pub async fn run(
     let streams = Arc::new(LiveStreams::default());
     let cleanup = Arc::new(CleanupQueue::default());
     let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(options.rtmp_listen.is_some(), shutdown.clone()));
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = options.rtmp_listen {
@@ -104,7 +111,13 @@ pub async fn run(
         });
         tracing::info!(addr = %local, app = %config.rtmp.app, "rtmp listening");
         announce("rtmp", local);
-        tasks.spawn(rtmp::serve(listener, ctx, shutdown.clone()));
+        health.set_rtmp_listening(true);
+        let rtmp_health = health.clone();
+        let rtmp_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            rtmp::serve(listener, ctx, rtmp_shutdown).await;
+            rtmp_health.set_rtmp_listening(false);
+        });
         tasks.spawn(janitor(
             streams.clone(),
             cleanup.clone(),
@@ -126,7 +139,28 @@ pub async fn run(
             addr,
             source,
         })?;
-        let app = crate::http::router(root.clone(), &config.http.path_prefix, metrics.clone());
+        let source = if options.rtmp_listen.is_some() {
+            StreamSource::Publishers {
+                streams: streams.clone(),
+                nested: hls.nested,
+            }
+        } else {
+            StreamSource::Tree
+        };
+        let http_options = HttpOptions {
+            root: root.clone(),
+            settings: config.http.clone(),
+            player_assets: options.player_assets.clone(),
+            source,
+        };
+        let app = crate::http::router(http_options, metrics.clone(), health.clone())?;
+        // Responses are written whole; Nagle would only delay the tail of
+        // one that does not fill the last packet.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         tracing::info!(addr = %local, root = %root.display(), "http listening");
         announce("http", local);
         let mut stop = shutdown.clone();

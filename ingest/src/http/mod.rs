@@ -1,41 +1,200 @@
-//! Serves the HLS tree over HTTP with the reference nginx cache rules:
-//! segments are immutable and cached "forever" (`expires max`), playlists
-//! must be revalidated every time (`expires -1d`).
+//! The HTTP role: serves the HLS tree the way the reference nginx does
+//! (segments cached "forever", playlists revalidated on every request) and
+//! what operating it needs around that.
+//!
+//! Routes:
+//! - `<prefix>/…` (default `/live`): `.m3u8` and `.ts` files under the HLS
+//!   root, GET/HEAD/OPTIONS, with validators, conditional requests, ranges
+//!   and CORS ([`files`], [`path`], [`conditional`], [`cors`]).
+//! - `/`: the player page; `/player/…` its script, style and hls.js
+//!   ([`player`]).
+//! - `/api/streams`: live streams as JSON ([`api`]).
+//! - `/healthz`, `/readyz`: probes ([`health`]); `/metrics`: Prometheus.
+//!
+//! Every response is counted in `oxcast_http_responses_total` by status
+//! class, by a layer around the whole router.
 
-use std::path::{Path, PathBuf};
+pub mod api;
+pub mod cache;
+pub mod conditional;
+pub mod cors;
+pub mod files;
+pub mod fs;
+pub mod health;
+pub mod path;
+pub mod player;
+pub mod scan;
+
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
+use oxcast_crds::HttpSettings;
+use tower::util::MapResponseLayer;
 
 use crate::metrics::Metrics;
+pub use api::StreamSource;
+use cors::Cors;
+use files::{Files, Policy};
+pub use health::Health;
+use path::{hls_path, Refused};
 
-/// What the HTTP role serves.
-#[derive(Debug, Clone)]
-pub struct HttpState {
-    root: Arc<PathBuf>,
-    metrics: Arc<Metrics>,
+/// Memory for the player assets cache (hls.js is about half a megabyte).
+const ASSET_CACHE_BYTES: u64 = 16 << 20;
+
+/// Invalid HTTP settings, found when the router is built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("invalid http.corsAllowOrigin: {0}")]
+    Cors(String),
 }
 
-/// Longest path segment accepted (file systems allow 255 bytes).
-const MAX_SEGMENT_LEN: usize = 255;
-const ONE_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Everything the HTTP role needs to know.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// The HLS root.
+    pub root: PathBuf,
+    pub settings: HttpSettings,
+    /// Directory with hls.js (`player/dist`); `None` or missing: the page
+    /// relies on native HLS.
+    pub player_assets: Option<PathBuf>,
+    pub source: StreamSource,
+}
 
-pub fn router(root: PathBuf, path_prefix: &str, metrics: Arc<Metrics>) -> Router {
+/// Shared by all handlers.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// The path prefix without a trailing slash (`/live`; empty for `/`).
+    prefix: Arc<str>,
+    hls: Arc<Files>,
+    assets: Option<Arc<Files>>,
+    cors: Arc<Cors>,
+    metrics: Arc<Metrics>,
+    source: StreamSource,
+    health: Arc<Health>,
+}
+
+/// Builds the router for `options`.
+pub fn router(
+    options: HttpOptions,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> Result<Router, HttpError> {
+    let cors = Cors::parse(&options.settings.cors_allow_origin).map_err(HttpError::Cors)?;
+    let prefix: Arc<str> = options.settings.path_prefix.trim_end_matches('/').into();
+    let cache_bytes = u64::from(options.settings.cache_size_mib) << 20;
+    let assets = options.player_assets.and_then(|dir| {
+        if dir.is_dir() {
+            tracing::info!(dir = %dir.display(), "serving player assets");
+            Some(Arc::new(Files::new(dir, ASSET_CACHE_BYTES)))
+        } else {
+            tracing::info!(dir = %dir.display(), "no player assets directory; the player page uses native HLS");
+            None
+        }
+    });
     let state = HttpState {
-        root: Arc::new(root),
-        metrics,
+        prefix: prefix.clone(),
+        hls: Arc::new(Files::new(options.root, cache_bytes)),
+        assets,
+        cors: Arc::new(cors),
+        metrics: metrics.clone(),
+        source: options.source,
+        health,
     };
-    let prefix = path_prefix.trim_end_matches('/');
-    Router::new()
-        .route(&format!("{prefix}/{{*path}}"), get(serve_file))
-        .route("/healthz", get(|| async { "ok\n" }))
+    let count = MapResponseLayer::new(move |response: Response| {
+        metrics.http_responses.inc(status_class(response.status()));
+        response
+    });
+    Ok(Router::new()
+        .route(&format!("{prefix}/{{*path}}"), any(serve_hls))
+        .route("/", get(player::page))
+        .route(
+            &format!("{}/{{*file}}", player::ASSETS_PATH),
+            any(player::asset),
+        )
+        .route("/api/streams", get(api::streams).options(preflight))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
         .route("/metrics", get(serve_metrics))
-        .with_state(state)
+        .fallback(not_found)
+        .layer(count)
+        .with_state(state))
+}
+
+/// The `oxcast_http_responses_total` label of a status.
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// A short plain-text error.
+pub(crate) fn error_response(status: StatusCode) -> Response {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut r = Response::new(Body::from(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// 405 with the methods a read-only resource supports.
+pub(crate) fn method_not_allowed() -> Response {
+    let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED);
+    r.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    r
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND)
+}
+
+async fn preflight(State(state): State<HttpState>, request: Request) -> Response {
+    state.cors.preflight(request.headers())
+}
+
+/// `<prefix>/…`: a file of the HLS tree.
+async fn serve_hls(State(state): State<HttpState>, request: Request) -> Response {
+    let (method, headers) = (request.method(), request.headers());
+    if method == Method::OPTIONS {
+        return state.cors.preflight(headers);
+    }
+    let rest = request
+        .uri()
+        .path()
+        .strip_prefix(&*state.prefix)
+        .unwrap_or_default();
+    let mut response = match hls_path(rest) {
+        Ok((rel, kind)) => {
+            state
+                .hls
+                .serve(&rel, Policy::Hls(kind), method, headers)
+                .await
+        }
+        Err(Refused::TooLong) => error_response(StatusCode::URI_TOO_LONG),
+        Err(Refused::NotFound) => error_response(StatusCode::NOT_FOUND),
+    };
+    // Also on errors, so a cross-origin player sees the real status.
+    state.cors.apply(headers, response.headers_mut());
+    response
 }
 
 async fn serve_metrics(State(state): State<HttpState>) -> Response {
@@ -49,122 +208,15 @@ async fn serve_metrics(State(state): State<HttpState>) -> Response {
         .into_response()
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Playlist,
-    Segment,
-}
-
-/// Maps a URL path below the prefix to a file under the root, or `None`
-/// when any segment could step outside it or the type is not served.
-fn resolve(root: &Path, url_path: &str) -> Option<(PathBuf, Kind)> {
-    let mut path = root.to_path_buf();
-    let mut last = "";
-    for segment in url_path.split('/') {
-        let ok = !segment.is_empty()
-            && segment.len() <= MAX_SEGMENT_LEN
-            && segment != "."
-            && segment != ".."
-            && segment
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok {
-            return None;
-        }
-        path.push(segment);
-        last = segment;
-    }
-    let kind = if last.ends_with(".m3u8") {
-        Kind::Playlist
-    } else if last.ends_with(".ts") {
-        Kind::Segment
-    } else {
-        return None;
-    };
-    Some((path, kind))
-}
-
-async fn serve_file(
-    State(state): State<HttpState>,
-    UrlPath(url_path): UrlPath<String>,
-) -> Response {
-    let Some((path, kind)) = resolve(&state.root, &url_path) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    // A symlink inside the root must not lead out of it.
-    let inside = match (
-        tokio::fs::canonicalize(&path).await,
-        tokio::fs::canonicalize(&*state.root).await,
-    ) {
-        (Ok(real), Ok(root)) => real.starts_with(root),
-        _ => false,
-    };
-    if !inside {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    let body = match tokio::fs::read(&path).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return StatusCode::NOT_FOUND.into_response()
-        }
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read file to serve");
-            return StatusCode::NOT_FOUND.into_response();
-        }
-    };
-    let mut headers = HeaderMap::new();
-    let (content_type, cache_control, expires) = match kind {
-        Kind::Playlist => (
-            "application/vnd.apple.mpegurl",
-            "no-cache",
-            SystemTime::now() - Duration::from_secs(24 * 3600),
-        ),
-        Kind::Segment => (
-            "video/mp2t",
-            "public, max-age=31536000, immutable",
-            SystemTime::now() + ONE_YEAR,
-        ),
-    };
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(cache_control),
-    );
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(expires)) {
-        headers.insert(header::EXPIRES, v);
-    }
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    (headers, body).into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn resolves_only_safe_hls_paths() {
-        let root = Path::new("/srv/live");
-        assert_eq!(
-            resolve(root, "cam/index.m3u8").map(|(p, _)| p),
-            Some(PathBuf::from("/srv/live/cam/index.m3u8"))
-        );
-        assert!(resolve(root, "cam/123.ts").is_some_and(|(_, k)| k == Kind::Segment));
-        for bad in [
-            "../etc/passwd.ts",
-            "cam/../../x.ts",
-            "cam//1.ts",
-            "cam/1.ts/",
-            "/abs.ts",
-            "cam\\1.ts",
-            "cam/%2e%2e/1.ts",
-            "cam/1.mp4",
-            "cam/",
-            "cam/1.ts\0",
-        ] {
-            assert!(resolve(root, bad).is_none(), "{bad:?} resolved");
-        }
+    fn status_classes() {
+        assert_eq!(status_class(StatusCode::OK), "2xx");
+        assert_eq!(status_class(StatusCode::NOT_MODIFIED), "3xx");
+        assert_eq!(status_class(StatusCode::RANGE_NOT_SATISFIABLE), "4xx");
+        assert_eq!(status_class(StatusCode::BAD_GATEWAY), "5xx");
     }
 }

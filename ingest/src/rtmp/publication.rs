@@ -51,6 +51,7 @@ impl Publication {
             video: metadata.video_codec_id.is_some() || metadata.video_width.is_some(),
             audio: metadata.audio_codec_id.is_some() || metadata.audio_sample_rate.is_some(),
         });
+        self.live.record_metadata(&metadata);
         let metadata = Arc::new(metadata);
         self.live.headers().metadata = Some(metadata.clone());
         self.live.send(PlayPacket::Metadata(metadata));
@@ -67,6 +68,8 @@ impl Publication {
             });
         }
         let result = self.remuxer.push_video(timestamp, &data);
+        let config = is_header.then(|| self.remuxer.video_config()).flatten();
+        self.live.record_video(timestamp, data.len(), config);
         if !is_header {
             self.live.send(PlayPacket::Video {
                 timestamp,
@@ -87,6 +90,8 @@ impl Publication {
             });
         }
         let result = self.remuxer.push_audio(timestamp, &data);
+        let config = is_header.then(|| self.remuxer.audio_config()).flatten();
+        self.live.record_audio(timestamp, data.len(), config);
         if !is_header {
             self.live.send(PlayPacket::Audio { timestamp, data });
         }

@@ -1,0 +1,208 @@
+//! `GET /api/streams`: the live streams, for the player page and for
+//! dashboards.
+//!
+//! In the all-in-one role the answer comes from the stream table, where the
+//! publisher's media path records codecs, resolution, frame rate and
+//! bitrate. In the `http` role there is no publisher in the process, so the
+//! HLS tree is scanned instead (see `scan`) and only what the playlists
+//! reveal is reported; the other fields are `null`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::{error_response, scan, HttpState};
+use crate::live::{LiveStream, LiveStreams};
+use crate::store::layout::NESTED_PLAYLIST;
+
+/// Where the list of live streams comes from.
+#[derive(Clone)]
+pub enum StreamSource {
+    /// The stream table of this process's RTMP ingest; `nested` is the
+    /// HLS layout it writes.
+    Publishers {
+        streams: Arc<LiveStreams>,
+        nested: bool,
+    },
+    /// Only the HLS tree on disk (the `http` role).
+    Tree,
+}
+
+impl std::fmt::Debug for StreamSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Publishers { nested, .. } => write!(f, "Publishers {{ nested: {nested} }}"),
+            Self::Tree => f.write_str("Tree"),
+        }
+    }
+}
+
+/// The JSON body.
+#[derive(Debug, Serialize)]
+pub struct StreamList {
+    pub streams: Vec<StreamJson>,
+}
+
+/// One live stream. Unknown values are `null`, never left out, so clients
+/// see the same shape from both roles.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamJson {
+    pub name: String,
+    /// Absolute URL path of the media playlist on this server.
+    pub playlist_url: String,
+    /// Whether the playlist exists yet (the first segment takes a fragment
+    /// duration to complete after a publisher starts).
+    pub playlist_ready: bool,
+    /// RFC 3339. With a publisher: when it started publishing. From the
+    /// tree: the program date-time of the oldest segment still listed.
+    pub started_at: Option<String>,
+    /// RFC 6381 codecs, comma-separated, as in a multivariant playlist's
+    /// `CODECS` attribute.
+    pub codecs: Option<String>,
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// `WIDTHxHEIGHT`, as in a playlist's `RESOLUTION` attribute.
+    pub resolution: Option<String>,
+    pub frame_rate: Option<f64>,
+    /// Bits per second: measured from the media received over the last
+    /// seconds (publisher), or averaged over the listed segments (tree).
+    pub bitrate: Option<u64>,
+    pub audio_sample_rate: Option<u32>,
+    pub audio_channels: Option<u8>,
+    /// `publisher` or `playlist`: which of the two the fields came from.
+    pub source: &'static str,
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> Option<String> {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+fn from_publisher(live: &LiveStream, prefix: &str, nested: bool, root: &Path) -> StreamJson {
+    let info = live.info();
+    let key = live.key.as_str();
+    let rel = if nested {
+        format!("{key}/{NESTED_PLAYLIST}")
+    } else {
+        format!("{key}.m3u8")
+    };
+    let codecs: Vec<&str> = [&info.video_codec, &info.audio_codec]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let resolution = info.width.zip(info.height).map(|(w, h)| format!("{w}x{h}"));
+    StreamJson {
+        name: key.to_string(),
+        playlist_url: format!("{prefix}/{rel}"),
+        playlist_ready: root.join(&rel).is_file(),
+        started_at: rfc3339(live.started_at.into()),
+        codecs: (!codecs.is_empty()).then(|| codecs.join(",")),
+        video_codec: info.video_codec,
+        audio_codec: info.audio_codec,
+        width: info.width,
+        height: info.height,
+        resolution,
+        frame_rate: info.frame_rate,
+        bitrate: info.bitrate,
+        audio_sample_rate: info.audio_sample_rate,
+        audio_channels: info.audio_channels,
+        source: "publisher",
+    }
+}
+
+fn from_tree(s: scan::TreeStream, prefix: &str) -> StreamJson {
+    StreamJson {
+        name: s.name,
+        playlist_url: format!("{prefix}/{}", s.playlist),
+        playlist_ready: true,
+        started_at: s.first_segment_at.and_then(rfc3339),
+        codecs: None,
+        video_codec: None,
+        audio_codec: None,
+        width: None,
+        height: None,
+        resolution: None,
+        frame_rate: None,
+        bitrate: s.bitrate,
+        audio_sample_rate: None,
+        audio_channels: None,
+        source: "playlist",
+    }
+}
+
+/// The handler.
+pub async fn streams(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let prefix = state.prefix.clone();
+    let root = state.hls.root().path().to_path_buf();
+    let list = match &state.source {
+        StreamSource::Publishers { streams, nested } => {
+            let nested = *nested;
+            let live = streams.all_live();
+            tokio::task::spawn_blocking(move || {
+                live.iter()
+                    .map(|l| from_publisher(l, &prefix, nested, &root))
+                    .collect::<Vec<_>>()
+            })
+            .await
+        }
+        StreamSource::Tree => {
+            tokio::task::spawn_blocking(move || {
+                scan::live_streams(&root, SystemTime::now())
+                    .into_iter()
+                    .map(|s| from_tree(s, &prefix))
+                    .collect::<Vec<_>>()
+            })
+            .await
+        }
+    };
+    let Ok(streams) = list else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    let mut response = Json(StreamList { streams }).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    state.cors.apply(&headers, h);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream_key::StreamKey;
+
+    #[test]
+    fn publisher_entry_has_every_field() {
+        let streams = LiveStreams::default();
+        let key = StreamKey::parse("cam").unwrap();
+        let (live, _) = streams.claim(&key, 10).unwrap();
+        let j = from_publisher(&live, "/live", true, Path::new("/nonexistent"));
+        assert_eq!(j.playlist_url, "/live/cam/index.m3u8");
+        assert!(!j.playlist_ready);
+        assert!(j.started_at.is_some());
+        assert_eq!(j.codecs, None);
+        let text = serde_json::to_value(&j).unwrap();
+        for field in [
+            "name",
+            "playlistUrl",
+            "startedAt",
+            "codecs",
+            "resolution",
+            "frameRate",
+            "bitrate",
+        ] {
+            assert!(text.get(field).is_some(), "{field} missing");
+        }
+        let flat = from_publisher(&live, "", false, Path::new("/nonexistent"));
+        assert_eq!(flat.playlist_url, "/cam.m3u8");
+    }
+}

@@ -1,0 +1,96 @@
+//! Probes for Kubernetes: `/healthz` (liveness: the process answers) and
+//! `/readyz` (readiness: it can do its job right now).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
+
+use super::HttpState;
+
+/// What readiness depends on besides the HTTP listener itself (which is up
+/// if the probe gets an answer at all).
+#[derive(Debug)]
+pub struct Health {
+    /// `Some` in roles that ingest RTMP: whether its listener is serving.
+    rtmp: Option<AtomicBool>,
+    /// Ingest writes the HLS root; the `http` role only reads it.
+    root_must_be_writable: bool,
+    /// Set when the process is shutting down: stop sending traffic here.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Health {
+    pub fn new(rtmp: bool, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            rtmp: rtmp.then(|| AtomicBool::new(false)),
+            root_must_be_writable: rtmp,
+            shutdown,
+        }
+    }
+
+    /// The RTMP listener started (`true`) or its accept loop ended.
+    pub fn set_rtmp_listening(&self, up: bool) {
+        if let Some(flag) = &self.rtmp {
+            flag.store(up, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `GET /healthz`: alive as long as the runtime serves requests.
+pub async fn live() -> Response {
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        "ok\n",
+    )
+        .into_response()
+}
+
+/// Checks that the root can be listed and, where required, written: a
+/// probe file is created and removed (a dot-file, never served).
+fn check_root(state: &HttpState, writable: bool) -> Result<(), String> {
+    let root = state.hls.root();
+    let path = root.path();
+    root.refresh()
+        .map_err(|e| format!("HLS root {} unavailable: {e}", path.display()))?;
+    std::fs::read_dir(path)
+        .map_err(|e| format!("HLS root {} not readable: {e}", path.display()))?;
+    if writable {
+        let probe = path.join(format!(".oxcast-readyz-{}", std::process::id()));
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| format!("HLS root {} not writable: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `GET /readyz`: 200 `ready`, or 503 with one reason per line.
+pub async fn ready(State(state): State<HttpState>) -> Response {
+    let health = state.health.clone();
+    let mut problems = Vec::new();
+    if *health.shutdown.borrow() {
+        problems.push("shutting down".to_string());
+    }
+    if let Some(up) = &health.rtmp {
+        if !up.load(Ordering::Relaxed) {
+            problems.push("rtmp listener is not running".to_string());
+        }
+    }
+    let writable = health.root_must_be_writable;
+    let checked = tokio::task::spawn_blocking(move || check_root(&state, writable)).await;
+    match checked {
+        Ok(Ok(())) => {}
+        Ok(Err(problem)) => problems.push(problem),
+        Err(e) => problems.push(format!("root check failed: {e}")),
+    }
+    let headers = [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))];
+    if problems.is_empty() {
+        (StatusCode::OK, headers, "ready\n".to_string()).into_response()
+    } else {
+        tracing::debug!(?problems, "not ready");
+        let body = format!("not ready:\n{}\n", problems.join("\n"));
+        (StatusCode::SERVICE_UNAVAILABLE, headers, body).into_response()
+    }
+}
