@@ -20,6 +20,11 @@ need_apt=()
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The shellcheck linter checks the scripts below; musl-gcc builds the static binaries
+# the container images ship (tests/tests/chart_images.rs, docker/).
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
+command -v readelf >/dev/null 2>&1 || need_apt+=(binutils)
 if ((${#need_apt[@]})); then
     sudo_cmd=()
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
@@ -32,6 +37,22 @@ fi
 if [ -x tests/cluster/build.sh ]; then
     tests/cluster/build.sh
 fi
+
+# The Rust target of the container images' static binaries.
+musl_target="$(uname -m)-unknown-linux-musl"
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx "$musl_target"; then
+    rustup target add "$musl_target"
+fi
+
+# Helm 3 and 4, actionlint, hadolint (versioned under ~/.cache/oxcast/tools;
+# silent when cached). The chart tests call them.
+tests/tools.sh
+
+# Lint the GitHub workflows (with shellcheck for their run: scripts) and
+# every shell script of the repository.
+"$(tests/tools.sh path actionlint)" -shellcheck "$(command -v shellcheck)"
+# (SC1091: sourced files named at run time, such as versions.env, are not followed.)
+shellcheck -e SC1091 tests/*.sh tests/kind/*.sh tests/cluster/*.sh docker/*.sh .ci/run
 
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
