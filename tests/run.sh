@@ -56,3 +56,49 @@ shellcheck -e SC1091 tests/*.sh tests/kind/*.sh tests/cluster/*.sh docker/*.sh .
 
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
+
+# --- The player page in a real browser ---------------------------------------
+# Debian's Chromium, driven by playwright-core (which never downloads a
+# browser here), plays a live stream through the page and hls.js. npm
+# packages are installed once per lockfile under ~/.cache/oxcast/npm and
+# linked into the tree; player/dist is what `--player-assets` serves.
+browser_apt=()
+command -v chromium >/dev/null 2>&1 || browser_apt+=(chromium)
+command -v node >/dev/null 2>&1 || browser_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || browser_apt+=(npm)
+if ((${#browser_apt[@]})); then
+    sudo_cmd=()
+    if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+    echo "tests/run.sh: installing ${browser_apt[*]} with apt-get" >&2
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${browser_apt[@]}" >/dev/null
+fi
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+    echo "tests/run.sh: the browser test needs Node.js >= 20 (playwright-core); found $(node --version)" >&2
+    exit 1
+fi
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+
+# `npm ci` for the package in DIR, into a cache keyed by its lockfile.
+npm_ci_cached() {
+    local dir=$1 cache stamp
+    cache="$HOME/.cache/oxcast/npm/$(basename "$dir")"
+    stamp=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+    if [ "$(cat "$cache/.lockfile-sha256" 2>/dev/null)" != "$stamp" ]; then
+        rm -rf "$cache"
+        mkdir -p "$cache"
+        cp "$dir/package.json" "$dir/package-lock.json" "$cache/"
+        (cd "$cache" && npm ci --no-audit --no-fund --loglevel=error)
+        echo "$stamp" >"$cache/.lockfile-sha256"
+    fi
+    if [ -e "$dir/node_modules" ] && [ ! -L "$dir/node_modules" ]; then
+        rm -rf "$dir/node_modules"
+    fi
+    ln -sfn "$cache/node_modules" "$dir/node_modules"
+}
+npm_ci_cached player
+npm_ci_cached tests/browser
+(cd player && node build.mjs)
+
+shellcheck bench/http.sh
+node --test tests/browser/

@@ -1,0 +1,199 @@
+// The player page plays a live stream in a real browser: Debian's
+// Chromium, headless, driven by playwright-core, while ffmpeg publishes to
+// the real oxcast-ingest binary.
+//
+// Run with `node --test tests/browser/` after `cargo build -p oxcast-ingest`
+// and `npm ci && npm run build` in player/ (tests/run.sh does all of it).
+//
+// Environment:
+//   OXCAST_INGEST_BIN     the server binary (default: $CARGO_TARGET_DIR/debug/oxcast-ingest)
+//   OXCAST_PLAYER_ASSETS  hls.js directory (default: player/dist in the repository)
+//   CHROMIUM              browser executable (default: /usr/bin/chromium)
+//   OXCAST_ARTIFACTS      where the screenshot goes (default: $CARGO_TARGET_DIR/test-artifacts)
+
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { homedir, tmpdir } from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+
+import { chromium } from "playwright-core";
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const targetDir =
+  process.env.CARGO_TARGET_DIR || path.join(homedir(), ".cache/oxcast/target");
+const serverBin =
+  process.env.OXCAST_INGEST_BIN || path.join(targetDir, "debug/oxcast-ingest");
+const assetsDir = process.env.OXCAST_PLAYER_ASSETS || path.join(repo, "player/dist");
+const chromiumBin = process.env.CHROMIUM || "/usr/bin/chromium";
+const artifacts = process.env.OXCAST_ARTIFACTS || path.join(targetDir, "test-artifacts");
+const STREAM = "browser-test";
+
+/** Processes started here, stopped in `after` whatever happened. */
+const children = [];
+let tempRoot;
+let httpAddr;
+let rtmpAddr;
+let serverLog = "";
+let ffmpegLog = "";
+
+function start(cmd, args) {
+  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+  children.push(child);
+  return child;
+}
+
+function stop(child) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    const kill = setTimeout(() => child.kill("SIGKILL"), 5000);
+    child.once("exit", () => {
+      clearTimeout(kill);
+      resolve();
+    });
+    child.kill("SIGTERM");
+  });
+}
+
+/** Starts the all-in-one server and waits for its `listening` lines. */
+async function startServer() {
+  const args = [
+    "run",
+    "--rtmp-listen", "127.0.0.1:0",
+    "--http-listen", "127.0.0.1:0",
+    "--hls-root", path.join(tempRoot, "hls"),
+    "--hls-fragment", "1s",
+    "--player-assets", assetsDir,
+  ];
+  const server = start(serverBin, args);
+  server.stderr.on("data", (d) => (serverLog += d));
+  const lines = createInterface({ input: server.stdout });
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`server did not listen within 30 s:\n${serverLog}`)),
+      30_000,
+    );
+    server.once("exit", (code) =>
+      reject(new Error(`server exited (${code}) before listening:\n${serverLog}`)),
+    );
+    lines.on("line", (line) => {
+      const m = /^listening (rtmp|http) (\S+)$/.exec(line.trim());
+      if (m && m[1] === "rtmp") rtmpAddr = m[2];
+      if (m && m[1] === "http") httpAddr = m[2];
+      if (rtmpAddr && httpAddr) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+}
+
+/** Publishes a 640x360 30 fps test pattern with a tone, for at most 90 s. */
+function startPublisher() {
+  const ffmpeg = start("ffmpeg", [
+    "-nostdin", "-hide_banner", "-loglevel", "error",
+    "-re",
+    "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+    "-t", "90",
+    "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "30",
+    "-c:a", "aac", "-b:a", "96k",
+    "-f", "flv", `rtmp://${rtmpAddr}/app/${STREAM}`,
+  ]);
+  ffmpeg.stderr.on("data", (d) => (ffmpegLog += d));
+  return ffmpeg;
+}
+
+before(async () => {
+  assert.ok(existsSync(serverBin), `no server binary at ${serverBin} (cargo build -p oxcast-ingest)`);
+  assert.ok(existsSync(chromiumBin), `no browser at ${chromiumBin} (apt-get install chromium)`);
+  tempRoot = await mkdtemp(path.join(tmpdir(), "oxcast-browser-"));
+  await startServer();
+  startPublisher();
+});
+
+after(async () => {
+  await Promise.all(children.map(stop));
+  if (tempRoot) await rm(tempRoot, { recursive: true, force: true });
+});
+
+test("the player page plays a live stream with hls.js", { timeout: 180_000 }, async (t) => {
+  const withHlsJs = existsSync(path.join(assetsDir, "hls.min.js"));
+  // A fresh profile every run; playwright never downloads a browser here.
+  const profile = path.join(tempRoot, "chromium-profile");
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: chromiumBin,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+      "--autoplay-policy=no-user-gesture-required",
+    ],
+    viewport: { width: 1280, height: 720 },
+  });
+  t.after(() => context.close());
+  const page = context.pages()[0] ?? (await context.newPage());
+  const console = [];
+  page.on("console", (m) => console.push(`[${m.type()}] ${m.text()}`));
+  page.on("pageerror", (e) => console.push(`[pageerror] ${e.message}`));
+  const explain = () =>
+    `\nbrowser console:\n${console.join("\n")}\nserver log tail:\n${serverLog
+      .split("\n")
+      .slice(-30)
+      .join("\n")}\nffmpeg:\n${ffmpegLog}`;
+
+  try {
+    await page.goto(`http://${httpAddr}/`);
+    // The stream shows up in the list once the publisher is connected.
+    const entry = page.locator(`button[data-stream="${STREAM}"]`);
+    await entry.waitFor({ timeout: 30_000 });
+    await entry.click();
+
+    // Playback starts, then currentTime advances by at least 3 s.
+    await page.waitForFunction(() => document.getElementById("video").currentTime > 0, null, {
+      timeout: 60_000,
+      polling: 200,
+    });
+    const t0 = await page.evaluate(() => document.getElementById("video").currentTime);
+    await page.waitForFunction(
+      (start) => document.getElementById("video").currentTime - start >= 3,
+      t0,
+      { timeout: 60_000, polling: 200 },
+    );
+  } catch (e) {
+    e.message += explain();
+    throw e;
+  } finally {
+    await mkdir(artifacts, { recursive: true });
+    const shot = path.join(artifacts, "player.png");
+    await page.screenshot({ path: shot }).catch(() => {});
+    t.diagnostic(`screenshot: ${shot}`);
+  }
+
+  const state = await page.evaluate(() => ({
+    engine: window.oxcastPlayer.engine,
+    current: window.oxcastPlayer.current,
+    errors: window.oxcastPlayer.errors,
+    fatal: window.oxcastPlayer.fatalErrors,
+    paused: document.getElementById("video").paused,
+    width: document.getElementById("video").videoWidth,
+  }));
+  t.diagnostic(`player: ${JSON.stringify(state)}`);
+  assert.equal(state.current, STREAM);
+  assert.deepEqual(state.fatal, [], `hls.js raised fatal errors${explain()}`);
+  assert.equal(state.engine, withHlsJs ? "hls.js" : "native", explain());
+  assert.equal(state.width, 640, "decoded video has the published width");
+  assert.ok(
+    !console.some((l) => l.startsWith("[pageerror]")),
+    `the page threw${explain()}`,
+  );
+});
