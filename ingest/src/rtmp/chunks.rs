@@ -43,6 +43,8 @@ pub enum ChunkError {
     TooMuchBuffered(usize),
     #[error("malformed message of type {type_id}: {source}")]
     Amf { type_id: u8, source: amf::AmfError },
+    #[error("command message with {0} values; a command needs a name, a transaction id and an object")]
+    ShortCommand(usize),
 }
 
 #[derive(Debug, Default)]
@@ -318,6 +320,11 @@ impl ChunkReassembler {
                     source,
                 })?;
                 let is_data = matches!(message.type_id, MSG_AMF0_DATA | MSG_AMF3_DATA);
+                // rml_rtmp slices the first three values of a command
+                // without checking there are three.
+                if !is_data && summary.values < 3 {
+                    return Err(ChunkError::ShortCommand(summary.values));
+                }
                 if !is_data && summary.first_string.as_deref() == Some("connect") {
                     self.tc_url = connect_tc_url(body);
                 }
@@ -526,6 +533,21 @@ mod tests {
             r.push(&wire, &mut Vec::new()),
             Err(ChunkError::Amf { .. })
         ));
+    }
+
+    #[test]
+    fn refuses_commands_without_name_id_and_object() {
+        let mut payload = vec![2, 0, 7];
+        payload.extend_from_slice(b"connect");
+        payload.push(0);
+        payload.extend_from_slice(&1f64.to_be_bytes());
+        let mut r = ChunkReassembler::new(1 << 20);
+        let wire = chunked(3, 0, MSG_AMF0_COMMAND, &payload, 128).concat();
+        assert_eq!(r.push(&wire, &mut Vec::new()), Err(ChunkError::ShortCommand(2)));
+        let mut r = ChunkReassembler::new(1 << 20);
+        // An empty command: a bare type-0 header with length 0.
+        let wire = [3, 0, 0, 0, 0, 0, 0, MSG_AMF0_COMMAND, 1, 0, 0, 0];
+        assert_eq!(r.push(&wire, &mut Vec::new()), Err(ChunkError::ShortCommand(0)));
     }
 
     #[test]
