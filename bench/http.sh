@@ -194,6 +194,9 @@ measure() {
 }
 
 start_oxcast() {
+    # Truncated here, not by the redirection below: that runs in the
+    # background job and could come after the first read of the file.
+    : >"$WORK/oxcast.out"
     "${SERVER_CPU[@]}" "$OXCAST_BIN" http --hls-root "$www/live" \
         --http-listen 127.0.0.1:0 --player-assets "$WORK/no-assets" \
         >"$WORK/oxcast.out" 2>"$WORK/oxcast.err" &

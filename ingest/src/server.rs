@@ -6,12 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use oxcast_crds::IngestConfig;
 use tokio::sync::watch;
 
 use crate::auth::Authorizer;
-use crate::http::{Health, HttpOptions, StreamSource};
+use crate::http::{Health, HttpOptions, SendfileListener, StreamSource};
 use crate::live::LiveStreams;
 use crate::metrics::Metrics;
 use crate::rtmp::{self, RtmpContext};
@@ -154,13 +153,8 @@ pub async fn run(
             source,
         };
         let app = crate::http::router(http_options, metrics.clone(), health.clone())?;
-        // Responses are written whole; Nagle would only delay the tail of
-        // one that does not fill the last packet.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
+        crate::http::raise_fd_limit();
+        let listener = SendfileListener::new(listener);
         tracing::info!(addr = %local, root = %root.display(), "http listening");
         announce("http", local);
         let mut stop = shutdown.clone();

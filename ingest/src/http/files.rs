@@ -184,14 +184,16 @@ impl Files {
         // Read at most one byte more than announced, to notice growth.
         (&mut file).take(id.len + 1).read_to_end(&mut buf)?;
         let after = FileId::from_metadata(&file.metadata()?);
-        let body = Bytes::from(buf);
-        if after != id || body.len() as u64 != id.len {
+        if after != id || buf.len() as u64 != id.len {
             // Written to while we read (not how the ingest server writes,
             // but another writer might): serve what we have, cache nothing.
-            let len = body.len() as u64;
-            let file = CachedFile::new(FileId { len, ..after }, body);
+            let len = buf.len() as u64;
+            let file = CachedFile::new(FileId { len, ..after }, Bytes::from(buf));
             return Ok(Loaded::Memory(Arc::new(file)));
         }
+        // Large bodies keep their file open so they can be sent with
+        // sendfile(2) (see `sendfile`); the bytes stay the fallback.
+        let body = super::sendfile::file_bytes(buf, file);
         let cached = Arc::new(CachedFile::new(id, body));
         self.cache.insert(rel, cached.clone());
         Ok(Loaded::Memory(cached))

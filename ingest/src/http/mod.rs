@@ -24,6 +24,7 @@ pub mod health;
 pub mod path;
 pub mod player;
 pub mod scan;
+pub mod sendfile;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use cors::Cors;
 use files::{Files, Policy};
 pub use health::Health;
 use path::{hls_path, Refused};
+pub use sendfile::{raise_fd_limit, SendfileListener};
 
 /// Memory for the player assets cache (hls.js is about half a megabyte).
 const ASSET_CACHE_BYTES: u64 = 16 << 20;
