@@ -160,9 +160,12 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
         .namespace
         .as_deref()
         .ok_or(BuildError::MissingMetadata("namespace"))?;
-    let owner = app
+    let mut owner = app
         .controller_owner_ref(&())
         .ok_or(BuildError::MissingMetadata("uid"))?;
+    // As controller-runtime does: a foreground deletion of the
+    // LiveApplication waits for its children to be gone.
+    owner.block_owner_deletion = Some(true);
     let b = Builder {
         spec,
         names: Names::new(name),

@@ -119,6 +119,7 @@ fn assert_owned(meta: &ObjectMeta, app: &LiveApplication) {
     assert_eq!(owner.api_version, "live.oxcast.dev/v1alpha1");
     assert_eq!(Some(&owner.uid), app.metadata.uid.as_ref());
     assert_eq!(owner.controller, Some(true));
+    assert_eq!(owner.block_owner_deletion, Some(true));
     assert_eq!(meta.namespace.as_deref(), Some("media"));
     let labels = meta.labels.as_ref().expect("labels");
     assert_eq!(

@@ -14,7 +14,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -29,6 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use oxcast_crds::live_application::{HttpMode, LiveApplication, LiveApplicationStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{self, BuildError, BuildSettings, Desired, ObsoleteKind};
@@ -71,6 +72,8 @@ struct Stores {
     config_maps: Store<ConfigMap>,
     pvcs: Store<PersistentVolumeClaim>,
     pods: Store<Pod>,
+    /// True once every store above has its initial list.
+    synced: watch::Receiver<bool>,
 }
 
 impl Stores {
@@ -78,13 +81,33 @@ impl Stores {
     /// may just not have been listed yet, and "creating" it would be a
     /// needless write.
     async fn ready(&self) -> Result<(), Error> {
-        let dropped = |_| Error::Shutdown;
-        self.deployments.wait_until_ready().await.map_err(dropped)?;
-        self.services.wait_until_ready().await.map_err(dropped)?;
-        self.config_maps.wait_until_ready().await.map_err(dropped)?;
-        self.pvcs.wait_until_ready().await.map_err(dropped)?;
-        self.pods.wait_until_ready().await.map_err(dropped)
+        let mut synced = self.synced.clone();
+        synced
+            .wait_for(|synced| *synced)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Shutdown)
     }
+}
+
+/// Resolves once every store has listed its objects.
+///
+/// `Store::wait_until_ready` must have a single waiter per store: it sits on
+/// a oneshot receiver that keeps only the last poller's waker, so with
+/// several concurrent waiters (parallel reconciles) all but one can sleep
+/// forever. So one task waits here and broadcasts through a watch channel.
+async fn wait_synced(
+    deployments: Store<Deployment>,
+    services: Store<Service>,
+    config_maps: Store<ConfigMap>,
+    pvcs: Store<PersistentVolumeClaim>,
+    pods: Store<Pod>,
+) -> bool {
+    deployments.wait_until_ready().await.is_ok()
+        && services.wait_until_ready().await.is_ok()
+        && config_maps.wait_until_ready().await.is_ok()
+        && pvcs.wait_until_ready().await.is_ok()
+        && pods.wait_until_ready().await.is_ok()
 }
 
 struct Context {
@@ -186,23 +209,31 @@ async fn run_scope(
     let (config_maps, config_map_events) = child_watch::<ConfigMap>(&client, scope_ref);
     let (pvcs, pvc_events) = child_watch::<PersistentVolumeClaim>(&client, scope_ref);
     let (pods, pod_events) = child_watch::<Pod>(&client, scope_ref);
+    let (synced_tx, synced) = watch::channel(false);
+    tokio::spawn(
+        wait_synced(
+            deployments.clone(),
+            services.clone(),
+            config_maps.clone(),
+            pvcs.clone(),
+            pods.clone(),
+        )
+        .then(move |ok| async move {
+            if ok {
+                // Ready (for /readyz) once the first scope has listed everything.
+                health.set_ready();
+                let _ = synced_tx.send(true);
+            }
+        }),
+    );
     let stores = Stores {
         deployments,
         services,
         config_maps,
         pvcs,
         pods,
+        synced,
     };
-    {
-        // Ready (for /readyz) once the first scope has listed everything.
-        let stores = stores.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            if stores.ready().await.is_ok() {
-                health.set_ready();
-            }
-        });
-    }
     let apps = scoped::<LiveApplication>(&client, scope_ref);
     let config = ControllerConfig::default().concurrency(shared.settings.concurrency);
     let context = Arc::new(Context {
@@ -246,6 +277,13 @@ async fn run_scope(
 async fn reconcile(app: Arc<LiveApplication>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_app(&app, &ctx).await;
+    tracing::debug!(
+        namespace = app.namespace().unwrap_or_default(),
+        name = %app.name_any(),
+        elapsed = ?started.elapsed(),
+        ok = result.is_ok(),
+        "reconcile finished"
+    );
     let shared = &ctx.shared;
     shared
         .metrics

@@ -29,11 +29,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use tokio_util::sync::CancellationToken;
 
 pub use controller::ControllerSettings;
 pub use leader::LeaseSettings;
 pub use metrics::Metrics;
+/// Stops [`run`]; re-exported so embedders need no tokio-util of their own.
+pub use tokio_util::sync::CancellationToken;
 
 /// Default ingest image: the one released with this operator, so operator
 /// and server versions match unless a LiveApplication says otherwise.

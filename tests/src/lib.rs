@@ -3,4 +3,5 @@
 pub mod chart;
 pub mod cluster;
 pub mod media;
+pub mod operator;
 pub mod rtmp_client;
