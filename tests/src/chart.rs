@@ -273,3 +273,49 @@ pub fn assert_notes_explain_the_workflow(install_output: &str, release: &str, ap
         assert!(notes.contains(&needle), "NOTES lack {needle:?}:\n{notes}");
     }
 }
+
+/// Path of the `oxcast-operator` binary, built once per test process with
+/// `cargo build -p oxcast-operator` (a no-op when fresh) in this test's
+/// target directory and profile. `OXCAST_OPERATOR_BIN` overrides it.
+pub fn operator_binary() -> Result<PathBuf, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("OXCAST_OPERATOR_BIN") {
+            return Ok(PathBuf::from(bin));
+        }
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // <target>/<profile>/deps/<test-binary>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or("cannot locate the test executable's profile directory")?;
+        let profile = profile_dir
+            .file_name()
+            .and_then(|p| p.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .env("CARGO_TARGET_DIR", crate::media::target_dir())
+            .args(["build", "-p", "oxcast-operator", "--bin", "oxcast-operator"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        } else if profile != "debug" {
+            cmd.args(["--profile", &profile]);
+        }
+        run_ok(cmd, Duration::from_secs(30 * 60))?;
+        let bin = crate::media::target_dir()
+            .join(&profile)
+            .join("oxcast-operator");
+        if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(format!(
+                "cargo build succeeded but {} is missing",
+                bin.display()
+            ))
+        }
+    })
+    .clone()
+}

@@ -246,12 +246,25 @@ fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
         for forbidden in [
             "*",
             "secrets",
-            "pods",
             "namespaces",
             "nodes",
             "clusterroles",
+            "roles",
         ] {
             assert!(!resources.contains(&forbidden.to_string()), "{rule:?}");
+        }
+        // Pods are only watched (their states feed the Degraded condition).
+        if resources.contains(&"pods".to_string()) {
+            assert_eq!(resources, ["pods"], "{rule:?}");
+            assert_eq!(verbs, ["get", "list", "watch"], "{rule:?}");
+        }
+        // Nothing it never calls: no update on its children (server-side
+        // apply patches) and no deleting of Services or ConfigMaps.
+        if resources.iter().any(|r| r != "liveapplications/finalizers") {
+            assert!(!verbs.contains(&"update".to_string()), "{rule:?}");
+        }
+        if resources.contains(&"services".to_string()) {
+            assert!(!verbs.contains(&"delete".to_string()), "{rule:?}");
         }
         assert!(!verbs.contains(&"*".to_string()), "{rule:?}");
         assert!(!verbs.contains(&"escalate".to_string()), "{rule:?}");

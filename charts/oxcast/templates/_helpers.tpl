@@ -74,30 +74,40 @@ app.kubernetes.io/component: operator
 {{/*
 Rules the operator needs in every namespace it manages LiveApplications in
 (the whole cluster through a ClusterRole, or each watched namespace through a
-Role). Keep in step with the operator's documented permissions.
+Role). Keep in step with operator/rbac.md, the operator's own list.
 */}}
 {{- define "oxcast.managedRules" -}}
-# Its own API: watch LiveApplications, report their status.
+# Its own API: watch LiveApplications, report their status (server-side
+# apply on the status subresource).
 - apiGroups: [live.oxcast.dev]
   resources: [liveapplications]
   verbs: [get, list, watch]
 - apiGroups: [live.oxcast.dev]
   resources: [liveapplications/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 # Owner references with blockOwnerDeletion (where the
 # OwnerReferencesPermissionEnforcement admission plugin is on).
 - apiGroups: [live.oxcast.dev]
   resources: [liveapplications/finalizers]
   verbs: [update]
-# What it creates for a LiveApplication (server-side apply, owner references).
+# What it creates for a LiveApplication (server-side apply is create+patch;
+# delete when the spec drops a child). Watches are label-selected, but RBAC
+# cannot express that.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, update, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
-  resources: [services, configmaps, persistentvolumeclaims]
-  verbs: [get, list, watch, create, update, patch, delete]
-# Events about LiveApplications.
-- apiGroups: ["", events.k8s.io]
+  resources: [persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [services, configmaps]
+  verbs: [get, list, watch, create, patch]
+# Pod states feed the Degraded condition: read-only.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+# Events about LiveApplications (events.k8s.io/v1; patch updates a series).
+- apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
 {{- end }}
