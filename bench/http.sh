@@ -15,22 +15,22 @@
 # wrk to CPU 1 (taskset), so each server gets exactly one core (nginx: one
 # worker; oxcast: its runtime sizes itself to the one core it may use).
 # Each server's CPU time (utime+stime of all its processes, /proc/PID/stat)
-# is read before and after every wrk run. Rounds alternate servers and the
-# median of the rounds is reported.
+# is read before and after every wrk run. Rounds alternate the servers
+# (and which goes first) and the median of the rounds is reported.
 #
 # All traffic goes to 127.0.0.1; every child process is stopped on exit.
 #
 # Usage: bench/http.sh [--duration SECS] [--rounds N] [--connections N]
 #                      [--segment-kib KIB] [--strict] [--keep]
-# Environment: DURATION (10), ROUNDS (3), CONNECTIONS (64), SEGMENT_KIB
+# Environment: DURATION (6), ROUNDS (5), CONNECTIONS (64), SEGMENT_KIB
 #   (1536: 5 s at ~2.5 Mbit/s), OXCAST_BIN (skip the release build), NGINX
 #   (/usr/sbin/nginx), WRK (wrk), CARGO_TARGET_DIR.
 # Needs: nginx and wrk (Debian packages), cargo, taskset (util-linux).
 
 set -euo pipefail
 
-DURATION=${DURATION:-10}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-6}
+ROUNDS=${ROUNDS:-5}
 CONNECTIONS=${CONNECTIONS:-64}
 SEGMENT_KIB=${SEGMENT_KIB:-1536}
 NGINX=${NGINX:-/usr/sbin/nginx}
@@ -294,13 +294,19 @@ done
 
 declare -A results
 for round in $(seq 1 "$ROUNDS"); do
-    for server in nginx oxcast; do
+    # Alternate who goes first, so slow drifts in background load even out.
+    order=(nginx oxcast)
+    if ((round % 2 == 0)); then order=(oxcast nginx); fi
+    for server in "${order[@]}"; do
         start "$server"
         for test in playlist segment; do
             if [ "$test" = playlist ]; then url=$BASE$PLAYLIST_PATH; else url=$BASE$SEGMENT_PATH; fi
             measure "$url" 2 >/dev/null # warm-up: caches, connections
-            log "round $round/$ROUNDS: $server $test, ${DURATION}s"
             results[$server,$test,$round]=$(measure "$url" "$DURATION")
+            # shellcheck disable=SC2086 # word-split the result fields
+            set -- ${results[$server,$test,$round]}
+            log "round $round/$ROUNDS: $server $test: $(awk -v r="$1" -v b="$2" -v d="$3" -v c="$5" -v t="$CLK_TCK" \
+                'BEGIN { printf "%.0f req/s, %.1f MiB/s, CPU %.2f s", r / (d / 1e6), b / (d / 1e6) / 1048576, c / t }')"
         done
         stop_server "$SERVER_PID"
         SERVER_PID=""
@@ -309,13 +315,10 @@ done
 
 # --- report -----------------------------------------------------------------
 
-# Median over rounds of one derived metric; awk does the arithmetic.
+# One derived metric of each result line on stdin; awk does the arithmetic.
 # metric: rps | mibps | cpu_us_per_req | cpu_ms_per_gib | cpu_pct | p99_ms
-median() {
-    local server=$1 test=$2 metric=$3 round
-    for round in $(seq 1 "$ROUNDS"); do
-        echo "${results[$server,$test,$round]}"
-    done | awk -v m="$metric" -v tck="$CLK_TCK" '
+one() {
+    awk -v m="$1" -v tck="$CLK_TCK" '
         {
             req = $1; bytes = $2; secs = $3 / 1e6; p99 = $4; cpu = $5 / tck
             if (m == "rps") v = req / secs
@@ -325,12 +328,19 @@ median() {
             else if (m == "cpu_pct") v = 100 * cpu / secs
             else if (m == "p99_ms") v = p99 / 1000
             printf "%.6f\n", v
-        }' | sort -g | awk '
+        }'
+}
+
+# Median over rounds of one metric for one server.
+median() {
+    local server=$1 test=$2 metric=$3 round
+    for round in $(seq 1 "$ROUNDS"); do
+        echo "${results[$server,$test,$round]}"
+    done | one "$metric" | sort -g | awk '
         { v[NR] = $1 }
         END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 fmt() { awk -v v="$1" -v d="$2" 'BEGIN { printf "%.*f", d, v }'; }
 
 nginx_version=$({ "$NGINX" -v 2>&1 || true; } | sed 's/.*nginx\///')
@@ -355,11 +365,24 @@ for test in playlist segment; do
     done
 done
 echo
+# Ratios are taken per round (the two servers ran back to back, under the
+# same background load) and the median of those is reported.
+paired_ratio() {
+    local test=$1 metric=$2 round a b
+    for round in $(seq 1 "$ROUNDS"); do
+        a=$(echo "${results[oxcast,$test,$round]}" | one "$metric")
+        b=$(echo "${results[nginx,$test,$round]}" | one "$metric")
+        awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.6f\n", a / b }'
+    done | sort -g | awk '
+        { v[NR] = $1 }
+        END { if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 missed=0
 for test in playlist segment; do
-    speed=$(ratio "$(median oxcast "$test" rps)" "$(median nginx "$test" rps)")
-    cpu=$(ratio "$(median oxcast "$test" cpu_us_per_req)" "$(median nginx "$test" cpu_us_per_req)")
-    echo "$test: oxcast/nginx throughput ${speed}x (target >= 1.00), CPU per request ${cpu}x (target <= 1.00)"
+    speed=$(paired_ratio "$test" rps)
+    cpu=$(paired_ratio "$test" cpu_us_per_req)
+    echo "$test: oxcast/nginx throughput ${speed}x (target >= 1.00), CPU per request ${cpu}x (target <= 1.00) (medians of per-round ratios)"
     if awk -v s="$speed" -v c="$cpu" 'BEGIN { exit !(s < 1.0 || c > 1.0) }'; then
         missed=1
     fi

@@ -641,3 +641,41 @@ fn the_streams_api_reads_the_tree_in_the_http_role() {
     });
     assert_eq!(names, ["flat"]);
 }
+
+#[test]
+fn concurrent_first_requests_all_get_the_new_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segment: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    write_aged(&dir.path().join("cam/9.ts"), &segment, AGE);
+    let server = http_server(dir.path(), &[]);
+    let addr = server.http.expect("http");
+    // A new segment at the live edge: every viewer asks at once, and the
+    // server reads it once for all of them (see the unit tests of
+    // `http::files`); each must still get the whole, right body.
+    let viewers = 48;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(viewers));
+    let handles: Vec<_> = (0..viewers)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let range = format!("bytes={}-", i * 1000);
+                if i % 2 == 0 {
+                    (i, get(addr, "/live/cam/9.ts", &[]))
+                } else {
+                    (i, get(addr, "/live/cam/9.ts", &[("Range", &range)]))
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, r) = h.join().expect("viewer thread");
+        if i % 2 == 0 {
+            assert_eq!(r.status, 200);
+            assert!(r.body == segment, "viewer {i}: body differs");
+        } else {
+            assert_eq!(r.status, 206);
+            assert!(r.body == segment[i * 1000..], "viewer {i}: range differs");
+        }
+    }
+}

@@ -3,9 +3,11 @@
 //! conditional requests and byte ranges.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -13,6 +15,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
+use tokio::sync::OnceCell;
 
 use super::cache::{CachedFile, FileCache, FileMeta};
 use super::conditional::{preconditions, range, Precondition, RangeOutcome};
@@ -103,6 +106,31 @@ fn expires_value(kind: HlsKind, now_secs: u64) -> HeaderValue {
 pub struct Files {
     root: RootDir,
     cache: FileCache,
+    /// Loads in progress, by path: when a new segment appears, every viewer
+    /// asks for it at about the same time, and one read must serve them all
+    /// (rather than one blocking thread and one copy in memory each).
+    inflight: Mutex<HashMap<Box<str>, (FileId, Flight)>>,
+    /// Files opened and read from disk (the slow path), for tests.
+    disk_loads: AtomicU64,
+}
+
+/// One shared load of one version of a file.
+type Flight = Arc<OnceCell<Result<Arc<CachedFile>, FlightError>>>;
+
+/// Why a shared load produced no cached file. `io::Error` is not `Clone`,
+/// so its kind and OS code are kept to rebuild it for every waiter.
+#[derive(Debug, Clone, Copy)]
+enum FlightError {
+    Io(io::ErrorKind, Option<i32>),
+    /// It had grown too large to cache by the time it was opened: each
+    /// request streams it on its own.
+    NotCacheable,
+}
+
+impl From<&io::Error> for FlightError {
+    fn from(e: &io::Error) -> Self {
+        Self::Io(e.kind(), e.raw_os_error())
+    }
 }
 
 /// The body to send: from memory, or streamed from an open file.
@@ -124,6 +152,8 @@ impl Files {
         Self {
             root: RootDir::new(root),
             cache: FileCache::new(cache_bytes),
+            inflight: Mutex::new(HashMap::new()),
+            disk_loads: AtomicU64::new(0),
         }
     }
 
@@ -157,25 +187,82 @@ impl Files {
             let body = Payload::Memory(hit.body.clone());
             return respond(policy, &hit.meta, body, method, headers, now);
         }
-        // Slow path, on the blocking pool: confined open, read, cache.
-        let this = self.clone();
-        let rel_owned = rel.to_owned();
-        let loaded = tokio::task::spawn_blocking(move || this.load(&rel_owned)).await;
-        let (meta, payload) = match loaded {
-            Ok(Ok(Loaded::Memory(file))) => (file.meta.clone(), Payload::Memory(file.body.clone())),
-            Ok(Ok(Loaded::Stream(file, meta))) => (meta, Payload::File(file)),
-            Ok(Err(e)) => return io_error_response(&e, rel),
-            Err(e) => {
-                tracing::error!(path = rel, error = %e, "file load task failed");
-                return error_response(StatusCode::INTERNAL_SERVER_ERROR);
+        // Slow path: one shared load per version if it can be cached,
+        // else a load of its own, on the blocking pool.
+        if self.cache.admits(id.len) {
+            match self.load_shared(rel, id).await {
+                Ok(file) => {
+                    let body = Payload::Memory(file.body.clone());
+                    return respond(policy, &file.meta, body, method, headers, now);
+                }
+                Err(FlightError::Io(kind, os)) => {
+                    let e = os.map_or_else(|| io::Error::from(kind), io::Error::from_raw_os_error);
+                    return io_error_response(&e, rel);
+                }
+                Err(FlightError::NotCacheable) => {}
             }
+        }
+        let (meta, payload) = match self.load_blocking(rel).await {
+            Ok(Loaded::Memory(file)) => (file.meta.clone(), Payload::Memory(file.body.clone())),
+            Ok(Loaded::Stream(file, meta)) => (meta, Payload::File(file)),
+            Err(e) => return io_error_response(&e, rel),
         };
         respond(policy, &meta, payload, method, headers, now)
+    }
+
+    /// [`Files::load`] on the blocking pool.
+    async fn load_blocking(self: &Arc<Self>, rel: &str) -> io::Result<Loaded> {
+        let this = self.clone();
+        let rel_owned = rel.to_owned();
+        match tokio::task::spawn_blocking(move || this.load(&rel_owned)).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(path = rel, error = %e, "file load task failed");
+                Err(io::Error::other("file load task failed"))
+            }
+        }
+    }
+
+    /// Loads version `id` of `rel` once for all concurrent requests.
+    async fn load_shared(
+        self: &Arc<Self>,
+        rel: &str,
+        id: FileId,
+    ) -> Result<Arc<CachedFile>, FlightError> {
+        let flight = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(rel) {
+                Some((current, flight)) if *current == id => flight.clone(),
+                _ => {
+                    let flight = Flight::default();
+                    inflight.insert(rel.into(), (id, flight.clone()));
+                    flight
+                }
+            }
+        };
+        // If the request that started the load goes away, a waiter takes
+        // over (OnceCell re-runs the initialiser).
+        let result = flight
+            .get_or_init(|| async {
+                match self.load_blocking(rel).await {
+                    Ok(Loaded::Memory(file)) => Ok(file),
+                    Ok(Loaded::Stream(..)) => Err(FlightError::NotCacheable),
+                    Err(e) => Err(FlightError::from(&e)),
+                }
+            })
+            .await
+            .clone();
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(inflight.get(rel), Some((_, f)) if Arc::ptr_eq(f, &flight)) {
+            inflight.remove(rel);
+        }
+        result
     }
 
     /// Opens `rel` confined to the root; reads and caches it if it is small
     /// enough, else hands back the open file.
     fn load(&self, rel: &str) -> io::Result<Loaded> {
+        self.disk_loads.fetch_add(1, Ordering::Relaxed);
         let (mut file, id) = self.root.open(rel)?;
         if !self.cache.admits(id.len) {
             return Ok(Loaded::Stream(file, FileMeta::new(id)));
@@ -313,4 +400,76 @@ fn stream_file(mut file: std::fs::File, start: u64, n: u64) -> io::Result<Body> 
     Ok(Body::from_stream(
         tokio_util::io::ReaderStream::with_capacity(file, STREAM_CHUNK),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn request(files: &Arc<Files>, rel: &str) -> Response {
+        files
+            .serve(
+                rel,
+                Policy::Hls(HlsKind::Segment),
+                &Method::GET,
+                &HeaderMap::new(),
+            )
+            .await
+    }
+
+    /// Statuses of `n` requests for `rel` started together: on this
+    /// single-threaded runtime each runs until it waits for the disk before
+    /// the next one starts.
+    async fn together(files: &Arc<Files>, rel: &'static str, n: usize) -> Vec<StatusCode> {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let files = files.clone();
+            set.spawn(async move { request(&files, rel).await.status() });
+        }
+        set.join_all().await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_misses_share_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("cam")).unwrap();
+        std::fs::write(dir.path().join("cam/1.ts"), vec![7u8; 4 << 20]).unwrap();
+        let files = Arc::new(Files::new(dir.path().to_path_buf(), 64 << 20));
+        // All of them miss the cache before the first read completes: the
+        // first starts the read, the others join it.
+        let statuses = together(&files, "cam/1.ts", 32).await;
+        assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+        assert_eq!(files.disk_loads.load(Ordering::Relaxed), 1);
+        assert!(
+            files.inflight.lock().unwrap().is_empty(),
+            "flights are forgotten"
+        );
+        // Later requests are served from memory.
+        assert_eq!(request(&files, "cam/1.ts").await.status(), StatusCode::OK);
+        assert_eq!(files.disk_loads.load(Ordering::Relaxed), 1);
+        // A new version (replaced by rename) is read again, once.
+        std::fs::write(dir.path().join("cam/.1.ts.tmp"), vec![8u8; 4 << 20]).unwrap();
+        std::fs::rename(
+            dir.path().join("cam/.1.ts.tmp"),
+            dir.path().join("cam/1.ts"),
+        )
+        .unwrap();
+        let statuses = together(&files, "cam/1.ts", 8).await;
+        assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+        assert_eq!(files.disk_loads.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn shared_misses_report_errors_to_every_waiter() {
+        // The stat follows the symlink; the confined open refuses it.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("cam")).unwrap();
+        std::fs::write(dir.path().join("secret.ts"), b"outside").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret.ts"), root.join("cam/out.ts")).unwrap();
+        let files = Arc::new(Files::new(root, 64 << 20));
+        let statuses = together(&files, "cam/out.ts", 4).await;
+        assert!(statuses.iter().all(|s| *s == StatusCode::NOT_FOUND));
+        assert_eq!(files.disk_loads.load(Ordering::Relaxed), 1);
+    }
 }
