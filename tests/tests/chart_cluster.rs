@@ -580,6 +580,32 @@ async fn namespaced_rbac_reaches_only_the_watched_namespaces() {
     check_lease_rules(ctx.cluster, &user, ctx.ns(), other.name());
 }
 
+/// A `kubectl -l` selector from a LabelSelector (matchLabels and `In`
+/// expressions).
+fn label_selector(selector: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(labels) = selector["matchLabels"].as_mapping() {
+        for (k, v) in labels {
+            parts.push(format!(
+                "{}={}",
+                k.as_str().expect("key"),
+                v.as_str().expect("value")
+            ));
+        }
+    }
+    if let Some(exprs) = selector["matchExpressions"].as_sequence() {
+        for e in exprs {
+            assert_eq!(e["operator"].as_str(), Some("In"), "{e:?}");
+            parts.push(format!(
+                "{} in ({})",
+                e["key"].as_str().expect("key"),
+                chart::strings(&e["values"]).join(",")
+            ));
+        }
+    }
+    parts.join(",")
+}
+
 /// A kubeconfig for the test cluster that authenticates with `token` only.
 fn token_kubeconfig(cluster: &TestCluster, token: &str, dir: &Path) -> PathBuf {
     let admin: Value = serde_yaml::from_str(
@@ -628,6 +654,8 @@ async fn operator_reconciles_as_the_chart_service_account(namespaced: bool) {
     let mut sets = vec!["crds.enabled=false".to_string()];
     if namespaced {
         sets.push(format!("watchNamespaces={{{}}}", apps_ns.name()));
+        // Its ingest NetworkPolicy lands in the watched namespace.
+        sets.push("networkPolicy.enabled=true".to_string());
     }
     let rendered = apply_chart(&ctx, release, ctx.ns(), None, &sets).await;
     let container = &rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0];
@@ -725,6 +753,40 @@ async fn operator_reconciles_as_the_chart_service_account(namespaced: bool) {
         .await
         .expect("read the Lease");
 
+    // The chart's NetworkPolicy selects exactly the pods the operator
+    // made, and admits the ports they listen on.
+    let policy_ports = if namespaced {
+        let policy = rendered
+            .of_kind("NetworkPolicy")
+            .find(|p| p["metadata"]["namespace"].as_str() == Some(apps_ns.name()))
+            .expect("an ingest NetworkPolicy in the watched namespace");
+        let selector = label_selector(&policy["spec"]["podSelector"]);
+        let ns = apps_ns.name().to_string();
+        let found = cluster::eventually("the ingest pods", TIMEOUT, || {
+            let selector = selector.clone();
+            let ns = ns.clone();
+            async move {
+                let ports = kubectl(
+                    ctx.cluster,
+                    &[
+                        "get",
+                        "pods",
+                        "-n",
+                        &ns,
+                        "-l",
+                        &selector,
+                        "-o",
+                        "jsonpath={.items[*].spec.containers[*].ports[*].containerPort}",
+                    ],
+                )?;
+                Ok::<_, String>(Some(ports).filter(|p| !p.trim().is_empty()))
+            }
+        })
+        .await;
+        Some((found, policy.clone()))
+    } else {
+        None
+    };
     let finished = operator.stop(Duration::from_secs(10));
     let log = format!("{}{}", finished.stdout, finished.stderr);
     reconciled.unwrap_or_else(|e| {
@@ -741,6 +803,29 @@ async fn operator_reconciles_as_the_chart_service_account(namespaced: bool) {
         holder, "operator-under-test",
         "the operator did not take the Lease\n{log}"
     );
+    if let Some((found, policy)) = policy_ports {
+        let ports = found.unwrap_or_else(|e| {
+            panic!("no pod matches the NetworkPolicy's selector: {e}\noperator log:\n{log}")
+        });
+        let mut listening: Vec<u64> = ports
+            .split_whitespace()
+            .map(|p| p.parse().expect("a port number"))
+            .collect();
+        listening.sort();
+        listening.dedup();
+        let mut admitted: Vec<u64> = policy["spec"]["ingress"]
+            .as_sequence()
+            .expect("ingress rules")
+            .iter()
+            .flat_map(|r| r["ports"].as_sequence().cloned().unwrap_or_default())
+            .map(|p| p["port"].as_u64().expect("numeric port"))
+            .collect();
+        admitted.sort();
+        assert_eq!(
+            listening, admitted,
+            "the ingest pods listen on {listening:?}, the NetworkPolicy admits {admitted:?}"
+        );
+    }
     // kube-rs reports a 403 as `... forbidden: User ... cannot ...`.
     assert!(
         !log.to_ascii_lowercase().contains("forbidden"),
