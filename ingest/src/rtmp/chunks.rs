@@ -43,7 +43,9 @@ pub enum ChunkError {
     TooMuchBuffered(usize),
     #[error("malformed message of type {type_id}: {source}")]
     Amf { type_id: u8, source: amf::AmfError },
-    #[error("command message with {0} values; a command needs a name, a transaction id and an object")]
+    #[error(
+        "command message with {0} values; a command needs a name, a transaction id and an object"
+    )]
     ShortCommand(usize),
 }
 
@@ -543,11 +545,17 @@ mod tests {
         payload.extend_from_slice(&1f64.to_be_bytes());
         let mut r = ChunkReassembler::new(1 << 20);
         let wire = chunked(3, 0, MSG_AMF0_COMMAND, &payload, 128).concat();
-        assert_eq!(r.push(&wire, &mut Vec::new()), Err(ChunkError::ShortCommand(2)));
+        assert_eq!(
+            r.push(&wire, &mut Vec::new()),
+            Err(ChunkError::ShortCommand(2))
+        );
         let mut r = ChunkReassembler::new(1 << 20);
         // An empty command: a bare type-0 header with length 0.
         let wire = [3, 0, 0, 0, 0, 0, 0, MSG_AMF0_COMMAND, 1, 0, 0, 0];
-        assert_eq!(r.push(&wire, &mut Vec::new()), Err(ChunkError::ShortCommand(0)));
+        assert_eq!(
+            r.push(&wire, &mut Vec::new()),
+            Err(ChunkError::ShortCommand(0))
+        );
     }
 
     #[test]
