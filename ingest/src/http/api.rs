@@ -8,13 +8,14 @@
 //! reveal is reported; the other fields are `null`.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::{error_response, scan, HttpState};
@@ -140,8 +141,32 @@ fn from_tree(s: scan::TreeStream, prefix: &str) -> StreamJson {
     }
 }
 
-/// The handler.
-pub async fn streams(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+/// How long a computed list is reused. The player page polls every few
+/// seconds per viewer; in the `http` role each computation scans the tree,
+/// so many viewers must not mean many scans.
+const LIST_TTL: Duration = Duration::from_secs(1);
+
+/// The last JSON body and when it was computed.
+#[derive(Debug, Default)]
+pub struct ListCache {
+    last: Mutex<Option<(Instant, Bytes)>>,
+}
+
+impl ListCache {
+    fn fresh(&self, now: Instant) -> Option<Bytes> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| now.duration_since(*at) < LIST_TTL)
+            .map(|(_, body)| body.clone())
+    }
+
+    fn store(&self, at: Instant, body: Bytes) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, body));
+    }
+}
+
+/// Computes the list (file system work, on the blocking pool).
+async fn compute(state: &HttpState) -> Option<Vec<StreamJson>> {
     let prefix = state.prefix.clone();
     let root = state.hls.root().path().to_path_buf();
     let list = match &state.source {
@@ -165,11 +190,35 @@ pub async fn streams(State(state): State<HttpState>, headers: HeaderMap) -> Resp
             .await
         }
     };
-    let Ok(streams) = list else {
-        return error_response(StatusCode::INTERNAL_SERVER_ERROR);
+    list.ok()
+}
+
+/// The handler.
+pub async fn streams(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let now = Instant::now();
+    let body = match state.stream_list.fresh(now) {
+        Some(body) => body,
+        None => {
+            let Some(streams) = compute(&state).await else {
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR);
+            };
+            let body = match serde_json::to_vec(&StreamList { streams }) {
+                Ok(json) => Bytes::from(json),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serialise the stream list");
+                    return error_response(StatusCode::INTERNAL_SERVER_ERROR);
+                }
+            };
+            state.stream_list.store(now, body.clone());
+            body
+        }
     };
-    let mut response = Json(StreamList { streams }).into_response();
+    let mut response = Response::new(Body::from(body));
     let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     state.cors.apply(&headers, h);
     response

@@ -78,6 +78,7 @@ pub struct HttpState {
     cors: Arc<Cors>,
     metrics: Arc<Metrics>,
     source: StreamSource,
+    stream_list: Arc<api::ListCache>,
     health: Arc<Health>,
 }
 
@@ -106,6 +107,7 @@ pub fn router(
         cors: Arc::new(cors),
         metrics: metrics.clone(),
         source: options.source,
+        stream_list: Arc::default(),
         health,
     };
     let count = MapResponseLayer::new(move |response: Response| {
