@@ -424,9 +424,10 @@ pub struct StorageSpec {
     /// pod; one ingest replica with the HTTP server as a sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_dir: Option<EmptyDirStorage>,
-    /// A PersistentVolumeClaim the operator creates and owns (deleted with
-    /// the LiveApplication). ReadWriteMany lets several ingest pods and a
-    /// separate HTTP Deployment share it.
+    /// A PersistentVolumeClaim the operator creates and owns: deleted with
+    /// the LiveApplication, or when the spec switches to another storage
+    /// kind. ReadWriteMany lets several ingest pods and a separate HTTP
+    /// Deployment share it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_volume_claim: Option<PvcStorage>,
     /// A PersistentVolumeClaim you manage; it must allow every pod that

@@ -183,3 +183,59 @@ fn service_account_namespace() -> Option<String> {
         .map(|ns| ns.trim().to_string())
         .filter(|ns| !ns.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("oxcast-operator").chain(args.iter().copied()))
+            .expect("valid flags")
+    }
+
+    /// The flags the Helm chart passes, in the forms it passes them.
+    #[test]
+    fn the_chart_contract_parses() {
+        let cli = parse(&[
+            "--listen=0.0.0.0:9090",
+            "--log-format=json",
+            "--leader-election=false",
+            "--lease-name=my-lease",
+            "--lease-namespace=ops",
+            "--watch-namespaces=a,b",
+            "--ingest-image=example.com/ingest:1",
+        ]);
+        assert_eq!(cli.listen, "0.0.0.0:9090".parse().expect("addr"));
+        assert!(matches!(cli.log_format, LogFormat::Json));
+        assert!(!cli.leader_election);
+        assert_eq!(cli.lease_name, "my-lease");
+        assert_eq!(cli.lease_namespace.as_deref(), Some("ops"));
+        assert_eq!(cli.watch_namespaces, ["a", "b"]);
+        assert_eq!(cli.ingest_image, "example.com/ingest:1");
+    }
+
+    #[test]
+    fn defaults() {
+        // Run without the chart's environment.
+        for var in [
+            "OXCAST_WATCH_NAMESPACES",
+            "OXCAST_INGEST_IMAGE",
+            "POD_NAMESPACE",
+        ] {
+            if std::env::var_os(var).is_some() {
+                return;
+            }
+        }
+        let cli = parse(&[]);
+        assert!(cli.leader_election);
+        assert_eq!(cli.lease_name, "oxcast-operator");
+        assert_eq!(cli.listen, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(
+            cli.ingest_image,
+            format!("ghcr.io/oxcast/oxcast-ingest:{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(cli.watch_namespaces, [""], "empty: every namespace");
+        assert!(parse(&["--leader-election"]).leader_election);
+        assert!(parse(&["--leader-election", "true"]).leader_election);
+    }
+}

@@ -107,6 +107,22 @@ mod tests {
     }
 
     #[test]
+    fn http_server_settings_are_passed_through() {
+        let mut spec = LiveApplicationSpec::default();
+        spec.http.settings.path_prefix = "/hls".into();
+        spec.http.settings.cors_allow_origin = "https://player.example".into();
+        spec.http.settings.cache_size_mib = 16;
+        let config = ingest_config(&spec);
+        assert_eq!(config.http, spec.http.settings);
+        let text = render(&config).expect("render");
+        assert!(
+            text.contains("corsAllowOrigin: https://player.example"),
+            "{text}"
+        );
+        assert!(text.contains("cacheSizeMib: 16"), "{text}");
+    }
+
+    #[test]
     fn checksum_changes_with_the_text() {
         assert_eq!(checksum("a"), checksum("a"));
         assert_ne!(checksum("a"), checksum("b"));

@@ -62,3 +62,61 @@ async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::{to_bytes, Body};
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn get(router: Router, path: &str) -> (StatusCode, String, Option<String>) {
+        let response = router
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("the router answers");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = to_bytes(response.into_body(), 1 << 20).await.expect("body");
+        (
+            status,
+            String::from_utf8_lossy(&body).into_owned(),
+            content_type,
+        )
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics() {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let router = || router(metrics.clone(), health.clone());
+
+        assert_eq!(get(router(), "/healthz").await.0, StatusCode::OK);
+        assert_eq!(
+            get(router(), "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        health.set_ready();
+        assert_eq!(get(router(), "/readyz").await.0, StatusCode::OK);
+
+        metrics.reconciled(std::time::Duration::from_millis(3), None);
+        metrics.reconciled(std::time::Duration::from_millis(3), Some("apply"));
+        let (status, body, content_type) = get(router(), "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type.is_some_and(|c| c.starts_with("application/openmetrics-text")));
+        for expected in [
+            "oxcast_operator_reconciles_total{result=\"ok\"} 1",
+            "oxcast_operator_reconciles_total{result=\"error\"} 1",
+            "oxcast_operator_reconcile_errors_total{reason=\"apply\"} 1",
+            "oxcast_operator_reconcile_duration_seconds_count 2",
+            "oxcast_operator_leader 0",
+        ] {
+            assert!(body.contains(expected), "{expected} missing from\n{body}");
+        }
+        assert_eq!(get(router(), "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+}
