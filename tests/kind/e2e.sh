@@ -214,7 +214,10 @@ apply_example() {
     log "$app is Ready at $(rtmp_url_of "$app")"
 }
 
-# Port-forwards Service $1 port $2 to a free local port; prints http://127.0.0.1:PORT.
+# Port-forwards Service $1 port $2 to a free local port and sets
+# forward_url=http://127.0.0.1:PORT. Not for $(...): the kubectl process must
+# belong to this shell so on_exit stops it.
+forward_url=""
 port_forward() {
     local svc=$1 port=$2 out
     workdir
@@ -225,16 +228,16 @@ port_forward() {
     local local_port
     local_port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$out" | head -n 1)
     [ -n "$local_port" ] || die "cannot read the local port from: $(cat "$out")"
-    echo "http://127.0.0.1:$local_port"
+    forward_url="http://127.0.0.1:$local_port"
 }
 
 run_example() {
     local file=$1 app=$2 http_service=$3 http_port=$4
     apply_example "$file" "$app"
-    local rtmp http
+    local rtmp
     rtmp=$(rtmp_url_of "$app")
-    http=$(port_forward "$http_service" "$http_port")
-    stream_verify "$rtmp" "$http"
+    port_forward "$http_service" "$http_port"
+    stream_verify "$rtmp" "$forward_url"
 }
 
 cmd_minimal() {

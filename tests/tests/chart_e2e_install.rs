@@ -1,0 +1,137 @@
+//! The cluster stages of `tests/kind/e2e.sh` that need no LoadBalancer
+//! (`install`, `dump`, `cleanup`), run against the local control plane with
+//! the chart's real Helm install. A test binary of its own: the chart's CRD
+//! belongs to whichever Helm release installed it first.
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use oxcast_tests::chart::{self, Helm};
+use oxcast_tests::cluster;
+use oxcast_tests::media::process::run;
+use oxcast_tests::media::workspace_root;
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+#[tokio::test]
+async fn install_dump_and_cleanup_stages_work_on_a_real_api_server() {
+    let ctx = cluster::test_context("e2e-install")
+        .await
+        .unwrap_or_else(|e| panic!("test cluster: {e}"));
+    let Some(bin_dir) = ctx.cluster.bin_dir() else {
+        eprintln!("skipped: installs cluster-scoped objects; runs on the local control plane only");
+        return;
+    };
+    let apps = ctx
+        .cluster
+        .namespace("e2e-apps")
+        .await
+        .expect("a namespace for the LiveApplications");
+    let helm_dir = Helm::V4
+        .path()
+        .parent()
+        .expect("helm's directory")
+        .to_path_buf();
+    let path = std::env::join_paths([helm_dir, bin_dir.to_path_buf()].into_iter().chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("PATH");
+    let digest = format!("sha256:{}", "c".repeat(64));
+    let stage = |name: &str| {
+        let mut cmd = Command::new(workspace_root().join("tests/kind/e2e.sh"));
+        cmd.env("PATH", &path)
+            .env("KUBECONFIG", ctx.cluster.kubeconfig())
+            .args(["--release", "e2e", "--release-namespace", ctx.ns()])
+            .args(["--namespace", apps.name(), "--timeout", "120"])
+            .args([
+                "--operator-image",
+                "registry.example:5000/oxcast/operator:t1",
+            ])
+            .arg("--ingest-image")
+            .arg(format!("registry.example:5000/oxcast/ingest@{digest}"))
+            .arg(name);
+        run(cmd, TIMEOUT).expect("run tests/kind/e2e.sh")
+    };
+
+    let install = stage("install");
+    assert!(
+        install.success(),
+        "install failed:\n{}{}",
+        install.stdout,
+        install.stderr
+    );
+    assert!(
+        install.stdout.contains("successfully rolled out"),
+        "{}",
+        install.stdout
+    );
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns());
+    let deploy = deployments
+        .get("e2e-oxcast")
+        .await
+        .expect("the operator Deployment");
+    let container = &deploy
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec")
+        .containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("registry.example:5000/oxcast/operator:t1")
+    );
+    let ingest_image = container
+        .env
+        .as_ref()
+        .and_then(|env| env.iter().find(|e| e.name == "OXCAST_INGEST_IMAGE"))
+        .and_then(|e| e.value.clone());
+    assert_eq!(
+        ingest_image.as_deref(),
+        Some(format!("registry.example:5000/oxcast/ingest@{digest}").as_str())
+    );
+
+    // Installing again is an upgrade, not an error.
+    let again = stage("install");
+    assert!(
+        again.success(),
+        "a second install failed:\n{}",
+        again.stderr
+    );
+
+    let dump = stage("dump");
+    assert!(dump.success(), "dump failed: {}", dump.stderr);
+    for needle in [
+        format!("===== namespace {}", ctx.ns()),
+        format!("===== namespace {}", apps.name()),
+        "deployment.apps/e2e-oxcast".to_string(),
+        "----- events".to_string(),
+        "----- logs pod/e2e-oxcast-".to_string(),
+    ] {
+        assert!(
+            dump.stdout.contains(&needle),
+            "dump lacks {needle:?}:\n{}",
+            dump.stdout
+        );
+    }
+
+    let cleanup = stage("cleanup");
+    assert!(cleanup.success(), "cleanup failed: {}", cleanup.stderr);
+    assert!(
+        deployments
+            .get_opt("e2e-oxcast")
+            .await
+            .expect("read")
+            .is_none(),
+        "cleanup left the operator Deployment"
+    );
+    let mut status = Helm::V4.command();
+    status
+        .args(["status", "e2e", "--namespace", ctx.ns()])
+        .arg("--kubeconfig")
+        .arg(ctx.cluster.kubeconfig());
+    assert!(
+        chart::run_helm(status).is_err(),
+        "the release is still installed after cleanup"
+    );
+}
