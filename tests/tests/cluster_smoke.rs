@@ -43,29 +43,12 @@ async fn context(prefix: &str) -> TestContext {
 }
 
 /// Installs the checked-in CRD manifest (the artifact users apply, not just
-/// the Rust types) with server-side apply and waits until it is Established.
-/// Idempotent, so every test can call it whatever the test order.
+/// the Rust types) and waits until it is Established. Idempotent, so every
+/// test can call it whatever the test order.
 async fn install_crd(client: &Client) -> CustomResourceDefinition {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../crds/yaml/liveapplication.yaml"
-    );
-    let text = std::fs::read_to_string(path).expect("read crds/yaml/liveapplication.yaml");
-    let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&text).expect("parse the CRD manifest");
-    let name = crd.name_any();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the LiveApplication CRD");
-    cluster::wait_for_condition(crds, &name, TIMEOUT, conditions::is_crd_established())
+    oxcast_tests::operator::install_crd(client)
         .await
-        .expect("the CRD becomes Established")
-        .expect("the CRD exists")
+        .expect("apply the LiveApplication CRD and see it Established")
 }
 
 fn live_app(name: &str, spec: LiveApplicationSpec) -> LiveApplication {
