@@ -190,4 +190,21 @@ mod tests {
         c.http.path_prefix = "/".into();
         assert!(c.validate().is_ok());
     }
+
+    #[test]
+    fn http_defaults_and_limits() {
+        let c = IngestConfig::default();
+        assert_eq!(c.http.cors_allow_origin, "*");
+        assert_eq!(c.http.cache_size_mib, 64);
+        let mut c: IngestConfig = serde_yaml::from_str(
+            "http:\n  corsAllowOrigin: 'https://a.example, https://b.example'\n  cacheSizeMib: 0\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        c.http.cors_allow_origin = "https://a.example\nX-Evil: 1".into();
+        assert_eq!(c.validate().unwrap_err().field, "http.corsAllowOrigin");
+        c.http.cors_allow_origin = "*".into();
+        c.http.cache_size_mib = 65537;
+        assert_eq!(c.validate().unwrap_err().field, "http.cacheSizeMib");
+    }
 }

@@ -327,6 +327,37 @@ mod tests {
     }
 
     #[test]
+    fn http_flags_override_the_file() {
+        let cli = parse(&[
+            "http",
+            "--http-cors-origin",
+            "https://a.example",
+            "--http-cache-size-mib",
+            "8",
+            "--player-assets",
+            "/srv/player",
+        ]);
+        let Some(Role::Http(http)) = cli.command else {
+            panic!("expected http")
+        };
+        assert_eq!(http.http.player_assets, PathBuf::from("/srv/player"));
+        let mut c: IngestConfig =
+            serde_yaml::from_str("http:\n  corsAllowOrigin: ''\n  cacheSizeMib: 1\n").unwrap();
+        http.http.apply(&mut c);
+        assert_eq!(c.http.cors_allow_origin, "https://a.example");
+        assert_eq!(c.http.cache_size_mib, 8);
+        // Unset flags keep the file's values.
+        let cli = parse(&["http"]);
+        let Some(Role::Http(http)) = cli.command else {
+            panic!("expected http")
+        };
+        let mut c: IngestConfig = serde_yaml::from_str("http:\n  corsAllowOrigin: ''\n").unwrap();
+        http.http.apply(&mut c);
+        assert_eq!(c.http.cors_allow_origin, "");
+        assert_eq!(c.http.cache_size_mib, 64);
+    }
+
+    #[test]
     fn http_role_takes_no_rtmp_flags() {
         assert!(
             Cli::try_parse_from(["oxcast-ingest", "http", "--rtmp-listen", "0.0.0.0:1"]).is_err()
