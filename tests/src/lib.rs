@@ -5,3 +5,4 @@ pub mod cluster;
 pub mod media;
 pub mod operator;
 pub mod rtmp_client;
+pub mod tcp_proxy;
