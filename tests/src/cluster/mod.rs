@@ -26,6 +26,7 @@
 
 mod binaries;
 mod control_plane;
+pub mod loadbalancer;
 mod pki;
 mod process;
 

@@ -152,6 +152,11 @@ impl Processes {
         Ok(())
     }
 
+    /// Process id of the first child spawned (the group leader), if any.
+    pub(crate) fn first_pid(&self) -> Option<u32> {
+        self.children.first().map(|m| m.child.id())
+    }
+
     /// Kills every child and reaps it. Used when startup fails half-way.
     pub(crate) fn kill_all(&mut self) {
         if let Some(pgid) = self.pgid {
