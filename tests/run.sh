@@ -25,6 +25,19 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
 command -v readelf >/dev/null 2>&1 || need_apt+=(binutils)
+# The real node (tests/src/cluster/node.rs): containerd, runc and the CNI
+# plugins run the pods; iptables and conntrack serve kube-proxy; iproute2
+# (ip), util-linux (unshare, nsenter) build its network; busybox-static is
+# the test pods' image; gcc builds the pause image.
+command -v containerd >/dev/null 2>&1 || need_apt+=(containerd)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+command -v conntrack >/dev/null 2>&1 || need_apt+=(conntrack)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 if ((${#need_apt[@]})); then
     sudo_cmd=()
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi

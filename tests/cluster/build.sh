@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane the cluster tests run as plain processes:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and
-# kwok (plus kwok-stages.yaml, its default behaviour), from their Go modules
-# (versions in versions.env), into
+# kwok (plus kwok-stages.yaml, its default behaviour), and the real node's
+# kubelet and kube-proxy (same k8s.io/kubernetes version and wrapper module),
+# from their Go modules (versions in versions.env), into
 #   ${OXCAST_K8S_CACHE:-~/.cache/oxcast/k8s}/<KUBERNETES_VERSION>/bin
 #
 # Why from source: kind needs Docker and the upstream release tarballs are not
@@ -61,6 +62,9 @@ bin_dir=$version_dir/bin
 work_dir=$version_dir/work
 
 k8s_binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# The real node (tests/src/cluster/node.rs); containerd, runc and the CNI
+# plugins come from Debian packages (tests/run.sh installs them).
+k8s_node_binaries=(kubelet kube-proxy)
 k8s_stamp="k8s.io/kubernetes@$KUBERNETES_VERSION"
 etcd_stamp="go.etcd.io/etcd/server/v3@$ETCD_VERSION"
 kwok_stamp="sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
@@ -76,11 +80,21 @@ is_built() {
         [[ $(<"$bin_dir/.$name.stamp") == "$stamp" ]]
 }
 
-k8s_built() {
-    local b
-    for b in "${k8s_binaries[@]}"; do
-        is_built "$b" "$k8s_stamp" || return 1
+# all_stamped STAMP NAME...: every NAME is built from STAMP.
+all_stamped() {
+    local stamp=$1 b
+    shift
+    for b in "$@"; do
+        is_built "$b" "$stamp" || return 1
     done
+}
+
+k8s_built() {
+    all_stamped "$k8s_stamp" "${k8s_binaries[@]}"
+}
+
+k8s_node_built() {
+    all_stamped "$k8s_stamp" "${k8s_node_binaries[@]}"
 }
 
 # kwok ships no built-in behaviour: its Stages (node turns Ready and
@@ -154,7 +168,7 @@ build_metallb() {
 # ---- end MetalLB -------------------------------------------------------------
 
 all_built() {
-    k8s_built && is_built etcd "$etcd_stamp" && kwok_built && metallb_built # MetalLB
+    k8s_built && is_built etcd "$etcd_stamp" && kwok_built && k8s_node_built && metallb_built # MetalLB
 }
 
 case $mode in
@@ -223,13 +237,20 @@ write_wrapper_module() {
     printf 'module %s\n\ngo 1.26.0\n' "$module" >"$dir/go.mod"
 }
 
+# build_kubernetes WORK_SUBDIR BINARY...: builds k8s.io/kubernetes/cmd/BINARY
+# for each BINARY in one wrapper module under $work_dir/WORK_SUBDIR. The
+# control plane and the node use separate wrapper directories (so one can be
+# rebuilt without the other) but the same Go build cache, so the second build
+# compiles little more than its own main packages.
 build_kubernetes() {
     local start=$SECONDS
-    local dir=$work_dir/kubernetes
+    local dir=$work_dir/$1
+    shift
+    local binaries=("$@")
     local minor_patch=${KUBERNETES_VERSION#v1.}
     local staging_version=v0.$minor_patch
     local major=1 minor=${minor_patch%%.*}
-    log "building ${k8s_binaries[*]} from $k8s_stamp (staging modules at $staging_version)"
+    log "building ${binaries[*]} from $k8s_stamp (staging modules at $staging_version)"
 
     write_wrapper_module "$dir" oxcast.invalid/kubernetes-build
     local k8s_gomod
@@ -258,7 +279,7 @@ build_kubernetes() {
 
     local pkgs=()
     local b
-    for b in "${k8s_binaries[@]}"; do
+    for b in "${binaries[@]}"; do
         pkgs+=("k8s.io/kubernetes/cmd/$b")
     done
     (cd "$dir" && gorun get "${pkgs[@]/%/@$KUBERNETES_VERSION}")
@@ -275,10 +296,10 @@ build_kubernetes() {
     local out=$dir/out
     mkdir -p "$out"
     (cd "$dir" && gorun build -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}")
-    for b in "${k8s_binaries[@]}"; do
+    for b in "${binaries[@]}"; do
         install_binary "$out/$b" "$b" "$k8s_stamp"
     done
-    log "kubernetes binaries built in $((SECONDS - start))s"
+    log "${binaries[*]} built in $((SECONDS - start))s"
 }
 
 build_etcd() {
@@ -334,8 +355,9 @@ build_kwok() {
 
 total_start=$SECONDS
 is_built etcd "$etcd_stamp" || build_etcd
-k8s_built || build_kubernetes
+k8s_built || build_kubernetes kubernetes "${k8s_binaries[@]}"
 kwok_built || build_kwok
+k8s_node_built || build_kubernetes kubernetes-node "${k8s_node_binaries[@]}"
 metallb_built || build_metallb # MetalLB
 log "done in $((SECONDS - total_start))s: $bin_dir"
 printf '%s\n' "$bin_dir"
