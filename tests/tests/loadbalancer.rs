@@ -232,6 +232,7 @@ async fn load_balancer_services_get_addresses_from_the_metallb_pool() {
         .expect("the MetalLB controller is running");
     let pid = lb.pid() as libc::pid_t;
     assert!(pid > 0, "the guard knows the controller's pid");
+    assert_eq!(metallb_children(), vec![pid], "one controller, ours");
     drop(lb);
     // SAFETY: signal 0 only checks whether the pid exists.
     let alive = unsafe { libc::kill(pid, 0) } == 0;
@@ -239,4 +240,56 @@ async fn load_balancer_services_get_addresses_from_the_metallb_pool() {
         !alive,
         "the MetalLB controller (pid {pid}) outlived its guard"
     );
+
+    // 6. A pool MetalLB cannot parse fails the start at once, with its reason
+    //    (not a time-out), and leaves no controller behind.
+    let started = Instant::now();
+    let err = match MetalLb::start(ctx.cluster.kubeconfig(), "198.18.200.0/33").await {
+        Ok(lb) => panic!(
+            "MetalLB accepted the pool 198.18.200.0/33 (pid {})",
+            lb.pid()
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("rejected") && err.contains("invalid CIDR \"198.18.200.0/33\""),
+        "the error names the pool and MetalLB's reason: {err}"
+    );
+    assert!(
+        started.elapsed() < TIMEOUT,
+        "an invalid pool took {:?} to be reported",
+        started.elapsed()
+    );
+    eprintln!("invalid pool refused in {:?}: {err}", started.elapsed());
+    assert_eq!(
+        metallb_children(),
+        Vec::<i32>::new(),
+        "a failed start left its controller running"
+    );
+}
+
+/// Live child processes of this test binary running the MetalLB controller
+/// (`comm` is cut to 15 bytes: "metallb-control"). Zombies do not count.
+fn metallb_children() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // /proc/<pid>/stat: "pid (comm) state ppid ..."
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some((comm, rest)) = stat.split_once(") ") else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let ppid = fields.next();
+            comm.ends_with("(metallb-control") && state != Some("Z") && ppid == Some(me.as_str())
+        })
+        .collect()
 }

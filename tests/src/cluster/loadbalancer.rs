@@ -85,7 +85,8 @@ pub fn ip_address_pool_resource() -> ApiResource {
 
 /// A running MetalLB controller. Dropping it stops the controller; the CRDs,
 /// the namespace, the pool and the addresses already in Service status stay
-/// (a later [`MetalLb::start`] picks them up again).
+/// (a later [`MetalLb::start`] picks them up again). One at a time per
+/// cluster: two controllers would hand out the same addresses.
 pub struct MetalLb {
     pool: String,
     pid: u32,
@@ -96,7 +97,7 @@ pub struct MetalLb {
     /// `PR_SET_PDEATHSIG` fires when the *thread* that forked it ends, so the
     /// spawning thread must outlive the controller, whichever thread (a test's,
     /// a blocking-pool worker) called `start`.
-    keeper: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    keeper: Option<Keeper>,
     /// Holds the log directory when the kubeconfig's directory has none.
     _log_dir: Option<tempfile::TempDir>,
 }
@@ -179,8 +180,9 @@ impl MetalLb {
     /// Waits until the controller has loaded the pool: MetalLB writes the
     /// pool's address counters only from its allocator, so a status with
     /// available addresses proves the configuration was read and accepted.
-    /// A dead controller fails at once; a rejected pool times out, naming the
-    /// log (where MetalLB says why).
+    /// A dead controller, or a configuration MetalLB rejects (it logs why;
+    /// its webhooks, which would refuse the pool up front, are off), fails
+    /// at once.
     async fn wait_ready(&mut self, client: &Client) -> Result<(), Error> {
         let pools: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), NAMESPACE, &ip_address_pool_resource());
@@ -188,6 +190,12 @@ impl MetalLb {
         let mut delay = Duration::from_millis(50);
         loop {
             self.processes.check_running()?;
+            if let Some(reason) = rejected_config(&self.log).await {
+                return Err(Error::Config(format!(
+                    "MetalLB rejected IPAddressPool {NAMESPACE}/{POOL_NAME} with {:?}: {reason}",
+                    self.pool
+                )));
+            }
             if let Some(pool) = pools.get_opt(POOL_NAME).await? {
                 let available = pool.data["status"]["availableIPv4"].as_i64().unwrap_or(0)
                     + pool.data["status"]["availableIPv6"].as_i64().unwrap_or(0);
@@ -198,8 +206,11 @@ impl MetalLb {
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
                     what: format!(
-                        "the MetalLB controller to load IPAddressPool {NAMESPACE}/{POOL_NAME} (log: {})",
-                        self.log.display()
+                        "the MetalLB controller to load IPAddressPool {NAMESPACE}/{POOL_NAME} \
+                         with {:?}; the end of {}:\n{}",
+                        self.pool,
+                        self.log.display(),
+                        process::log_tail(&self.log)
                     ),
                     timeout: CONTROLLER_READY,
                 });
@@ -218,6 +229,28 @@ impl Drop for MetalLb {
             let _ = thread.join();
         }
         tracing::debug!(pid = self.pid, "stopped the MetalLB controller");
+    }
+}
+
+/// Why the controller refused its configuration, if its log says so.
+async fn rejected_config(log: &Path) -> Option<String> {
+    let text = tokio::fs::read_to_string(log).await.ok()?;
+    text.lines().find_map(config_rejection)
+}
+
+/// MetalLB logs JSON lines. Its pool reconciler logs a configuration it
+/// cannot use as `level=error` with the parse error in `error` (and, in
+/// v0.15, a first `error` key that the JSON encoding overwrites); failures
+/// to read objects from the API, which are retried, carry a `message` too.
+fn config_rejection(line: &str) -> Option<String> {
+    let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+    let rejected = entry["controller"] == "PoolReconciler"
+        && entry["level"] == "error"
+        && entry.get("message").is_none();
+    if rejected {
+        entry["error"].as_str().map(str::to_string)
+    } else {
+        None
     }
 }
 
@@ -408,6 +441,27 @@ mod tests {
         let crds = parse_crds(text).expect("parse");
         let names: Vec<String> = crds.iter().map(|c| c.name_any()).collect();
         assert_eq!(names, ["a.example.com", "b.example.com"]);
+    }
+
+    /// A test binary may keep one controller for all its tests in a static.
+    #[test]
+    fn the_guard_can_live_in_a_static() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<MetalLb>();
+    }
+
+    #[test]
+    fn recognises_a_rejected_configuration_in_the_log() {
+        let rejected = r#"{"caller":"pool_controller.go:81","controller":"PoolReconciler","error":"parsing address pool p: invalid CIDR \"x\"","level":"error","ts":"2026-12-01T02:01:19Z"}"#;
+        assert_eq!(
+            config_rejection(rejected).as_deref(),
+            Some(r#"parsing address pool p: invalid CIDR "x""#)
+        );
+        let transient = r#"{"controller":"PoolReconciler","message":"failed to get ipaddresspools","error":"connection refused","level":"error"}"#;
+        assert_eq!(config_rejection(transient), None);
+        let info = r#"{"controller":"PoolReconciler","event":"config reloaded","level":"info"}"#;
+        assert_eq!(config_rejection(info), None);
+        assert_eq!(config_rejection("not json"), None);
     }
 
     #[test]
