@@ -22,6 +22,7 @@ mod oci;
 
 use std::fs;
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -320,6 +321,7 @@ async fn start() -> Result<NodeCluster, Error> {
     if !keep {
         process::register_for_exit_cleanup(ExitCleanup::Dir(dir.clone()));
     }
+    spawn_watchdog(&dir, &teardown, keep)?;
 
     let result = async {
         wait_for_namespaces(&mut procs, holder_pid).await?;
@@ -1049,6 +1051,91 @@ impl Teardown {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Cleans up after the test binary when it dies in a way that runs no exit
+/// hook (SIGKILL, a CI time-out): containerd, kubelet, kube-proxy and the
+/// holder die with it (`PR_SET_PDEATHSIG`), but container shims daemonize and
+/// would keep the containers, and with them the node's namespaces and veth,
+/// alive. This shell reads its stdin, a pipe whose only writer is the test
+/// binary, so it wakes when the binary is gone however it ended, and then
+/// does what [`Teardown::run`] does (harmless when that already ran).
+/// Arguments: containerd socket, node directory ("" to keep it), then the
+/// cgroup directories the node created.
+const WATCHDOG: &str = r#"trap '' HUP INT TERM
+while read -r _; do :; done
+sock=$1 dir=$2
+shift 2
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  victims=
+  for cg in "$@"; do
+    [ -d "$cg" ] && victims="$victims $(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null)"
+  done
+  for d in /proc/[0-9]*; do
+    case " $(tr '\0' ' ' <"$d/cmdline" 2>/dev/null)" in
+      *"containerd-shim-runc-v2 "*"-address $sock "*) victims="$victims ${d#/proc/}" ;;
+    esac
+  done
+  victims=$(echo $victims)
+  [ -z "$victims" ] && break
+  kill -9 $victims 2>/dev/null
+  sleep 0.5
+done
+for cg in "$@"; do
+  [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null
+done
+# The veth goes with the node's namespaces; remove the unreachable route only
+# once it is gone (a veth present now belongs to a newer node, which needs it).
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  ip link show oxcast-h >/dev/null 2>&1 || break
+  sleep 0.5
+done
+ip link show oxcast-h >/dev/null 2>&1 || ip route del unreachable 198.18.0.0/15 2>/dev/null
+[ -n "$dir" ] && rm -rf "$dir"
+exit 0
+"#;
+
+fn spawn_watchdog(dir: &Path, teardown: &Teardown, keep: bool) -> Result<(), Error> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two fresh descriptors; both are owned below.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::io("create the node watchdog's pipe")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    // SAFETY: fresh descriptors from pipe2, each wrapped exactly once.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(WATCHDOG)
+        .arg("oxcast-node-watchdog")
+        .arg(dir.join("containerd.sock"))
+        .arg(if keep {
+            PathBuf::new()
+        } else {
+            dir.to_path_buf()
+        })
+        .args(
+            teardown
+                .cgroups
+                .iter()
+                .filter(|(_, existed)| !existed)
+                .map(|(d, _)| d),
+        )
+        .stdin(Stdio::from(read))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group: a terminal's Ctrl-C must not stop it first.
+        .process_group(0);
+    // Never waited for: it only returns after this process is gone.
+    let _child = cmd
+        .spawn()
+        .map_err(Error::io("start the node watchdog (sh)"))?;
+    // The write end stays open (close-on-exec, so no other child holds it)
+    // until this process is gone; then the watchdog reads EOF.
+    let _ = write.into_raw_fd();
+    Ok(())
 }
 
 /// SIGKILL and reap one of our own children.
