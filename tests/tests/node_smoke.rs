@@ -1,8 +1,9 @@
 //! The real node (tests/src/cluster/node.rs): it turns Ready, a pod that
 //! passes Pod Security `restricted` runs on it, a Service ClusterIP reaches
 //! that pod from the node and from another pod (through kube-proxy), a
-//! privileged pod is refused, and the host cannot reach an address of the
-//! test range that is not routed into the node.
+//! privileged pod is refused, a LoadBalancer address (MetalLB) reaches it
+//! from the host, and the host cannot reach an address of the test range
+//! that is not routed into the node.
 
 use std::io::{ErrorKind, Read};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
@@ -11,7 +12,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{LogParams, PostParams};
 use kube::Api;
-use oxcast_tests::cluster::node::{NodeCluster, BUSYBOX_IMAGE, NODE_NAME};
+use oxcast_tests::cluster::loadbalancer::MetalLb;
+use oxcast_tests::cluster::node::{NodeCluster, BUSYBOX_IMAGE, LOADBALANCER_CIDR, NODE_NAME};
 use oxcast_tests::cluster::{eventually, Error};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -174,18 +176,9 @@ async fn real_node_runs_pods_and_services_inside_the_test_range() -> Result<(), 
         "the ClusterIP to answer from the host",
         TIMEOUT,
         || async move {
-            tokio::task::spawn_blocking(move || -> Result<Option<()>, String> {
-                let addr = SocketAddrV4::new(cluster_ip, 80);
-                let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))
-                    .map_err(|e| e.to_string())?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))
-                    .map_err(|e| e.to_string())?;
-                let mut text = String::new();
-                let _ = s.read_to_string(&mut text);
-                Ok(text.contains("hello").then_some(()))
-            })
-            .await
-            .map_err(|e| e.to_string())?
+            tokio::task::spawn_blocking(move || host_says_hello(SocketAddrV4::new(cluster_ip, 80)))
+                .await
+                .map_err(|e| e.to_string())?
         },
     )
     .await?;
@@ -222,6 +215,52 @@ async fn real_node_runs_pods_and_services_inside_the_test_range() -> Result<(), 
         "client pod phase and logs"
     );
 
+    // A LoadBalancer address (MetalLB's controller assigns it from the pool
+    // the host routes into the node) reaches the pod from the host.
+    let _metallb = MetalLb::start(node.kubeconfig(), LOADBALANCER_CIDR).await?;
+    let lb: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "server-lb"},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": "server"},
+            "ports": [{"port": 1935, "targetPort": 8080}],
+        },
+    }))
+    .expect("the service literal parses");
+    services.create(&PostParams::default(), &lb).await?;
+    let lb_ip: Ipv4Addr = eventually("a LoadBalancer address", TIMEOUT, || {
+        let services = services.clone();
+        async move {
+            let svc = services.get("server-lb").await?;
+            Ok::<_, kube::Error>(
+                svc.status
+                    .and_then(|s| s.load_balancer)
+                    .and_then(|lb| lb.ingress)
+                    .and_then(|i| i.into_iter().next())
+                    .and_then(|i| i.ip)
+                    .and_then(|ip| ip.parse().ok()),
+            )
+        }
+    })
+    .await?;
+    assert_eq!(
+        lb_ip.octets()[..3],
+        [198, 18, 200],
+        "LoadBalancer address {lb_ip} not in the pool"
+    );
+    eventually(
+        "the LoadBalancer address to answer from the host",
+        TIMEOUT,
+        || async move {
+            tokio::task::spawn_blocking(move || host_says_hello(SocketAddrV4::new(lb_ip, 1935)))
+                .await
+                .map_err(|e| e.to_string())?
+        },
+    )
+    .await?;
+
     // Nothing in the test range that is not routed into the node is reachable
     // from the host: the unreachable route answers locally.
     let unrouted = SocketAddrV4::new(Ipv4Addr::new(198, 18, 77, 7), 80);
@@ -232,6 +271,17 @@ async fn real_node_runs_pods_and_services_inside_the_test_range() -> Result<(), 
         "expected EHOSTUNREACH from the unreachable route, got {err:?}"
     );
     Ok(())
+}
+
+/// Connects from the host and reads what the server pod says.
+fn host_says_hello(addr: SocketAddrV4) -> Result<Option<()>, String> {
+    let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    Ok(text.contains("hello").then_some(()))
 }
 
 fn libc_ehostunreach() -> i32 {
