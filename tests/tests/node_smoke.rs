@@ -215,6 +215,39 @@ async fn real_node_runs_pods_and_services_inside_the_test_range() -> Result<(), 
         "client pod phase and logs"
     );
 
+    // Pods reach the API server through the `kubernetes` Service (198.19.0.1:443
+    // -> 198.18.255.1), as in-cluster clients such as the operator do. A
+    // plain HTTP request gets the API server's own TLS-port answer.
+    let api_pod = restricted_pod(
+        "api-client",
+        serde_json::json!({"app": "api-client"}),
+        &[
+            "/bin/sh",
+            "-c",
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 5 \"$KUBERNETES_SERVICE_HOST\" \"$KUBERNETES_SERVICE_PORT\"",
+        ],
+    );
+    pods.create(&PostParams::default(), &api_pod).await?;
+    let (phase, logs) = eventually("the API client pod to finish", TIMEOUT, || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("api-client").await?;
+            let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
+            if phase != "Succeeded" && phase != "Failed" {
+                return Ok::<_, kube::Error>(None);
+            }
+            Ok(Some((
+                phase,
+                pods.logs("api-client", &LogParams::default()).await?,
+            )))
+        }
+    })
+    .await?;
+    assert!(
+        logs.contains("HTTP request to an HTTPS server"),
+        "a pod did not reach the API server through the kubernetes Service ({phase}): {logs}"
+    );
+
     // A LoadBalancer address (MetalLB's controller assigns it from the pool
     // the host routes into the node) reaches the pod from the host.
     let _metallb = MetalLb::start(node.kubeconfig(), LOADBALANCER_CIDR).await?;
