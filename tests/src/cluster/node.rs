@@ -283,6 +283,8 @@ async fn start() -> Result<NodeCluster, Error> {
 
     let root = std::env::temp_dir().join("oxcast-cluster");
     fs::create_dir_all(&root).map_err(Error::io_path("create the scratch root", &root))?;
+    // Held until the node's routes and veth exist (see NodeLock).
+    let node_lock = NodeLock::take();
     janitor(&root)?;
     let dir = tempfile::Builder::new()
         .prefix(&format!("{}-node-", std::process::id()))
@@ -327,6 +329,7 @@ async fn start() -> Result<NodeCluster, Error> {
         wait_for_namespaces(&mut procs, holder_pid).await?;
         let ns = Ns { pid: holder_pid };
         setup_network(&ns)?;
+        drop(node_lock);
         shadow_sysctls(&ns, &dir)?;
         let images = build_images(&dir)?;
         timings.network = t.elapsed();
@@ -1044,12 +1047,59 @@ impl Teardown {
                 remove_cgroup_tree(dir);
             }
         }
-        let _ = Command::new("ip")
-            .args(["route", "del", "unreachable", TEST_RANGE])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // The veth goes with the namespaces, a moment after their last
+        // process; only then is the unreachable route ours alone to remove.
+        let _lock = NodeLock::take();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while host_veth_exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !host_veth_exists() {
+            let _ = Command::new("ip")
+                .args(["route", "del", "unreachable", TEST_RANGE])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn host_veth_exists() -> bool {
+    Path::new("/sys/class/net").join(HOST_VETH).exists()
+}
+
+/// Machine-wide lock around "check that no node runs, add the route and
+/// the veth" and around "the veth is gone, remove the route", so a node that
+/// is going away never removes the unreachable route of one that is coming
+/// up (test binaries run one after the other, and a watchdog may still be
+/// at work when the next node starts).
+struct NodeLock {
+    /// Holds the lock until dropped (closing releases it).
+    _file: Option<fs::File>,
+}
+
+/// Path of the lock file (also used by the watchdog's `flock`).
+const NODE_LOCK: &str = "/tmp/oxcast-node.lock";
+
+impl NodeLock {
+    /// Blocks until the lock is held; without a lock file it degrades to no
+    /// lock (only the unlikely race above is then possible).
+    fn take() -> NodeLock {
+        use std::os::fd::AsRawFd;
+        let Ok(file) = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(NODE_LOCK)
+        else {
+            return NodeLock { _file: None };
+        };
+        // SAFETY: plain syscall on a descriptor we own; released on close.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        NodeLock {
+            _file: (rc == 0).then_some(file),
+        }
     }
 }
 
@@ -1060,12 +1110,13 @@ impl Teardown {
 /// alive. This shell reads its stdin, a pipe whose only writer is the test
 /// binary, so it wakes when the binary is gone however it ended, and then
 /// does what [`Teardown::run`] does (harmless when that already ran).
-/// Arguments: containerd socket, node directory ("" to keep it), then the
+/// Arguments: containerd socket, node directory ("" to keep it), the
+/// [`NodeLock`] file, then the
 /// cgroup directories the node created.
 const WATCHDOG: &str = r#"trap '' HUP INT TERM
 while read -r _; do :; done
-sock=$1 dir=$2
-shift 2
+sock=$1 dir=$2 lock=$3
+shift 3
 for _ in 1 2 3 4 5 6 7 8 9 10; do
   victims=
   for cg in "$@"; do
@@ -1086,11 +1137,14 @@ for cg in "$@"; do
 done
 # The veth goes with the node's namespaces; remove the unreachable route only
 # once it is gone (a veth present now belongs to a newer node, which needs it).
+exec 9>>"$lock"
+flock 9
 for _ in 1 2 3 4 5 6 7 8 9 10; do
   ip link show oxcast-h >/dev/null 2>&1 || break
   sleep 0.5
 done
 ip link show oxcast-h >/dev/null 2>&1 || ip route del unreachable 198.18.0.0/15 2>/dev/null
+exec 9>&-
 [ -n "$dir" ] && rm -rf "$dir"
 exit 0
 "#;
@@ -1116,6 +1170,7 @@ fn spawn_watchdog(dir: &Path, teardown: &Teardown, keep: bool) -> Result<(), Err
         } else {
             dir.to_path_buf()
         })
+        .arg(NODE_LOCK)
         .args(
             teardown
                 .cgroups
