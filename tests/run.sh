@@ -38,6 +38,10 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+# skopeo reads the OCI image tars back; the images carry the host's CA bundle
+# (tests/tests/images_oci.rs, tests/src/images.rs).
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 if ((${#need_apt[@]})); then
     sudo_cmd=()
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi

@@ -2,6 +2,7 @@
 
 pub mod chart;
 pub mod cluster;
+pub mod images;
 pub mod media;
 pub mod operator;
 pub mod rtmp_client;
