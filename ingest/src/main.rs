@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         rtmp_listen,
         http_listen,
         hls_root: common.hls_root,
+        announce: matches!(common.log_format, LogFormat::Text),
         config,
         player_assets,
     };

@@ -49,6 +49,11 @@ pub struct ServerOptions {
     pub config: IngestConfig,
     /// hls.js for the player page (HTTP roles); see `--player-assets`.
     pub player_assets: Option<PathBuf>,
+    /// Print `listening rtmp|http ADDR` on stdout (see [`announce`]). Off
+    /// with JSON logs, where every line a container prints must be a JSON
+    /// object; the `rtmp listening` / `http listening` events carry the
+    /// address there.
+    pub announce: bool,
 }
 
 /// Prints the bound address on stdout, one line per listener, so scripts
@@ -109,7 +114,9 @@ pub async fn run(
             auth: Arc::new(Authorizer::from_settings(&config.rtmp.auth)?),
         });
         tracing::info!(addr = %local, app = %config.rtmp.app, "rtmp listening");
-        announce("rtmp", local);
+        if options.announce {
+            announce("rtmp", local);
+        }
         health.set_rtmp_listening(true);
         let rtmp_health = health.clone();
         let rtmp_shutdown = shutdown.clone();
@@ -156,7 +163,9 @@ pub async fn run(
         crate::http::raise_fd_limit();
         let listener = SendfileListener::new(listener);
         tracing::info!(addr = %local, root = %root.display(), "http listening");
-        announce("http", local);
+        if options.announce {
+            announce("http", local);
+        }
         let mut stop = shutdown.clone();
         tasks.spawn(async move {
             let served = axum::serve(listener, app)
