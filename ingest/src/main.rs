@@ -34,6 +34,15 @@ fn main() -> anyhow::Result<()> {
     if let Some(h) = &http {
         h.apply(&mut config);
     }
+    eprint!(
+        "{}",
+        oxcast_ingest::cli::start_banner(
+            rtmp_listen,
+            http_listen,
+            &config,
+            player_assets.as_deref()
+        )
+    );
     let options = ServerOptions {
         rtmp_listen,
         http_listen,
