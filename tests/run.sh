@@ -25,6 +25,10 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
 command -v readelf >/dev/null 2>&1 || need_apt+=(binutils)
+# Real OBS Studio publishes in tests/tests/obs_e2e.rs, headless under Xvfb
+# with Mesa's software GL (llvmpipe, in libgl1-mesa-dri).
+command -v obs >/dev/null 2>&1 || need_apt+=(obs-studio libgl1-mesa-dri)
+command -v Xvfb >/dev/null 2>&1 || need_apt+=(xvfb)
 if ((${#need_apt[@]})); then
     sudo_cmd=()
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
