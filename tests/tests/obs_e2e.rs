@@ -328,23 +328,13 @@ fn stream_with_obs(keyint_sec: u32, enough: impl Fn(&Playlist) -> bool) -> ObsRu
 #[track_caller]
 fn check_run(run: &ObsRun) -> Vec<f64> {
     let pl = &run.ended;
+    let durations: Vec<f64> = pl.segments.iter().map(|s| s.duration).collect();
+    eprintln!(
+        "OBS stream: {} segments, TARGETDURATION {:?}, EXTINFs {durations:?}",
+        durations.len(),
+        pl.target_duration
+    );
     pl.assert_rfc_valid();
-    let mut targets = BTreeSet::new();
-    for snap in run.snapshots.iter().chain(std::iter::once(pl)) {
-        snap.assert_rfc_valid();
-        targets.insert(snap.target_duration);
-    }
-    assert_eq!(
-        targets.len(),
-        1,
-        "EXT-X-TARGETDURATION changed during the stream (RFC 8216 §6.2.1): {targets:?}"
-    );
-    assert!(
-        pl.other_tags
-            .iter()
-            .any(|t| t == "#EXT-X-INDEPENDENT-SEGMENTS"),
-        "{pl:#?}"
-    );
     for s in &pl.segments {
         assert!(
             !s.discontinuity,
@@ -370,11 +360,21 @@ fn check_run(run: &ObsRun) -> Vec<f64> {
             s.uri
         );
     }
-    let durations: Vec<f64> = pl.segments.iter().map(|s| s.duration).collect();
-    eprintln!(
-        "OBS stream: {} segments, TARGETDURATION {:?}, EXTINFs {durations:?}",
-        durations.len(),
-        pl.target_duration
+    let mut targets = BTreeSet::new();
+    for snap in run.snapshots.iter().chain(std::iter::once(pl)) {
+        snap.assert_rfc_valid();
+        targets.insert(snap.target_duration);
+    }
+    assert_eq!(
+        targets.len(),
+        1,
+        "EXT-X-TARGETDURATION changed during the stream (RFC 8216 §6.2.1): {targets:?}"
+    );
+    assert!(
+        pl.other_tags
+            .iter()
+            .any(|t| t == "#EXT-X-INDEPENDENT-SEGMENTS"),
+        "{pl:#?}"
     );
     durations
 }
