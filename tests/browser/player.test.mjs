@@ -38,7 +38,7 @@ const children = [];
 let tempRoot;
 let httpAddr;
 let rtmpAddr;
-let serverLog = "";
+let serverLog = () => "";
 let ffmpegLog = "";
 
 function start(cmd, args) {
@@ -59,41 +59,46 @@ function stop(child) {
   });
 }
 
-/** Starts the all-in-one server and waits for its `listening` lines. */
-async function startServer() {
+/**
+ * Starts the all-in-one server with player assets from `assets` and waits
+ * for its `listening` lines. Returns `{ rtmp, http, log }` (log grows).
+ */
+async function startServer(assets, name) {
   const args = [
     "run",
     "--rtmp-listen", "127.0.0.1:0",
     "--http-listen", "127.0.0.1:0",
-    "--hls-root", path.join(tempRoot, "hls"),
+    "--hls-root", path.join(tempRoot, `hls-${name}`),
     "--hls-fragment", "1s",
-    "--player-assets", assetsDir,
+    "--player-assets", assets,
   ];
+  const started = { rtmp: null, http: null, log: "" };
   const server = start(serverBin, args);
-  server.stderr.on("data", (d) => (serverLog += d));
+  server.stderr.on("data", (d) => (started.log += d));
   const lines = createInterface({ input: server.stdout });
   await new Promise((resolve, reject) => {
     const timer = setTimeout(
-      () => reject(new Error(`server did not listen within 30 s:\n${serverLog}`)),
+      () => reject(new Error(`server did not listen within 30 s:\n${started.log}`)),
       30_000,
     );
     server.once("exit", (code) =>
-      reject(new Error(`server exited (${code}) before listening:\n${serverLog}`)),
+      reject(new Error(`server exited (${code}) before listening:\n${started.log}`)),
     );
     lines.on("line", (line) => {
       const m = /^listening (rtmp|http) (\S+)$/.exec(line.trim());
-      if (m && m[1] === "rtmp") rtmpAddr = m[2];
-      if (m && m[1] === "http") httpAddr = m[2];
-      if (rtmpAddr && httpAddr) {
+      if (m && m[1] === "rtmp") started.rtmp = m[2];
+      if (m && m[1] === "http") started.http = m[2];
+      if (started.rtmp && started.http) {
         clearTimeout(timer);
         resolve();
       }
     });
   });
+  return started;
 }
 
 /** Publishes a 640x360 30 fps test pattern with a tone, for at most 90 s. */
-function startPublisher() {
+function startPublisher(rtmpAddr) {
   const ffmpeg = start("ffmpeg", [
     "-nostdin", "-hide_banner", "-loglevel", "error",
     "-re",
@@ -112,8 +117,10 @@ before(async () => {
   assert.ok(existsSync(serverBin), `no server binary at ${serverBin} (cargo build -p oxcast-ingest)`);
   assert.ok(existsSync(chromiumBin), `no browser at ${chromiumBin} (apt-get install chromium)`);
   tempRoot = await mkdtemp(path.join(tmpdir(), "oxcast-browser-"));
-  await startServer();
-  startPublisher();
+  const server = await startServer(assetsDir, "main");
+  ({ rtmp: rtmpAddr, http: httpAddr } = server);
+  serverLog = () => server.log;
+  startPublisher(rtmpAddr);
 });
 
 after(async () => {
@@ -146,7 +153,7 @@ test("the player page plays a live stream with hls.js", { timeout: 180_000 }, as
   page.on("console", (m) => console.push(`[${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => console.push(`[pageerror] ${e.message}`));
   const explain = () =>
-    `\nbrowser console:\n${console.join("\n")}\nserver log tail:\n${serverLog
+    `\nbrowser console:\n${console.join("\n")}\nserver log tail:\n${serverLog()
       .split("\n")
       .slice(-30)
       .join("\n")}\nffmpeg:\n${ffmpegLog}`;
@@ -196,4 +203,36 @@ test("the player page plays a live stream with hls.js", { timeout: 180_000 }, as
     !console.some((l) => l.startsWith("[pageerror]")),
     `the page threw${explain()}`,
   );
+});
+
+// The quick start without `npm run build` in player/: no hls.js on the
+// server. The page must say exactly what to run, not show a black video.
+test("without hls.js the page says what to run", { timeout: 120_000 }, async (t) => {
+  const empty = path.join(tempRoot, "no-player-assets");
+  await mkdir(empty, { recursive: true });
+  const server = await startServer(empty, "nohlsjs");
+  const said = /No hls\.js in .*cd player && npm ci && npm run build/;
+  for (let i = 0; i < 50 && !said.test(server.log); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.match(server.log, said, "the server says at start what is missing");
+  startPublisher(server.rtmp);
+  const context = await chromium.launchPersistentContext(path.join(tempRoot, "chromium-nohlsjs"), {
+    executablePath: chromiumBin,
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+  });
+  t.after(() => context.close());
+  const page = context.pages()[0] ?? (await context.newPage());
+  await page.goto(`http://${server.http}/`);
+  await page.locator(`button[data-stream="${STREAM}"]`).waitFor({ timeout: 30_000 });
+  await page.waitForFunction(
+    () => document.getElementById("message").textContent.includes("npm run build"),
+    null,
+    { timeout: 60_000, polling: 200 },
+  );
+  const text = await page.evaluate(() => document.getElementById("message").textContent);
+  t.diagnostic(`page says: ${text}`);
+  assert.match(text, /cd player && npm ci && npm run build/);
+  assert.match(text, /restart/);
 });
