@@ -138,10 +138,14 @@ impl HlsSettings {
             ));
         }
         if self.playlist_length < max {
+            let longest = match self.max_fragment {
+                Some(_) => format!("hls.maxFragment {max}"),
+                None => format!("twice hls.fragment, {max}"),
+            };
             return Err(InvalidSetting::new(
                 "hls.playlistLength",
                 format!(
-                    "{} is shorter than the longest segment (hls.maxFragment {max}); a playlist must hold at least one segment",
+                    "{} is shorter than the longest segment to plan for ({longest}); a playlist must hold at least one segment",
                     self.playlist_length
                 ),
             ));

@@ -264,11 +264,18 @@ pub fn load_config(path: Option<&Path>) -> Result<IngestConfig, ConfigFileError>
 }
 
 /// `addr` as a host:port people can paste: a wildcard listen address is
-/// shown as loopback.
+/// shown as loopback; port 0 (picked at bind time, printed on the
+/// `listening` line) as `PORT`.
 fn reachable(addr: SocketAddr) -> String {
     let mut a = addr;
     if a.ip().is_unspecified() {
         a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    if a.port() == 0 {
+        return match a {
+            SocketAddr::V4(v4) => format!("{}:PORT", v4.ip()),
+            SocketAddr::V6(v6) => format!("[{}]:PORT", v6.ip()),
+        };
     }
     a.to_string()
 }
@@ -461,6 +468,8 @@ mod tests {
             text.contains("cd player && npm ci && npm run build"),
             "{text}"
         );
+        let ephemeral = start_banner(Some("127.0.0.1:0".parse().unwrap()), None, &c, None);
+        assert!(ephemeral.contains("rtmp://127.0.0.1:PORT/"), "{ephemeral}");
         let rtmp_only = start_banner(Some("10.0.0.1:1935".parse().unwrap()), None, &c, None);
         assert!(rtmp_only.contains("rtmp://10.0.0.1:1935/"), "{rtmp_only}");
         assert!(!rtmp_only.contains("Watch"), "{rtmp_only}");
