@@ -1,6 +1,8 @@
 // The player page plays a live stream in a real browser: Debian's
 // Chromium, headless, driven by playwright-core, while ffmpeg publishes to
-// the real oxcast-ingest binary.
+// the real oxcast-ingest binary. Also: the page without hls.js says what to
+// run, and the README's quick start, run as written in a fresh copy of the
+// repository (a release build: minutes on a cold cache), plays.
 //
 // Run with `node --test tests/browser/` after `cargo build -p oxcast-ingest`
 // and `npm ci && npm run build` in player/ (tests/run.sh does all of it).
@@ -11,9 +13,9 @@
 //   CHROMIUM              browser executable (default: /usr/bin/chromium)
 //   OXCAST_ARTIFACTS      where the screenshot goes (default: $CARGO_TARGET_DIR/test-artifacts)
 
-import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { homedir, tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -235,4 +237,126 @@ test("without hls.js the page says what to run", { timeout: 120_000 }, async (t)
   t.diagnostic(`page says: ${text}`);
   assert.match(text, /cd player && npm ci && npm run build/);
   assert.match(text, /restart/);
+});
+
+/** The shell blocks of the README's "Quick start (one machine)" section. */
+function quickStartBlocks() {
+  const readme = readFileSync(path.join(repo, "README.md"), "utf8");
+  const section = readme.split("## Quick start (one machine)")[1]?.split("\n## ")[0];
+  assert.ok(section, "README has a \"Quick start (one machine)\" section");
+  return [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1].trim());
+}
+
+/** Starts `command` with bash in its own process group (stopped in `after`). */
+function startShell(command, cwd) {
+  const child = spawn("nice", ["-n", "10", "bash", "-c", command], {
+    cwd,
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  // Stop the whole group (bash, cargo, the server / ffmpeg) afterwards.
+  children.push({
+    get exitCode() {
+      return child.exitCode;
+    },
+    get signalCode() {
+      return child.signalCode;
+    },
+    once: (ev, f) => child.once(ev, f),
+    kill: (sig) => {
+      try {
+        process.kill(-child.pid, sig);
+      } catch {
+        // already gone
+      }
+    },
+  });
+  return child;
+}
+
+/**
+ * The repository's tracked files (as in the working tree) copied to `dir`:
+ * what a fresh clone has, so the quick start's `npm ci` and `./live` touch
+ * neither this checkout nor the npm cache tests/run.sh links into it.
+ */
+async function freshCopy(dir) {
+  const files = execFileSync("git", ["-C", repo, "ls-files", "-z"], { encoding: "utf8" })
+    .split("\0")
+    .filter((f) => f && existsSync(path.join(repo, f)));
+  for (const f of files) {
+    await mkdir(path.dirname(path.join(dir, f)), { recursive: true });
+    await copyFile(path.join(repo, f), path.join(dir, f));
+  }
+}
+
+// The README's quick start, exactly as written, in a fresh copy of the
+// repository: its first command (build hls.js from npm, then `cargo run
+// --release`) serves a player page that plays in Chromium what the README's
+// ffmpeg command publishes. Fixed ports 1935 and 8080, as a user gets them.
+test("the README quick start plays in the browser", { timeout: 40 * 60_000 }, async (t) => {
+  const [serverCmd, publishCmd] = quickStartBlocks();
+  const checkout = path.join(tempRoot, "quickstart");
+  await freshCopy(checkout);
+  t.diagnostic(`server: ${serverCmd}`);
+  t.diagnostic(`publish: ${publishCmd}`);
+  assert.match(serverCmd, /cargo run --release -p oxcast-ingest/);
+  assert.match(publishCmd, /^ffmpeg .* rtmp:\/\/127\.0\.0\.1:1935\/app\/test$/s);
+  const server = startShell(serverCmd, checkout);
+  let log = "";
+  server.stdout.on("data", (d) => (log += d));
+  server.stderr.on("data", (d) => (log += d));
+  // The release build takes minutes on a cold cache; the server says where
+  // to watch once it starts.
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`quick start did not listen within 35 min:\n${log.slice(-4000)}`)),
+      35 * 60_000,
+    );
+    server.once("exit", (code) =>
+      reject(new Error(`quick start exited (${code}):\n${log.slice(-4000)}`)),
+    );
+    const check = () => {
+      if (/listening http /.test(log) && /listening rtmp /.test(log)) {
+        clearTimeout(timer);
+        resolve();
+      } else {
+        setTimeout(check, 500);
+      }
+    };
+    check();
+  });
+  assert.match(log, /Publish to: +rtmp:\/\/127\.0\.0\.1:1935\/app\//, "start message names the RTMP URL");
+  assert.match(log, /Watch at: +http:\/\/127\.0\.0\.1:8080\//, "start message names the page");
+  assert.doesNotMatch(log, /No hls\.js/, "the quick start built hls.js");
+  const publisher = startShell(publishCmd, checkout);
+  let publishLog = "";
+  publisher.stderr.on("data", (d) => (publishLog += d));
+
+  const context = await chromium.launchPersistentContext(path.join(tempRoot, "chromium-quickstart"), {
+    executablePath: chromiumBin,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--no-first-run",
+      "--autoplay-policy=no-user-gesture-required",
+    ],
+  });
+  t.after(() => context.close());
+  const page = context.pages()[0] ?? (await context.newPage());
+  const explain = () => `\nserver:\n${log.slice(-3000)}\nffmpeg:\n${publishLog.slice(-2000)}`;
+  try {
+    await page.goto("http://127.0.0.1:8080/");
+    await page.locator('button[data-stream="test"]').click({ timeout: 60_000 });
+    await page.waitForFunction(() => document.getElementById("video").currentTime > 2, null, {
+      timeout: 90_000,
+      polling: 200,
+    });
+  } catch (e) {
+    e.message += explain();
+    throw e;
+  }
+  const engine = await page.evaluate(() => window.oxcastPlayer.engine);
+  assert.equal(engine, "hls.js", explain());
 });
