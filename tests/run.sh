@@ -42,6 +42,10 @@ command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 # (tests/tests/images_oci.rs, tests/src/images.rs).
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
+# Real OBS Studio publishes in tests/tests/obs_e2e.rs, headless under Xvfb
+# with Mesa's software GL (llvmpipe, in libgl1-mesa-dri).
+command -v obs >/dev/null 2>&1 || need_apt+=(obs-studio libgl1-mesa-dri)
+command -v Xvfb >/dev/null 2>&1 || need_apt+=(xvfb)
 if ((${#need_apt[@]})); then
     sudo_cmd=()
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi

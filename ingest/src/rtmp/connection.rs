@@ -513,10 +513,7 @@ impl Connection {
             }
         };
         let hls = self.ctx.hls.clone();
-        let config = SegmenterConfig {
-            fragment: hls.fragment.as_90khz() as i64,
-            max_fragment: hls.effective_max_fragment().as_90khz() as i64,
-        };
+        let config = SegmenterConfig::from_settings(&hls);
         let output = HlsOutput::start(
             key.clone(),
             self.ctx.layout.clone(),
