@@ -17,10 +17,10 @@
 //! `sha2` crates. The maintained tools available here do not fit better:
 //! `skopeo` only copies existing images (it cannot make one from a
 //! directory); `umoci` can (`umoci init/new/insert/config`), but it takes
-//! file ownership from the disk, so building an image with files owned by
-//! 65532 would need root and `chown`, and every `umoci config` call rewrites
-//! the layout, adding a process per setting; `crane append` needs a base
-//! image from a registry, which this run may not reach. Here the layer's
+//! file ownership from the disk, so the tree would first have to be
+//! written and `chown`ed as root, and the result depends on who builds it;
+//! go-containerregistry's `crane` would be one more Go build in the run
+//! and still wants a layer tar made by someone. Here the layer's
 //! ownership, modes and timestamps are data ([`Layer`]), exactly as
 //! Docker's `COPY` defines them (root unless `--chown`), independent of who
 //! runs the build, and the output is reproducible (every timestamp is the
@@ -1378,6 +1378,8 @@ pub fn write_oci_layers(
     let writer = builder.into_inner().map_err(tar_err)?;
     let mut tmp = writer.into_inner().map_err(|e| tar_err(e.into_error()))?;
     tmp.flush().map_err(tar_err)?;
+    // NamedTempFile is private (0600); an image is not a secret.
+    fs::set_permissions(&tmp_path, fs::Permissions::from_mode(0o644)).map_err(tar_err)?;
     tmp.as_file().sync_all().map_err(tar_err)?;
     tmp.persist(out_tar).map_err(|e| Error::Io {
         path: out_tar.to_path_buf(),
