@@ -75,9 +75,6 @@ tests/tools.sh
 # (SC1091: sourced files named at run time, such as versions.env, are not followed.)
 shellcheck -e SC1091 tests/*.sh tests/kind/*.sh tests/cluster/*.sh docker/*.sh .ci/run
 
-cargo build --workspace --bins
-cargo test --workspace --no-fail-fast
-
 # --- The player page in a real browser ---------------------------------------
 # Debian's Chromium, driven by playwright-core (which never downloads a
 # browser here), plays a live stream through the page and hls.js. npm
@@ -105,7 +102,10 @@ npm_ci_cached() {
     local dir=$1 cache stamp
     cache="$HOME/.cache/oxcast/npm/$(basename "$dir")"
     stamp=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
-    if [ "$(cat "$cache/.lockfile-sha256" 2>/dev/null)" != "$stamp" ]; then
+    # (A stamp over an emptied node_modules, e.g. after `npm ci` through
+    # the symlink below, is not a cache.)
+    if [ "$(cat "$cache/.lockfile-sha256" 2>/dev/null)" != "$stamp" ] ||
+        [ -z "$(ls -A "$cache/node_modules" 2>/dev/null)" ]; then
         rm -rf "$cache"
         mkdir -p "$cache"
         cp "$dir/package.json" "$dir/package-lock.json" "$cache/"
@@ -119,7 +119,12 @@ npm_ci_cached() {
 }
 npm_ci_cached player
 npm_ci_cached tests/browser
+# Built before the cargo tests: the ingest image the node tests run
+# (tests/src/images.rs) ships player/dist, as docker/Dockerfile does.
 (cd player && node build.mjs)
+
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast
 
 shellcheck bench/http.sh
 node --test tests/browser/
