@@ -693,8 +693,7 @@ impl Layer {
     }
 
     /// A directory tree as a layer, ownership and modes as on disk (what
-    /// `tar` would record): for trees made for one image, such as the
-    /// pause image's.
+    /// `tar` would record): for a tree made on disk for one image.
     pub fn from_dir(root: &Path) -> Result<Layer, Error> {
         let mut layer = Layer::new();
         fn walk(layer: &mut Layer, dir: &Path, prefix: &str) -> Result<(), Error> {
@@ -1228,7 +1227,8 @@ pub fn build_oci_images(out_dir: &Path) -> Result<Vec<OciImage>, Error> {
 /// Writes the directory `tree_dir` as a one-layer image named `name`
 /// (a full reference, `registry/repo:tag`) with configuration `config`,
 /// as an OCI image-layout tar at `out_tar`. Ownership and modes are as on
-/// disk. For the node's pause image, for example.
+/// disk. (The real node's pause and busybox images are built as
+/// [`Layer`]s and written with [`write_oci_layers`]: `cluster::node`.)
 pub fn write_oci_image(
     tree_dir: &Path,
     config: &ImageConfig,

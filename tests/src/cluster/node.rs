@@ -18,8 +18,6 @@
 //! (SIGKILL, Ctrl-C), and a janitor at the next start for what a killed run
 //! leaves (container shims, pod cgroups).
 
-mod oci;
-
 use std::fs;
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
@@ -30,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
+
+use crate::images::{ImageConfig, Layer};
 
 use super::binaries::Binaries;
 use super::control_plane::{self, Mode};
@@ -761,55 +761,39 @@ fn build_images(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let pause = fs::read(&pause_bin).map_err(Error::io_path("read", &pause_bin))?;
     let busybox =
         fs::read("/bin/busybox").map_err(Error::io_path("read", Path::new("/bin/busybox")))?;
-    let build =
-        |reference: &str, file: &str, entries: Vec<oci::Entry>, config: oci::ImageConfig<'_>| {
-            let bytes = oci::image_layout_tar(reference, &entries, &config)
-                .map_err(|e| Error::Config(format!("build image {reference}: {e}")))?;
-            let path = images.join(file);
-            fs::write(&path, bytes).map_err(Error::io_path("write an image tar", &path))?;
-            Ok::<_, Error>(path)
-        };
+    let root = (0, 0);
+    let build = |name: &str, file: &str, layer: (Layer, String), config: ImageConfig| {
+        let path = images.join(file);
+        crate::images::write_oci_layers(&[layer], &config, name, &path)
+            .map_err(|e| Error::Config(format!("build image {name}: {e}")))?;
+        Ok::<_, Error>(path)
+    };
+    let config = |entrypoint: &[&str], cmd: &[&str], user: &str| ImageConfig {
+        entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        user: Some(user.into()),
+        env: vec!["PATH=/bin".into()],
+        working_dir: Some("/".into()),
+        ..ImageConfig::default()
+    };
+    let mut pause_layer = Layer::new();
+    pause_layer.bytes("pause", pause, 0o755, root);
     let pause_tar = build(
         PAUSE_IMAGE,
         "pause.tar",
-        vec![oci::Entry::File {
-            path: "pause".into(),
-            mode: 0o755,
-            data: pause,
-        }],
-        oci::ImageConfig {
-            entrypoint: &["/pause"],
-            cmd: &[],
-            user: "65535",
-        },
+        (pause_layer, "tests/cluster/pause.c, static".into()),
+        config(&["/pause"], &[], "65535"),
     )?;
+    let mut busybox_layer = Layer::new();
+    busybox_layer.dir("bin", 0o755, root);
+    busybox_layer.bytes("bin/busybox", busybox, 0o755, root);
+    busybox_layer.symlink("bin/sh", "busybox", root);
+    busybox_layer.dir("tmp", 0o1777, root);
     let busybox_tar = build(
         BUSYBOX_IMAGE,
         "busybox.tar",
-        vec![
-            oci::Entry::Dir {
-                path: "bin".into(),
-                mode: 0o755,
-            },
-            oci::Entry::File {
-                path: "bin/busybox".into(),
-                mode: 0o755,
-                data: busybox,
-            },
-            oci::Entry::Symlink {
-                path: "bin/sh".into(),
-                target: "busybox".into(),
-            },
-            oci::Entry::Dir {
-                path: "tmp".into(),
-                mode: 0o1777,
-            },
-        ],
-        oci::ImageConfig {
-            entrypoint: &[],
-            cmd: &["/bin/sh"],
-            user: "65532",
-        },
+        (busybox_layer, "Debian busybox-static".into()),
+        config(&[], &["/bin/sh"], "65532"),
     )?;
     Ok(vec![pause_tar, busybox_tar])
 }
