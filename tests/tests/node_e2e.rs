@@ -202,21 +202,6 @@ fn the_node_runs_the_images_under_the_chart_default_names() {
     }
 }
 
-/// Polls `check` every 200 ms until it returns `Some`, for at most `limit`.
-fn wait_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// `kubectl ARGS` against the node's cluster; panics unless it succeeds.
 fn kubectl(setup: &Setup, args: &[&str]) -> String {
     let mut cmd = setup.node.cluster().kubectl();
@@ -298,6 +283,106 @@ fn jsonpath(setup: &Setup, ns: &str, object: &str, path: &str) -> String {
     )
 }
 
+/// Polls `check` every 200 ms until it returns `Some`, for at most `limit`;
+/// a time-out fails with what the cluster says about namespace `ns`
+/// (objects, pod descriptions, every container's log): the node is gone
+/// once the test binary ends.
+fn wait_or_dump<T>(
+    setup: &Setup,
+    ns: &str,
+    what: &str,
+    limit: Duration,
+    check: impl FnMut() -> Option<T>,
+) -> T {
+    let mut check = check;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                diagnostics(setup, ns)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn diagnostics(setup: &Setup, ns: &str) -> String {
+    let mut out = String::new();
+    for args in [
+        vec![
+            "-n",
+            ns,
+            "get",
+            "all,pvc,liveapplications,events",
+            "-o",
+            "wide",
+        ],
+        vec!["get", "pv,nodes", "-o", "wide"],
+        vec!["-n", ns, "describe", "pods"],
+    ] {
+        out.push_str(&format!("--- kubectl {}\n", args.join(" ")));
+        out.push_str(&kubectl_try(setup, &args).unwrap_or_else(|| "(failed)".into()));
+    }
+    let pods = kubectl_try(setup, &["-n", ns, "get", "pods", "-o", "name"]).unwrap_or_default();
+    for pod in pods.lines() {
+        out.push_str(&format!("--- logs {pod}\n"));
+        out.push_str(
+            &kubectl_try(
+                setup,
+                &[
+                    "-n",
+                    ns,
+                    "logs",
+                    pod,
+                    "--all-containers",
+                    "--prefix",
+                    "--tail=60",
+                ],
+            )
+            .unwrap_or_else(|| "(failed)".into()),
+        );
+    }
+    out
+}
+
+/// Starts a real-time ffmpeg publisher (the fixture looped for minutes) and
+/// returns it once it has stayed connected for 2 s; retries for a minute (a
+/// LoadBalancer address whose endpoints are not programmed yet refuses),
+/// then fails with ffmpeg's own words and the cluster's state.
+fn start_publisher(
+    setup: &Setup,
+    ns: &str,
+    media: &oxcast_tests::media::fixtures::Media,
+    url: &str,
+) -> oxcast_tests::media::Publisher {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut publisher =
+            oxcast_tests::media::Publisher::start_with(media, url, &["-stream_loop", "30"]);
+        std::thread::sleep(Duration::from_secs(2));
+        if publisher.is_running() {
+            return publisher;
+        }
+        let done = publisher.wait();
+        if std::time::Instant::now() >= deadline {
+            panic!(
+                "ffmpeg cannot publish to {url}: {:?}\n{}\n{}",
+                done.status,
+                done.stderr,
+                diagnostics(setup, ns)
+            );
+        }
+        eprintln!(
+            "node_e2e: ffmpeg could not publish to {url} yet: {}",
+            done.stderr.trim()
+        );
+    }
+}
+
 /// What only real pods show, on one LiveApplication with its segments on a
 /// shared volume (a directory of this machine) and the HTTP server in its
 /// own Deployment: the restricted pods run as 65532 on a read-only root and
@@ -308,7 +393,7 @@ fn jsonpath(setup: &Setup, ns: &str, object: &str, path: &str) -> String {
 #[test]
 fn ingest_pods_run_restricted_and_end_streams_cleanly_on_sigterm_and_rollout() {
     use oxcast_tests::media::fixtures::{require, Fixture};
-    use oxcast_tests::media::{http, Publisher};
+    use oxcast_tests::media::http;
 
     let _serial = serial();
     let setup = setup();
@@ -410,15 +495,21 @@ spec:
             "--timeout=300s",
         ],
     );
-    let rtmp_url = wait_until("status.rtmpUrl", Duration::from_secs(120), || {
-        Some(jsonpath(
-            setup,
-            ns,
-            &format!("liveapplication/{app}"),
-            "{.status.rtmpUrl}",
-        ))
-        .filter(|u| u.starts_with("rtmp://198.18.200."))
-    });
+    let rtmp_url = wait_or_dump(
+        setup,
+        ns,
+        "status.rtmpUrl",
+        Duration::from_secs(120),
+        || {
+            Some(jsonpath(
+                setup,
+                ns,
+                &format!("liveapplication/{app}"),
+                "{.status.rtmpUrl}",
+            ))
+            .filter(|u| u.starts_with("rtmp://198.18.200."))
+        },
+    );
     let cluster_ip = jsonpath(
         setup,
         ns,
@@ -466,10 +557,11 @@ spec:
     // A live stream through the LoadBalancer address, served by the HTTP
     // Deployment from the shared volume, written through fsGroup.
     let media = require(Fixture::Av14s);
-    let mut publisher =
-        Publisher::start_with(media, &format!("{rtmp_url}/{key}"), &["-stream_loop", "30"]);
+    let mut publisher = start_publisher(setup, ns, media, &format!("{rtmp_url}/{key}"));
     let playlist_path = format!("/live/{key}/index.m3u8");
-    wait_until(
+    wait_or_dump(
+        setup,
+        ns,
         "the live playlist over the HTTP Service",
         Duration::from_secs(60),
         || {
@@ -516,7 +608,9 @@ spec:
     let follower = oxcast_tests::media::process::Running::spawn(follow).expect("kubectl logs -f");
     let deleted_at = std::time::Instant::now();
     kubectl(setup, &["-n", ns, "delete", "pod", &pod, "--wait=false"]);
-    wait_until(
+    wait_or_dump(
+        setup,
+        ns,
         "ENDLIST in the playlist on the volume",
         Duration::from_secs(grace + 10),
         || {
@@ -538,7 +632,9 @@ spec:
         "the terminating pod did not shut down on SIGTERM:\n{}",
         followed.stdout
     );
-    wait_until(
+    wait_or_dump(
+        setup,
+        ns,
         "the publisher to be cut",
         Duration::from_secs(grace + 30),
         || (!publisher.is_running()).then_some(()),
@@ -560,25 +656,19 @@ spec:
         ],
     );
     let second_key = "rollout";
-    let mut publisher = wait_until(
-        "a publish to the replacement pod",
-        Duration::from_secs(120),
+    let mut publisher = start_publisher(setup, ns, media, &format!("{rtmp_url}/{second_key}"));
+    let second_playlist = format!("/live/{second_key}/index.m3u8");
+    wait_or_dump(
+        setup,
+        ns,
+        "the second live playlist",
+        Duration::from_secs(60),
         || {
-            let mut p = Publisher::start_with(
-                media,
-                &format!("{rtmp_url}/{second_key}"),
-                &["-stream_loop", "30"],
-            );
-            std::thread::sleep(Duration::from_secs(2));
-            p.is_running().then_some(p)
+            http::get(http_addr, &second_playlist)
+                .ok()
+                .filter(|r| r.status == 200 && r.text().contains("#EXTINF:"))
         },
     );
-    let second_playlist = format!("/live/{second_key}/index.m3u8");
-    wait_until("the second live playlist", Duration::from_secs(60), || {
-        http::get(http_addr, &second_playlist)
-            .ok()
-            .filter(|r| r.status == 200 && r.text().contains("#EXTINF:"))
-    });
     kubectl(
         setup,
         &[
@@ -591,16 +681,24 @@ spec:
             r#"{"spec":{"hls":{"playlistLength":"12s"}}}"#,
         ],
     );
-    wait_until(
+    wait_or_dump(
+        setup,
+        ns,
         "the rollout to cut the publisher",
         Duration::from_secs(120),
         || (!publisher.is_running()).then_some(()),
     );
-    wait_until("ENDLIST after the rollout", Duration::from_secs(60), || {
-        http::get(http_addr, &second_playlist)
-            .ok()
-            .filter(|r| r.text().contains("#EXT-X-ENDLIST"))
-    });
+    wait_or_dump(
+        setup,
+        ns,
+        "ENDLIST after the rollout",
+        Duration::from_secs(60),
+        || {
+            http::get(http_addr, &second_playlist)
+                .ok()
+                .filter(|r| r.text().contains("#EXT-X-ENDLIST"))
+        },
+    );
     kubectl(
         setup,
         &[
@@ -626,7 +724,9 @@ spec:
         ],
     );
     let selector = format!("app.kubernetes.io/instance={app}");
-    wait_until(
+    wait_or_dump(
+        setup,
+        ns,
         "the application's objects to be gone",
         Duration::from_secs(180),
         || {
