@@ -28,6 +28,10 @@ fn main() -> anyhow::Result<()> {
     let rtmp_listen = rtmp.as_ref().map(|r| r.rtmp_listen);
     let http_listen = http.as_ref().map(|h| h.http_listen);
     let player_assets = http.as_ref().map(|h| h.player_assets.clone());
+    let lease_namespace = rtmp
+        .as_ref()
+        .and_then(|r| r.ownership.lease_namespace.clone());
+    let replica_id = rtmp.as_ref().and_then(|r| r.ownership.replica_id.clone());
     if let Some(r) = rtmp {
         r.apply(&mut config);
     }
@@ -40,6 +44,8 @@ fn main() -> anyhow::Result<()> {
         hls_root: common.hls_root,
         config,
         player_assets,
+        lease_namespace,
+        replica_id,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

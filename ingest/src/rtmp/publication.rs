@@ -1,22 +1,24 @@
 //! One publisher's media path: FLV tags → [`Remuxer`] → [`Segmenter`] →
 //! [`HlsOutput`], plus fan-out to RTMP players.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use rml_rtmp::sessions::StreamMetadata;
 
 use crate::hls::{SegmentEvent, Segmenter, SegmenterConfig, Tracks};
-use crate::live::{LiveStream, LiveStreams, PlayPacket};
+use crate::live::{LiveGuard, LiveStream, PlayPacket};
 use crate::media::{MediaError, MediaFrame, Remuxer};
-use crate::metrics::Metrics;
+use crate::ownership::StreamClaim;
 use crate::store::HlsOutput;
 
+/// A publication holds its stream twice, both released on drop (also on a
+/// panic): the slot in this server's table, then the stream's ownership.
+/// Fields drop in declaration order, so the slot goes first.
 pub struct Publication {
-    pub live: Arc<LiveStream>,
-    streams: Arc<LiveStreams>,
-    metrics: Arc<Metrics>,
+    live: Arc<LiveStream>,
+    slot: LiveGuard,
+    claim: StreamClaim,
     remuxer: Remuxer,
     segmenter: Segmenter,
     output: HlsOutput,
@@ -26,18 +28,15 @@ pub struct Publication {
 
 impl Publication {
     pub fn new(
-        live: Arc<LiveStream>,
-        streams: Arc<LiveStreams>,
-        metrics: Arc<Metrics>,
+        slot: LiveGuard,
+        claim: StreamClaim,
         output: HlsOutput,
         config: SegmenterConfig,
     ) -> Self {
-        metrics.publishers.fetch_add(1, Ordering::Relaxed);
-        metrics.live_streams.fetch_add(1, Ordering::Relaxed);
         Self {
-            live,
-            streams,
-            metrics,
+            live: slot.live().clone(),
+            slot,
+            claim,
             remuxer: Remuxer::new(),
             segmenter: Segmenter::new(config),
             output,
@@ -128,8 +127,13 @@ impl Publication {
         }
     }
 
+    /// Does this replica still own the stream (see [`crate::ownership`])?
+    pub fn owned(&self) -> bool {
+        self.claim.holds()
+    }
+
     /// The publisher left: complete the last segment, end the playlist and
-    /// hand the history back to the stream table.
+    /// hand the history back to the stream table; then the ownership goes.
     pub fn finish(mut self) {
         if let Err(e) = self.segmenter.finish(&mut self.events) {
             tracing::error!(stream = %self.live.key, error = %e, "muxing failed");
@@ -137,8 +141,7 @@ impl Publication {
         self.drain();
         let history = self.output.finish();
         tracing::info!(stream = %self.live.key, segments = history.window.entries.len(), "publish ended");
-        self.streams.release(&self.live, history);
-        self.metrics.publishers.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.live_streams.fetch_sub(1, Ordering::Relaxed);
+        self.slot.finish(history);
+        drop(self.claim);
     }
 }
