@@ -316,11 +316,16 @@ impl LeaseOwnership {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, LeaseSetupError> {
         let mut config = kube::Config::infer().await?;
-        // No request may outlive a heartbeat interval: a hanging API server
-        // must show up as failed heartbeats, not as a stuck task.
-        config.connect_timeout = Some(options.renew_interval);
-        config.read_timeout = Some(options.renew_interval);
-        config.write_timeout = Some(options.renew_interval);
+        // No request may outlive the time a heartbeat keeps claims valid: a
+        // hanging API server must show up as failed heartbeats, not as a
+        // stuck task.
+        let limit = options
+            .lease_duration
+            .saturating_sub(options.renew_interval)
+            .max(Duration::from_secs(1));
+        config.connect_timeout = Some(limit);
+        config.read_timeout = Some(limit);
+        config.write_timeout = Some(limit);
         let namespace = options
             .namespace
             .clone()
@@ -714,7 +719,7 @@ impl LeaseOwnership {
             tokio::select! {
                 _ = tick.tick() => {
                     let registered = lock(&self.registration).resource_version.is_some();
-                    match tokio::time::timeout(self.renew, self.beat()).await {
+                    match tokio::time::timeout(self.valid_for().max(self.renew), self.beat()).await {
                         Ok(Ok(())) => {
                             if failing_since.take().is_some() || !registered {
                                 tracing::info!(lease = %self.replica_lease, holder = %lock(&self.registration).holder, "heartbeat Lease renewed; claiming streams again");
