@@ -514,11 +514,19 @@ mod tests {
         assert!(joined.is_err());
         assert!(streams.live(&key).is_none());
         assert!(!streams.knows(&key));
-        assert_eq!(metrics.publishers.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            metrics
+                .publishers
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
         let (live, _) = streams.claim(&key, 10).unwrap();
         LiveGuard::new(streams.clone(), live, metrics.clone()).finish(history());
         assert!(streams.knows(&key) && streams.live(&key).is_none());
-        assert_eq!(streams.idle_expired(Instant::now(), Duration::ZERO).len(), 1);
+        assert_eq!(
+            streams.idle_expired(Instant::now(), Duration::ZERO).len(),
+            1
+        );
         streams.forget_idle(&key);
         assert!(!streams.knows(&key));
     }

@@ -278,9 +278,8 @@ impl Keeper {
             else {
                 continue;
             };
-            let needs_end = !history.window.ended
-                && self.hls.end_list
-                && !history.window.entries.is_empty();
+            let needs_end =
+                !history.window.ended && self.hls.end_list && !history.window.entries.is_empty();
             let needs_cleanup = self.hls.cleanup && !unlisted.is_empty();
             if !needs_end && !needs_cleanup {
                 tracing::info!(stream = %key, segments = history.window.entries.len(), "recovered ended stream from disk");
@@ -320,8 +319,8 @@ impl Keeper {
         for (key, idle_since) in self.streams.idle_expired(now, ttl) {
             if self.ownership.is_shared() {
                 let path = self.layout.playlist_path(&key);
-                let modified = blocking(move || std::fs::metadata(path).and_then(|m| m.modified()))
-                    .await;
+                let modified =
+                    blocking(move || std::fs::metadata(path).and_then(|m| m.modified())).await;
                 match modified {
                     Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                         // Cleaned by another replica.
@@ -375,7 +374,11 @@ fn remove_stream_files(layout: &Layout, key: &StreamKey) {
 /// ended stream's remaining files once `playlist_length` has passed. With
 /// shared ownership it also adopts streams whose owner died, every
 /// `sweep_every`.
-async fn janitor(keeper: Keeper, sweep_every: Option<Duration>, mut shutdown: watch::Receiver<bool>) {
+async fn janitor(
+    keeper: Keeper,
+    sweep_every: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep = Instant::now();

@@ -32,7 +32,7 @@ use oxcast_tests::media::{
     have_ffmpeg, observe_for, require, wait_for, wait_until, Fixture, Layout, Playlist, Publisher,
     Role, Server,
 };
-use oxcast_tests::rtmp_client::{amf0, contains, message, RawRtmp, AMF0_COMMAND};
+use oxcast_tests::rtmp_client::{amf0, connect_payload, contains, message, RawRtmp, AMF0_COMMAND};
 
 const LEASE_DURATION: &str = "6s";
 const RENEW_INTERVAL: &str = "1s";
@@ -118,7 +118,10 @@ impl Env {
     }
 
     fn leases(&self) -> Vec<Lease> {
-        let client = self.rt.block_on(async { self.cluster.client() }).expect("client");
+        let client = self
+            .rt
+            .block_on(async { self.cluster.client() })
+            .expect("client");
         let api: Api<Lease> = Api::namespaced(client, self.ns.name());
         self.rt
             .block_on(api.list(&ListParams::default()))
@@ -138,11 +141,10 @@ impl Env {
     }
 
     fn wait_segments(&self, key: &str, n: usize) -> Playlist {
-        wait_for(
-            &format!("{n} segments of {key}"),
-            FIRST_SEGMENTS,
-            || self.playlist(key).filter(|p| p.segments.len() >= n && !p.end_list),
-        )
+        wait_for(&format!("{n} segments of {key}"), FIRST_SEGMENTS, || {
+            self.playlist(key)
+                .filter(|p| p.segments.len() >= n && !p.end_list)
+        })
     }
 
     /// Every segment the playlist lists exists on disk.
@@ -150,7 +152,11 @@ impl Env {
     fn assert_listed_files_exist(&self, key: &str, p: &Playlist) {
         for s in &p.segments {
             let path = Layout::Nested.segment(self.root(), key, &s.uri);
-            assert!(path.exists(), "{} is listed but was deleted", path.display());
+            assert!(
+                path.exists(),
+                "{} is listed but was deleted",
+                path.display()
+            );
         }
     }
 }
@@ -170,9 +176,11 @@ fn looping(server: &Server, key: &str) -> Publisher {
 fn sigkill(server: &mut Server) {
     let pid = server.pid().expect("running");
     send_signal(pid, libc::SIGKILL);
-    wait_until("the SIGKILLed replica is gone", Duration::from_secs(10), || {
-        !server.is_running()
-    });
+    wait_until(
+        "the SIGKILLed replica is gone",
+        Duration::from_secs(10),
+        || !server.is_running(),
+    );
 }
 
 fn holder(l: &Lease) -> String {
@@ -224,10 +232,15 @@ fn a_second_publisher_on_another_replica_is_rejected() {
         !done.success(),
         "the second publisher was accepted: {done:?}"
     );
-    wait_until("replica-b logs the rejection", Duration::from_secs(10), || {
-        let log = b.stderr();
-        log.contains("publish rejected") && log.contains("stream cam is already being published")
-    });
+    wait_until(
+        "replica-b logs the rejection",
+        Duration::from_secs(10),
+        || {
+            let log = b.stderr();
+            log.contains("publish rejected")
+                && log.contains("stream cam is already being published")
+        },
+    );
     assert!(b.is_running());
     // replica-a's stream went on, unharmed.
     let later = wait_for("cam keeps advancing", FIRST_SEGMENTS, || {
@@ -258,7 +271,9 @@ fn restarting_or_killing_a_replica_never_touches_another_replicas_stream() {
     let mut seen = BTreeSet::new();
     let mut last = last_sequence(&first);
     observe_for(PLAYLIST_LENGTH * 2 + Duration::from_secs(2), || {
-        let p = env.playlist("live1").expect("the live playlist was deleted");
+        let p = env
+            .playlist("live1")
+            .expect("the live playlist was deleted");
         assert!(!p.end_list, "another replica ended a live stream:\n{p:?}");
         env.assert_listed_files_exist("live1", &p);
         assert!(last_sequence(&p) >= last, "the sequence went back");
@@ -304,7 +319,10 @@ fn a_republish_on_another_replica_continues_the_sequence() {
         old_last + 1,
         "media sequence continues from the volume:\n{continued:?}"
     );
-    assert!(first_new.discontinuity, "EXT-X-DISCONTINUITY before the republish");
+    assert!(
+        first_new.discontinuity,
+        "EXT-X-DISCONTINUITY before the republish"
+    );
     let old_ids: Vec<u64> = old
         .iter()
         .filter_map(|u| u.trim_end_matches(".ts").parse().ok())
@@ -336,7 +354,8 @@ fn a_sigkilled_owners_stream_is_ended_and_cleaned_by_a_survivor() {
         env.playlist("orphan").filter(|p| p.end_list)
     });
     assert!(
-        b.stderr().contains("recovered stream left without an owner"),
+        b.stderr()
+            .contains("recovered stream left without an owner"),
         "replica-b ended it"
     );
     env.assert_listed_files_exist("orphan", &ended);
@@ -350,9 +369,11 @@ fn a_sigkilled_owners_stream_is_ended_and_cleaned_by_a_survivor() {
     );
     eprintln!("cleaned {:?} after SIGKILL", killed_at.elapsed());
     assert!(b.is_running());
-    wait_until("the stream Lease is released", Duration::from_secs(10), || {
-        stream_leases(&env.leases()).is_empty()
-    });
+    wait_until(
+        "the stream Lease is released",
+        Duration::from_secs(10),
+        || stream_leases(&env.leases()).is_empty(),
+    );
 }
 
 /// A TCP proxy to the API server that the test can cut.
@@ -419,7 +440,12 @@ impl Proxy {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        for c in self.conns.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             let _ = c.shutdown(Shutdown::Both);
         }
     }
@@ -444,10 +470,8 @@ fn kubeconfig_via(original: &Path, addr: SocketAddr, out: &Path) -> SocketAddr {
         .trim_end_matches('/')
         .to_string();
     let target: SocketAddr = host_port.parse().expect("API server address is ip:port");
-    doc["clusters"][0]["cluster"]["server"] = serde_json::Value::String(format!(
-        "https://127.0.0.1:{}",
-        addr.port()
-    ));
+    doc["clusters"][0]["cluster"]["server"] =
+        serde_json::Value::String(format!("https://127.0.0.1:{}", addr.port()));
     std::fs::write(out, serde_json::to_string(&doc).expect("render")).expect("write kubeconfig");
     target
 }
@@ -456,10 +480,10 @@ fn kubeconfig_via(original: &Path, addr: SocketAddr, out: &Path) -> SocketAddr {
 fn a_replica_that_loses_the_api_server_stops_writing_and_its_stream_is_taken_over() {
     let _serial = serial();
     let env = Env::new("owner-fence");
-    let kubeconfig = env.root().join("..").join(format!(
-        "{}-via-proxy.kubeconfig",
-        env.ns.name()
-    ));
+    let kubeconfig = env
+        .root()
+        .join("..")
+        .join(format!("{}-via-proxy.kubeconfig", env.ns.name()));
     // Find the API server first, then proxy it.
     let probe = Proxy::start("127.0.0.1:9".parse().expect("addr"));
     let target = kubeconfig_via(env.cluster.kubeconfig(), probe.addr, &kubeconfig);
@@ -487,7 +511,10 @@ fn a_replica_that_loses_the_api_server_stops_writing_and_its_stream_is_taken_ove
         "publisher dropped only after {dropped_after:?}"
     );
     let at_drop = env.playlist("fenced").expect("playlist");
-    assert!(!at_drop.end_list, "a fenced replica must not end the stream");
+    assert!(
+        !at_drop.end_list,
+        "a fenced replica must not end the stream"
+    );
     assert!(a.stderr().contains("fenced"), "replica-a logs the fencing");
     assert!(a.is_running(), "fencing does not kill the replica");
 
@@ -521,23 +548,24 @@ fn a_replica_that_loses_the_api_server_stops_writing_and_its_stream_is_taken_ove
 /// accepted (a claim) and stays live until the idle timeout.
 fn raw_publish(addr: SocketAddr, key: &str) -> RawRtmp {
     let mut c = RawRtmp::handshaken(addr).expect("handshake");
-    assert!(c.rtmp_connect("app").expect("connect"), "connect refused");
+    // connect, createStream and publish in one go; the server answers them
+    // in order.
     let mut create = amf0::string("createStream");
     create.extend(amf0::number(2.0));
     create.extend(amf0::null());
-    c.send(&message(3, AMF0_COMMAND, 0, &create, 128))
-        .expect("createStream");
     let mut publish = amf0::string("publish");
     publish.extend(amf0::number(3.0));
     publish.extend(amf0::null());
     publish.extend(amf0::string(key));
     publish.extend(amf0::string("live"));
-    c.send(&message(8, AMF0_COMMAND, 1, &publish, 128))
-        .expect("publish");
+    let mut out = message(3, AMF0_COMMAND, 0, &connect_payload("app"), 128);
+    out.extend(message(3, AMF0_COMMAND, 0, &create, 128));
+    out.extend(message(8, AMF0_COMMAND, 1, &publish, 128));
+    c.send(&out).expect("send commands");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut got = Vec::new();
     while Instant::now() < deadline {
-        got.extend(c.read_for(Duration::from_millis(200)).expect("read"));
+        got.extend(c.read_for(Duration::from_millis(50)).expect("read"));
         if contains(&got, b"NetStream.Publish.Start") {
             return c;
         }
@@ -552,7 +580,10 @@ fn raw_publish(addr: SocketAddr, key: &str) -> RawRtmp {
 /// Counts Lease writes in the namespace (one watch event per successful
 /// create, update or delete) for `window`.
 fn lease_writes(env: &Env, window: Duration) -> usize {
-    let client = env.rt.block_on(async { env.cluster.client() }).expect("client");
+    let client = env
+        .rt
+        .block_on(async { env.cluster.client() })
+        .expect("client");
     let api: Api<Lease> = Api::namespaced(client, env.ns.name());
     env.rt.block_on(async {
         use futures::StreamExt;
@@ -583,7 +614,10 @@ fn lease_writes(env: &Env, window: Duration) -> usize {
 fn lease_writes_do_not_grow_with_live_streams() {
     let _serial = serial();
     let env = Env::new("owner-writes");
-    let config = env.root().join("..").join(format!("{}-ingest.yaml", env.ns.name()));
+    let config = env
+        .root()
+        .join("..")
+        .join(format!("{}-ingest.yaml", env.ns.name()));
     std::fs::write(&config, "rtmp:\n  limits:\n    idleTimeout: 10m\n").expect("config");
     let cfg = config.to_string_lossy().to_string();
     let kubeconfig = env.cluster.kubeconfig().to_path_buf();

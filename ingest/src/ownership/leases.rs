@@ -219,8 +219,7 @@ fn micro_now() -> MicroTime {
 }
 
 fn to_system(t: &MicroTime) -> SystemTime {
-    SystemTime::UNIX_EPOCH
-        + Duration::from_micros(u64::try_from(t.0.as_microsecond()).unwrap_or(0))
+    SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(t.0.as_microsecond()).unwrap_or(0))
 }
 
 /// When `lease` expires: `renewTime` (or `acquireTime`) + duration.
@@ -359,10 +358,12 @@ impl LeaseOwnership {
             stop,
             metrics,
         });
-        this.beat().await.map_err(|reason| LeaseSetupError::Register {
-            name: this.replica_lease.clone(),
-            reason,
-        })?;
+        this.beat()
+            .await
+            .map_err(|reason| LeaseSetupError::Register {
+                name: this.replica_lease.clone(),
+                reason,
+            })?;
         tracing::info!(
             namespace = %this.namespace,
             lease = %this.replica_lease,
@@ -517,7 +518,9 @@ impl LeaseOwnership {
         r.acquired = None;
         drop(r);
         lock(&self.held).clear();
-        self.metrics.ownership_fenced.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .ownership_fenced
+            .fetch_add(1, Ordering::Relaxed);
         tracing::error!(lease = %self.replica_lease, reason = %why, "fenced: cannot prove stream ownership; stopped writing every stream and dropping their publishers");
     }
 
@@ -796,9 +799,8 @@ mod tests {
             .as_micros() as i64;
         Lease {
             metadata: ObjectMeta {
-                annotations: replica.map(|r| {
-                    BTreeMap::from([(REPLICA_ANNOTATION.to_string(), r.to_string())])
-                }),
+                annotations: replica
+                    .map(|r| BTreeMap::from([(REPLICA_ANNOTATION.to_string(), r.to_string())])),
                 ..ObjectMeta::default()
             },
             spec: Some(LeaseSpec {
@@ -820,7 +822,11 @@ mod tests {
         assert!(a.starts_with("live-app-stream-cam-1-"), "{a}");
         let long = StreamKey::parse(&"A.".repeat(64)).unwrap();
         let n = stream_lease_name(&g, &long);
-        assert!(n.len() <= 253 && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(
+            n.len() <= 253
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
         assert!(!n.ends_with('-'));
         let r = replica_lease_name(&g, "ingest-7d9f-abc");
         assert!(r.starts_with("live-app-replica-ingest-7d9f-abc-"), "{r}");
@@ -832,11 +838,17 @@ mod tests {
         let stream = lease("pod-a_1", 600, 10, Some("g-replica-a"));
         let now = SystemTime::now();
         let live = lease("pod-a_1", 1, 10, None);
-        assert!(stream_lease_alive(&stream, Some(&live), now), "old stream lease, fresh heartbeat");
+        assert!(
+            stream_lease_alive(&stream, Some(&live), now),
+            "old stream lease, fresh heartbeat"
+        );
         let expired = lease("pod-a_1", 11, 10, None);
         assert!(!stream_lease_alive(&stream, Some(&expired), now));
         let restarted = lease("pod-a_2", 1, 10, None);
-        assert!(!stream_lease_alive(&stream, Some(&restarted), now), "new incarnation");
+        assert!(
+            !stream_lease_alive(&stream, Some(&restarted), now),
+            "new incarnation"
+        );
         assert!(!stream_lease_alive(&stream, None, now), "heartbeat gone");
         let plain = lease("x", 1, 10, None);
         assert!(stream_lease_alive(&plain, None, now));
