@@ -135,6 +135,9 @@ pub struct RtmpRoleArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub rtmp: RtmpArgs,
+    /// Address for `/healthz`, `/readyz` and `/metrics` (none by default).
+    #[arg(long)]
+    pub ops_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -18,10 +18,10 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (common, rtmp, http) = match cli.command.unwrap_or(Role::Run(cli.run)) {
-        Role::Run(a) => (a.common, Some(a.rtmp), Some(a.http)),
-        Role::Rtmp(a) => (a.common, Some(a.rtmp), None),
-        Role::Http(a) => (a.common, None, Some(a.http)),
+    let (common, rtmp, http, ops_listen) = match cli.command.unwrap_or(Role::Run(cli.run)) {
+        Role::Run(a) => (a.common, Some(a.rtmp), Some(a.http), None),
+        Role::Rtmp(a) => (a.common, Some(a.rtmp), None, a.ops_listen),
+        Role::Http(a) => (a.common, None, Some(a.http), None),
     };
     init_logging(common.log_format);
     let mut config = load_config(common.config.as_deref())?;
@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     let options = ServerOptions {
         rtmp_listen,
         http_listen,
+        ops_listen,
         hls_root: common.hls_root,
         config,
         player_assets,

@@ -50,6 +50,9 @@ pub enum ServerError {
 pub struct ServerOptions {
     pub rtmp_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
+    /// `/healthz`, `/readyz` and `/metrics` only (the `rtmp` role, which has
+    /// no HTTP listener of its own).
+    pub ops_listen: Option<SocketAddr>,
     pub hls_root: PathBuf,
     pub config: IngestConfig,
     /// hls.js for the player page (HTTP roles); see `--player-assets`.
@@ -122,6 +125,7 @@ pub async fn run(
                 StreamOwnership::Leases(leases)
             }
         };
+        health.set_ownership(ownership.clone());
         let keeper = Keeper {
             streams: streams.clone(),
             cleanup: cleanup.clone(),
@@ -213,6 +217,34 @@ pub async fn run(
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %ServerError::Http(e), "http server stopped");
+            }
+        });
+    }
+    if let (Some(addr), None) = (options.ops_listen, options.http_listen) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "ops",
+                addr,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            what: "ops",
+            addr,
+            source,
+        })?;
+        let app = crate::http::ops_router(root.clone(), metrics.clone(), health.clone())?;
+        tracing::info!(addr = %local, "ops (metrics, probes) listening");
+        announce("ops", local);
+        let mut stop = shutdown.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %ServerError::Http(e), "ops server stopped");
             }
         });
     }

@@ -27,6 +27,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::Api;
 use oxcast_tests::cluster::{self, TestCluster, TestNamespace};
+use oxcast_tests::media::http;
 use oxcast_tests::media::process::send_signal;
 use oxcast_tests::media::{
     have_ffmpeg, observe_for, require, wait_for, wait_until, Fixture, Layout, Playlist, Publisher,
@@ -96,6 +97,8 @@ impl Env {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info");
         for a in [
+            "--ops-listen",
+            "127.0.0.1:0",
             "--ownership",
             "leases",
             "--lease-namespace",
@@ -159,6 +162,22 @@ impl Env {
             );
         }
     }
+}
+
+/// The `rtmp` role's `/metrics` + probes listener.
+fn ops_addr(server: &Server) -> SocketAddr {
+    wait_for("the ops listener", Duration::from_secs(10), || {
+        server.stdout_lines().iter().find_map(|l| {
+            l.trim()
+                .strip_prefix("listening ops ")
+                .and_then(|a| a.parse().ok())
+        })
+    })
+}
+
+fn get(server: &Server, path: &str) -> (u16, String) {
+    let r = http::get(ops_addr(server), path).expect("GET from the ops listener");
+    (r.status, r.text())
 }
 
 fn last_sequence(p: &Playlist) -> u64 {
@@ -242,6 +261,13 @@ fn a_second_publisher_on_another_replica_is_rejected() {
         },
     );
     assert!(b.is_running());
+    let (status, metrics) = get(&b, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("oxcast_publish_rejections_total{reason=\"already_live\"} 1\n"),
+        "rejection counted by reason:\n{metrics}"
+    );
+    assert_eq!(get(&a, "/readyz").0, 200);
     // replica-a's stream went on, unharmed.
     let later = wait_for("cam keeps advancing", FIRST_SEGMENTS, || {
         env.playlist("cam")
@@ -517,6 +543,13 @@ fn a_replica_that_loses_the_api_server_stops_writing_and_its_stream_is_taken_ove
     );
     assert!(a.stderr().contains("fenced"), "replica-a logs the fencing");
     assert!(a.is_running(), "fencing does not kill the replica");
+    let (status, body) = get(&a, "/readyz");
+    assert_eq!(status, 503, "a fenced replica is not ready: {body}");
+    assert!(body.contains("cannot prove stream ownership"), "{body}");
+    assert!(get(&a, "/metrics")
+        .1
+        .contains("oxcast_ownership_fenced_total 1\n"));
+    assert_eq!(get(&b, "/readyz").0, 200);
 
     let ended = wait_for("a survivor ends the stream", TAKEOVER, || {
         env.playlist("fenced").filter(|p| p.end_list)

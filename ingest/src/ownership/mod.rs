@@ -179,6 +179,15 @@ pub enum StreamOwnership {
     Leases(Arc<LeaseOwnership>),
 }
 
+impl std::fmt::Debug for StreamOwnership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::InProcess(_) => f.write_str("StreamOwnership::InProcess"),
+            Self::Leases(l) => write!(f, "StreamOwnership::Leases({})", l.replica_lease()),
+        }
+    }
+}
+
 impl Default for StreamOwnership {
     fn default() -> Self {
         Self::in_process()
