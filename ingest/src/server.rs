@@ -433,3 +433,65 @@ async fn janitor(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hls::{PlaylistEntry, PlaylistWindow};
+    use oxcast_crds::{HlsSettings, HumanDuration, PlaylistType};
+
+    fn keeper(root: &std::path::Path) -> Keeper {
+        let hls = HlsSettings {
+            playlist_length: HumanDuration::from_millis(200),
+            ..HlsSettings::default()
+        };
+        Keeper {
+            streams: Arc::default(),
+            cleanup: Arc::default(),
+            layout: Layout::new(root, true),
+            hls: Arc::new(hls),
+            ownership: StreamOwnership::in_process(),
+        }
+    }
+
+    fn unended_stream(k: &Keeper, key: &StreamKey) {
+        let mut w = PlaylistWindow::new(PlaylistType::Live, 2);
+        w.push(
+            PlaylistEntry {
+                id: 1,
+                file_name: "1.ts".into(),
+                duration: 180_000,
+                discontinuity: false,
+                program_date_time: None,
+            },
+            i64::MAX,
+        );
+        std::fs::create_dir_all(k.layout.stream_dir(key)).unwrap();
+        std::fs::write(k.layout.segment_path(key, "1.ts"), b"ts").unwrap();
+        std::fs::write(k.layout.segment_path(key, "0.ts.part"), b"").unwrap();
+        std::fs::write(k.layout.playlist_path(key), w.render("")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn unowned_streams_are_ended_then_cleaned_as_their_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keeper(dir.path());
+        let key = StreamKey::parse("left").unwrap();
+        unended_stream(&k, &key);
+        k.adopt_unowned().await;
+        let text = std::fs::read_to_string(k.layout.playlist_path(&key)).unwrap();
+        assert!(text.contains("#EXT-X-ENDLIST"), "{text}");
+        assert!(k.streams.knows(&key));
+
+        // While someone owns the key (a publish in flight), nothing is deleted.
+        let held = k.ownership.try_claim_now(&key).unwrap().unwrap();
+        k.expire_idle(Instant::now() + Duration::from_secs(1)).await;
+        assert!(k.layout.playlist_path(&key).exists());
+        drop(held);
+        k.expire_idle(Instant::now() + Duration::from_secs(1)).await;
+        assert!(!k.layout.stream_dir(&key).exists());
+        assert!(!k.streams.knows(&key));
+        // The claim taken for the cleanup was released.
+        assert!(k.ownership.try_claim_now(&key).unwrap().is_ok());
+    }
+}
