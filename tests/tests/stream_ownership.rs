@@ -412,7 +412,11 @@ struct Proxy {
 
 impl Proxy {
     fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        Proxy::start_on(0, target)
+    }
+
+    fn start_on(port: u16, target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind proxy");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("proxy addr");
         let stop = Arc::new(AtomicBool::new(false));
@@ -573,6 +577,17 @@ fn a_replica_that_loses_the_api_server_stops_writing_and_its_stream_is_taken_ove
         .find(|s| s.sequence == last_sequence(&ended) + 1)
         .expect("the sequence continues");
     assert!(first_new.discontinuity);
+
+    // The API server comes back: replica-a registers again (a new holder,
+    // so its old claims stay void) and takes publishes again.
+    let _proxy_again = Proxy::start_on(proxy.addr.port(), target);
+    wait_until("replica-a is ready again", Duration::from_secs(20), || {
+        get(&a, "/readyz").0 == 200
+    });
+    let _pa2 = looping(&a, "after-fence");
+    env.wait_segments("after-fence", 2);
+    let again = env.playlist("fenced").expect("playlist");
+    assert!(!again.end_list, "replica-b's stream is untouched");
     let _ = std::fs::remove_file(&kubeconfig);
     a.stop();
 }
