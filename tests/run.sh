@@ -25,6 +25,27 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
 command -v readelf >/dev/null 2>&1 || need_apt+=(binutils)
+# The real node (tests/src/cluster/node.rs): containerd, runc and the CNI
+# plugins run the pods; iptables and conntrack serve kube-proxy; iproute2
+# (ip), util-linux (unshare, nsenter) build its network; busybox-static is
+# the test pods' image; gcc builds the pause image.
+command -v containerd >/dev/null 2>&1 || need_apt+=(containerd)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+command -v conntrack >/dev/null 2>&1 || need_apt+=(conntrack)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+# skopeo reads the OCI image tars back; the images carry the host's CA bundle
+# (tests/tests/images_oci.rs, tests/src/images.rs).
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
+# Real OBS Studio publishes in tests/tests/obs_e2e.rs, headless under Xvfb
+# with Mesa's software GL (llvmpipe, in libgl1-mesa-dri).
+command -v obs >/dev/null 2>&1 || need_apt+=(obs-studio libgl1-mesa-dri)
+command -v Xvfb >/dev/null 2>&1 || need_apt+=(xvfb)
 if ((${#need_apt[@]})); then
     sudo_cmd=()
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
@@ -54,9 +75,6 @@ tests/tools.sh
 # (SC1091: sourced files named at run time, such as versions.env, are not followed.)
 shellcheck -e SC1091 tests/*.sh tests/kind/*.sh tests/cluster/*.sh docker/*.sh .ci/run
 
-cargo build --workspace --bins
-cargo test --workspace --no-fail-fast
-
 # --- The player page in a real browser ---------------------------------------
 # Debian's Chromium, driven by playwright-core (which never downloads a
 # browser here), plays a live stream through the page and hls.js. npm
@@ -84,7 +102,10 @@ npm_ci_cached() {
     local dir=$1 cache stamp
     cache="$HOME/.cache/oxcast/npm/$(basename "$dir")"
     stamp=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
-    if [ "$(cat "$cache/.lockfile-sha256" 2>/dev/null)" != "$stamp" ]; then
+    # (A stamp over an emptied node_modules, e.g. after `npm ci` through
+    # the symlink below, is not a cache.)
+    if [ "$(cat "$cache/.lockfile-sha256" 2>/dev/null)" != "$stamp" ] ||
+        [ -z "$(ls -A "$cache/node_modules" 2>/dev/null)" ]; then
         rm -rf "$cache"
         mkdir -p "$cache"
         cp "$dir/package.json" "$dir/package-lock.json" "$cache/"
@@ -98,7 +119,12 @@ npm_ci_cached() {
 }
 npm_ci_cached player
 npm_ci_cached tests/browser
+# Built before the cargo tests: the ingest image the node tests run
+# (tests/src/images.rs) ships player/dist, as docker/Dockerfile does.
 (cd player && node build.mjs)
+
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast
 
 shellcheck bench/http.sh
 node --test tests/browser/

@@ -49,9 +49,18 @@ pub struct HlsSettings {
     /// Target segment length [hls_fragment]: a segment is cut on the first
     /// video keyframe (on audio for audio-only streams) once it is this long.
     pub fragment: HumanDuration,
-    /// Longest segment [hls_max_fragment]; when no keyframe arrives in time the
-    /// segment is cut anyway and the next one is marked as a discontinuity.
-    /// Defaults to twice `fragment`.
+    /// Longest segment [hls_max_fragment], and the forced-cut switch.
+    /// Unset (the default): segments are cut only on keyframes, so every
+    /// segment starts with one and plays on its own
+    /// (EXT-X-INDEPENDENT-SEGMENTS); a publisher whose keyframe interval is
+    /// longer than `fragment` gets segments one keyframe interval long (and
+    /// a warning telling it to key every `fragment`); one that sends no
+    /// keyframe for 10 × `fragment` (nginx-rtmp's default) has its media
+    /// up to the next keyframe dropped. Set: a segment is cut at this length
+    /// even between keyframes, which bounds segment length and latency; the
+    /// media stays continuous (no discontinuity), but a segment cut there
+    /// starts mid-GOP, so a viewer who joins on it sees nothing until the
+    /// next keyframe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_fragment: Option<HumanDuration>,
     /// How much media the live playlist lists [hls_playlist_length].
@@ -101,7 +110,9 @@ impl Default for HlsSettings {
 }
 
 impl HlsSettings {
-    /// `maxFragment`, or its default of twice `fragment`.
+    /// The longest segment to plan for (termination grace, playlist
+    /// length): `maxFragment`, or when unset twice `fragment`, the most an
+    /// encoder keyed every `fragment` produces.
     pub fn effective_max_fragment(&self) -> HumanDuration {
         self.max_fragment
             .unwrap_or_else(|| HumanDuration::from(self.fragment.get() * 2))
@@ -127,10 +138,14 @@ impl HlsSettings {
             ));
         }
         if self.playlist_length < max {
+            let longest = match self.max_fragment {
+                Some(_) => format!("hls.maxFragment {max}"),
+                None => format!("twice hls.fragment, {max}"),
+            };
             return Err(InvalidSetting::new(
                 "hls.playlistLength",
                 format!(
-                    "{} is shorter than the longest segment (hls.maxFragment {max}); a playlist must hold at least one segment",
+                    "{} is shorter than the longest segment to plan for ({longest}); a playlist must hold at least one segment",
                     self.playlist_length
                 ),
             ));

@@ -99,7 +99,7 @@ pub struct LiveApplicationSpec {
             .message("hls.maxFragment must be at least hls.fragment: raise maxFragment or lower fragment")
             .field_path(".maxFragment"),
         validation = Rule::new("duration(self.playlistLength) >= (has(self.maxFragment) ? duration(self.maxFragment) : duration(self.fragment) + duration(self.fragment))")
-            .message("hls.playlistLength must be at least hls.maxFragment (which defaults to twice hls.fragment) so a playlist can hold a whole segment: raise playlistLength or lower fragment/maxFragment")
+            .message("hls.playlistLength must be at least hls.maxFragment, or twice hls.fragment when maxFragment is unset, so a playlist can hold a whole segment: raise playlistLength or lower fragment/maxFragment")
             .field_path(".playlistLength"),
     )]
     pub hls: HlsSettings,

@@ -159,7 +159,9 @@ pub struct HlsFlags {
     /// Target segment length, e.g. 2s [default: 5s].
     #[arg(long)]
     pub hls_fragment: Option<HumanDuration>,
-    /// Longest segment before a forced cut [default: 2×fragment].
+    /// Cut segments at this length even between keyframes (bounded latency;
+    /// a segment cut there starts mid-GOP) [default: unset, cut only on
+    /// keyframes].
     #[arg(long)]
     pub hls_max_fragment: Option<HumanDuration>,
     /// Media listed in the live playlist [default: 30s].
@@ -303,6 +305,78 @@ pub fn load_config(path: Option<&Path>) -> Result<IngestConfig, ConfigFileError>
     })
 }
 
+/// `addr` as a host:port people can paste: a wildcard listen address is
+/// shown as loopback; port 0 (picked at bind time, printed on the
+/// `listening` line) as `PORT`.
+fn reachable(addr: SocketAddr) -> String {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    if a.port() == 0 {
+        return match a {
+            SocketAddr::V4(v4) => format!("{}:PORT", v4.ip()),
+            SocketAddr::V6(v6) => format!("[{}]:PORT", v6.ip()),
+        };
+    }
+    a.to_string()
+}
+
+/// What the server tells a person on start, in plain words: where to
+/// publish, where to watch, and what is missing for browsers to play.
+pub fn start_banner(
+    rtmp: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    config: &IngestConfig,
+    player_assets: Option<&Path>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let example = "mystream";
+    if let Some(addr) = rtmp {
+        let server = format!("rtmp://{}/{}", reachable(addr), config.rtmp.app);
+        let _ = writeln!(
+            s,
+            "Publish to:  {server}/<stream key>   e.g. {server}/{example}"
+        );
+        let _ = writeln!(
+            s,
+            "  OBS: Settings → Stream → Service \"Custom...\", Server {server}, Stream Key {example}"
+        );
+        let _ = writeln!(
+            s,
+            "  Set the encoder's keyframe interval to {} (hls.fragment) so segments are that long.",
+            config.hls.fragment
+        );
+    }
+    if let Some(addr) = http {
+        let base = format!("http://{}", reachable(addr));
+        let prefix = config.http.path_prefix.trim_end_matches('/');
+        let playlist = if config.hls.nested {
+            format!("{example}/index.m3u8")
+        } else {
+            format!("{example}.m3u8")
+        };
+        let _ = writeln!(
+            s,
+            "Watch at:    {base}/   (player page, lists live streams)"
+        );
+        let _ = writeln!(s, "  HLS:       {base}{prefix}/{playlist}");
+        let has_hlsjs = player_assets.is_some_and(|dir| dir.join("hls.min.js").is_file());
+        if !has_hlsjs {
+            let dir =
+                player_assets.map_or_else(|| "player/dist".into(), |d| d.display().to_string());
+            let _ = writeln!(
+                s,
+                "  No hls.js in {dir}: only Safari can play on the player page. For Chrome and \
+                 Firefox run `cd player && npm ci && npm run build` in the oxcast source \
+                 directory, then restart."
+            );
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +480,40 @@ mod tests {
         );
         let cli = parse(&["http", "--hls-root", "/srv", "--http-listen", "127.0.0.1:0"]);
         assert!(matches!(cli.command, Some(Role::Http(_))));
+    }
+
+    #[test]
+    fn start_banner_says_where_to_publish_and_watch() {
+        let c = IngestConfig::default();
+        let text = start_banner(
+            Some("0.0.0.0:1935".parse().unwrap()),
+            Some("0.0.0.0:8080".parse().unwrap()),
+            &c,
+            Some(Path::new("/nonexistent")),
+        );
+        let app = &c.rtmp.app;
+        assert!(
+            text.contains(&format!(
+                "Publish to:  rtmp://127.0.0.1:1935/{app}/<stream key>"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("Watch at:    http://127.0.0.1:8080/ "),
+            "{text}"
+        );
+        assert!(
+            text.contains("http://127.0.0.1:8080/live/mystream/index.m3u8"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cd player && npm ci && npm run build"),
+            "{text}"
+        );
+        let ephemeral = start_banner(Some("127.0.0.1:0".parse().unwrap()), None, &c, None);
+        assert!(ephemeral.contains("rtmp://127.0.0.1:PORT/"), "{ephemeral}");
+        let rtmp_only = start_banner(Some("10.0.0.1:1935".parse().unwrap()), None, &c, None);
+        assert!(rtmp_only.contains("rtmp://10.0.0.1:1935/"), "{rtmp_only}");
+        assert!(!rtmp_only.contains("Watch"), "{rtmp_only}");
     }
 }

@@ -69,6 +69,7 @@ fn session_input(first: &[u8], rest: &[u8], step: usize) -> usize {
     let mut segmenter = Segmenter::new(SegmenterConfig {
         fragment: 90_000,
         max_fragment: 180_000,
+        forced_cuts: true,
     });
     let mut events = Vec::new();
     let mut normalized = Vec::new();
@@ -151,6 +152,7 @@ pub fn flv_to_hls(data: &[u8]) -> u64 {
     let mut segmenter = Segmenter::new(SegmenterConfig {
         fragment: 45_000,
         max_fragment: 90_000,
+        forced_cuts: true,
     });
     let mut events = Vec::new();
     let mut window = PlaylistWindow::new(oxcast_crds::PlaylistType::Live, 1);

@@ -67,6 +67,8 @@ pub struct StreamInfo {
     pub bitrate: Option<u64>,
     pub audio_sample_rate: Option<u32>,
     pub audio_channels: Option<u8>,
+    /// Seconds between video keyframes: the longest of the last few.
+    pub keyframe_interval: Option<f64>,
 }
 
 /// Media time over which bitrate and frame rate are averaged.
@@ -214,6 +216,11 @@ impl LiveStream {
     }
 
     /// An audio tag of `len` bytes; `config` as for [`LiveStream::record_video`].
+    /// Records the measured keyframe interval, in seconds.
+    pub fn record_keyframe_interval(&self, seconds: f64) {
+        self.stats().info.keyframe_interval = Some(round2(seconds));
+    }
+
     pub fn record_audio(&self, timestamp: u32, len: usize, config: Option<&AacConfig>) {
         let mut stats = self.stats();
         if let Some(config) = config {
@@ -444,6 +451,11 @@ impl LiveGuard {
 
     pub fn live(&self) -> &Arc<LiveStream> {
         &self.live
+    }
+
+    /// The server's metrics, for the publication's own gauges.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The publication ended normally and left `history`.

@@ -38,11 +38,27 @@ fn main() -> anyhow::Result<()> {
     if let Some(h) = &http {
         h.apply(&mut config);
     }
+    // For a person at a terminal. With JSON logs (containers) every line
+    // of output must be a JSON object, so neither the banner nor the
+    // `listening` lines are printed.
+    let plain_output = matches!(common.log_format, LogFormat::Text);
+    if plain_output {
+        eprint!(
+            "{}",
+            oxcast_ingest::cli::start_banner(
+                rtmp_listen,
+                http_listen,
+                &config,
+                player_assets.as_deref()
+            )
+        );
+    }
     let options = ServerOptions {
         rtmp_listen,
         http_listen,
         ops_listen,
         hls_root: common.hls_root,
+        announce: plain_output,
         config,
         player_assets,
         lease_namespace,

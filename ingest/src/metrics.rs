@@ -69,6 +69,9 @@ pub struct Metrics {
     pub rtmp_connections: AtomicI64,
     /// Publishers currently connected.
     pub publishers: AtomicI64,
+    /// Connected publishers whose keyframe interval is longer than the
+    /// fragment (their segments are longer than configured).
+    pub publishers_long_keyframe_interval: AtomicI64,
     /// RTMP bytes received from clients.
     pub bytes_received: AtomicU64,
     /// Complete segments written and listed.
@@ -111,6 +114,11 @@ impl Metrics {
                 "oxcast_publishers",
                 "Connected publishers.",
                 &self.publishers,
+            ),
+            (
+                "oxcast_publishers_keyframe_interval_too_long",
+                "Connected publishers whose keyframe interval is longer than hls.fragment (segments as long as their keyframe interval).",
+                &self.publishers_long_keyframe_interval,
             ),
         ];
         for (name, help, v) in gauges {
@@ -208,6 +216,7 @@ mod tests {
         m.segment_write_seconds.observe(Duration::from_millis(3));
         let text = m.render();
         assert!(text.contains("# TYPE oxcast_live_streams gauge\noxcast_live_streams 2\n"));
+        assert!(text.contains("oxcast_publishers_keyframe_interval_too_long 0\n"));
         assert!(text.contains("oxcast_publish_rejections_total{reason=\"invalid_name\"} 2\n"));
         assert!(text.contains("oxcast_segment_write_seconds_bucket{le=\"0.0025\"} 0\n"));
         assert!(text.contains("oxcast_segment_write_seconds_bucket{le=\"0.005\"} 1\n"));

@@ -57,6 +57,11 @@ pub struct ServerOptions {
     pub config: IngestConfig,
     /// hls.js for the player page (HTTP roles); see `--player-assets`.
     pub player_assets: Option<PathBuf>,
+    /// Print `listening rtmp|http ADDR` on stdout (see [`announce`]). Off
+    /// with JSON logs, where every line a container prints must be a JSON
+    /// object; the `rtmp listening` / `http listening` events carry the
+    /// address there.
+    pub announce: bool,
     /// Namespace of the ownership Leases (default: the client's).
     pub lease_namespace: Option<String>,
     /// This replica's identity in Leases (default: the host name).
@@ -158,7 +163,9 @@ pub async fn run(
             ownership: ownership.clone(),
         });
         tracing::info!(addr = %local, app = %config.rtmp.app, "rtmp listening");
-        announce("rtmp", local);
+        if options.announce {
+            announce("rtmp", local);
+        }
         health.set_rtmp_listening(true);
         let rtmp_health = health.clone();
         let rtmp_shutdown = shutdown.clone();
@@ -207,7 +214,9 @@ pub async fn run(
         crate::http::raise_fd_limit();
         let listener = SendfileListener::new(listener);
         tracing::info!(addr = %local, root = %root.display(), "http listening");
-        announce("http", local);
+        if options.announce {
+            announce("http", local);
+        }
         let mut stop = shutdown.clone();
         tasks.spawn(async move {
             let served = axum::serve(listener, app)
@@ -235,7 +244,9 @@ pub async fn run(
         })?;
         let app = crate::http::ops_router(root.clone(), metrics.clone(), health.clone())?;
         tracing::info!(addr = %local, "ops (metrics, probes) listening");
-        announce("ops", local);
+        if options.announce {
+            announce("ops", local);
+        }
         let mut stop = shutdown.clone();
         tasks.spawn(async move {
             let served = axum::serve(listener, app)

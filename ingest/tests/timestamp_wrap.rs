@@ -31,6 +31,7 @@ fn run(offset: u32) -> (Vec<(i64, bool)>, Vec<i64>) {
     let mut segmenter = Segmenter::new(SegmenterConfig {
         fragment: 45_000,
         max_fragment: 180_000,
+        forced_cuts: true,
     });
     let mut events = Vec::new();
     for (audio, ts, body) in seed_tags() {

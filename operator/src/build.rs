@@ -431,6 +431,9 @@ impl Builder<'_> {
                     render::HLS_ROOT,
                     "--rtmp-listen",
                     &format!("0.0.0.0:{RTMP_CONTAINER_PORT}"),
+                    // One JSON object per line: what log collectors parse.
+                    "--log-format",
+                    "json",
                 ]
                 .map(str::to_string)
                 .to_vec(),
@@ -482,6 +485,8 @@ impl Builder<'_> {
                     render::HLS_ROOT,
                     "--http-listen",
                     &format!("0.0.0.0:{HTTP_CONTAINER_PORT}"),
+                    "--log-format",
+                    "json",
                 ]
                 .map(str::to_string)
                 .to_vec(),

@@ -181,7 +181,9 @@ fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
             "--hls-root",
             "/var/lib/oxcast/hls",
             "--rtmp-listen",
-            "0.0.0.0:1935"
+            "0.0.0.0:1935",
+            "--log-format",
+            "json"
         ]
     );
     let port = &rtmp.ports.as_ref().expect("ports")[0];
@@ -206,7 +208,9 @@ fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
             "--hls-root",
             "/var/lib/oxcast/hls",
             "--http-listen",
-            "0.0.0.0:8080"
+            "0.0.0.0:8080",
+            "--log-format",
+            "json"
         ]
     );
     let port = &http.ports.as_ref().expect("ports")[0];

@@ -100,7 +100,17 @@ impl LeaderElector {
     ) -> bool {
         let mut logged_holder: Option<String> = None;
         loop {
-            match self.try_acquire_or_renew().await {
+            // A hung request must not hold up cancellation (shutdown of a
+            // standby), nor an attempt outlast the lease it would take.
+            let attempt = tokio::select! {
+                _ = cancel.cancelled() => return false,
+                attempt = tokio::time::timeout(self.settings.lease_duration, self.try_acquire_or_renew()) => attempt,
+            };
+            let Ok(attempt) = attempt else {
+                tracing::warn!(lease = %self.settings.name, "the API server did not answer within the lease duration; retrying");
+                continue;
+            };
+            match attempt {
                 Ok(Attempt::Held) => {
                     on_contact();
                     tracing::info!(lease = %self.settings.name, identity = %self.settings.identity, "became leader");
@@ -127,11 +137,30 @@ impl LeaderElector {
 
     /// Renews the lease until renewing fails for longer than the renew
     /// deadline, or someone else holds it; returns why leadership ended.
+    ///
+    /// Each attempt is bounded by what is left of the renew deadline: a
+    /// request that hangs (an API server that accepts the connection and
+    /// never answers, a stalled proxy or load balancer) must not keep this
+    /// instance leading past the point where a standby may take over.
     pub async fn keep_renewing(&mut self) -> Error {
         let mut last_renewed = Instant::now();
         loop {
             tokio::time::sleep(self.settings.retry_period).await;
-            match self.try_acquire_or_renew().await {
+            let remaining = self
+                .settings
+                .renew_deadline
+                .saturating_sub(last_renewed.elapsed());
+            let attempt = match tokio::time::timeout(remaining, self.try_acquire_or_renew()).await {
+                Ok(attempt) => attempt,
+                Err(_) => {
+                    return Error::LeadershipLost(format!(
+                        "could not renew Lease {}/{} within the renew deadline {:?}: \
+                             the API server did not answer",
+                        self.settings.namespace, self.settings.name, self.settings.renew_deadline
+                    ))
+                }
+            };
+            match attempt {
                 Ok(Attempt::Held) => last_renewed = Instant::now(),
                 Ok(Attempt::HeldByOther) => {
                     return Error::LeadershipLost(format!(
@@ -160,8 +189,10 @@ impl LeaderElector {
     }
 
     /// Gives the lease up, so a standby need not wait for it to expire.
+    /// Bounded by the retry period: shutdown never waits on a hung API
+    /// server (the lease then expires on its own).
     pub async fn release(&mut self) {
-        let result = async {
+        let attempt = async {
             let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
                 return Ok(());
             };
@@ -176,8 +207,14 @@ impl LeaderElector {
                 .replace(&self.settings.name, &PostParams::default(), &lease)
                 .await
                 .map(|_| ())
-        }
-        .await;
+        };
+        let result = match tokio::time::timeout(self.settings.retry_period, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(lease = %self.settings.name, "the API server did not answer; the leader lease expires on its own");
+                return;
+            }
+        };
         match result {
             Ok(()) => tracing::info!(lease = %self.settings.name, "released the leader lease"),
             Err(e) => {

@@ -1,6 +1,8 @@
 // The player page plays a live stream in a real browser: Debian's
 // Chromium, headless, driven by playwright-core, while ffmpeg publishes to
-// the real oxcast-ingest binary.
+// the real oxcast-ingest binary. Also: the page without hls.js says what to
+// run, and the README's quick start, run as written in a fresh copy of the
+// repository (a release build: minutes on a cold cache), plays.
 //
 // Run with `node --test tests/browser/` after `cargo build -p oxcast-ingest`
 // and `npm ci && npm run build` in player/ (tests/run.sh does all of it).
@@ -11,9 +13,9 @@
 //   CHROMIUM              browser executable (default: /usr/bin/chromium)
 //   OXCAST_ARTIFACTS      where the screenshot goes (default: $CARGO_TARGET_DIR/test-artifacts)
 
-import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { homedir, tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -38,7 +40,7 @@ const children = [];
 let tempRoot;
 let httpAddr;
 let rtmpAddr;
-let serverLog = "";
+let serverLog = () => "";
 let ffmpegLog = "";
 
 function start(cmd, args) {
@@ -59,41 +61,46 @@ function stop(child) {
   });
 }
 
-/** Starts the all-in-one server and waits for its `listening` lines. */
-async function startServer() {
+/**
+ * Starts the all-in-one server with player assets from `assets` and waits
+ * for its `listening` lines. Returns `{ rtmp, http, log }` (log grows).
+ */
+async function startServer(assets, name) {
   const args = [
     "run",
     "--rtmp-listen", "127.0.0.1:0",
     "--http-listen", "127.0.0.1:0",
-    "--hls-root", path.join(tempRoot, "hls"),
+    "--hls-root", path.join(tempRoot, `hls-${name}`),
     "--hls-fragment", "1s",
-    "--player-assets", assetsDir,
+    "--player-assets", assets,
   ];
+  const started = { rtmp: null, http: null, log: "" };
   const server = start(serverBin, args);
-  server.stderr.on("data", (d) => (serverLog += d));
+  server.stderr.on("data", (d) => (started.log += d));
   const lines = createInterface({ input: server.stdout });
   await new Promise((resolve, reject) => {
     const timer = setTimeout(
-      () => reject(new Error(`server did not listen within 30 s:\n${serverLog}`)),
+      () => reject(new Error(`server did not listen within 30 s:\n${started.log}`)),
       30_000,
     );
     server.once("exit", (code) =>
-      reject(new Error(`server exited (${code}) before listening:\n${serverLog}`)),
+      reject(new Error(`server exited (${code}) before listening:\n${started.log}`)),
     );
     lines.on("line", (line) => {
       const m = /^listening (rtmp|http) (\S+)$/.exec(line.trim());
-      if (m && m[1] === "rtmp") rtmpAddr = m[2];
-      if (m && m[1] === "http") httpAddr = m[2];
-      if (rtmpAddr && httpAddr) {
+      if (m && m[1] === "rtmp") started.rtmp = m[2];
+      if (m && m[1] === "http") started.http = m[2];
+      if (started.rtmp && started.http) {
         clearTimeout(timer);
         resolve();
       }
     });
   });
+  return started;
 }
 
 /** Publishes a 640x360 30 fps test pattern with a tone, for at most 90 s. */
-function startPublisher() {
+function startPublisher(rtmpAddr) {
   const ffmpeg = start("ffmpeg", [
     "-nostdin", "-hide_banner", "-loglevel", "error",
     "-re",
@@ -112,8 +119,10 @@ before(async () => {
   assert.ok(existsSync(serverBin), `no server binary at ${serverBin} (cargo build -p oxcast-ingest)`);
   assert.ok(existsSync(chromiumBin), `no browser at ${chromiumBin} (apt-get install chromium)`);
   tempRoot = await mkdtemp(path.join(tmpdir(), "oxcast-browser-"));
-  await startServer();
-  startPublisher();
+  const server = await startServer(assetsDir, "main");
+  ({ rtmp: rtmpAddr, http: httpAddr } = server);
+  serverLog = () => server.log;
+  startPublisher(rtmpAddr);
 });
 
 after(async () => {
@@ -146,7 +155,7 @@ test("the player page plays a live stream with hls.js", { timeout: 180_000 }, as
   page.on("console", (m) => console.push(`[${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => console.push(`[pageerror] ${e.message}`));
   const explain = () =>
-    `\nbrowser console:\n${console.join("\n")}\nserver log tail:\n${serverLog
+    `\nbrowser console:\n${console.join("\n")}\nserver log tail:\n${serverLog()
       .split("\n")
       .slice(-30)
       .join("\n")}\nffmpeg:\n${ffmpegLog}`;
@@ -196,4 +205,158 @@ test("the player page plays a live stream with hls.js", { timeout: 180_000 }, as
     !console.some((l) => l.startsWith("[pageerror]")),
     `the page threw${explain()}`,
   );
+});
+
+// The quick start without `npm run build` in player/: no hls.js on the
+// server. The page must say exactly what to run, not show a black video.
+test("without hls.js the page says what to run", { timeout: 120_000 }, async (t) => {
+  const empty = path.join(tempRoot, "no-player-assets");
+  await mkdir(empty, { recursive: true });
+  const server = await startServer(empty, "nohlsjs");
+  const said = /No hls\.js in .*cd player && npm ci && npm run build/;
+  for (let i = 0; i < 50 && !said.test(server.log); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.match(server.log, said, "the server says at start what is missing");
+  startPublisher(server.rtmp);
+  const context = await chromium.launchPersistentContext(path.join(tempRoot, "chromium-nohlsjs"), {
+    executablePath: chromiumBin,
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+  });
+  t.after(() => context.close());
+  const page = context.pages()[0] ?? (await context.newPage());
+  await page.goto(`http://${server.http}/`);
+  await page.locator(`button[data-stream="${STREAM}"]`).waitFor({ timeout: 30_000 });
+  await page.waitForFunction(
+    () => document.getElementById("message").textContent.includes("npm run build"),
+    null,
+    { timeout: 60_000, polling: 200 },
+  );
+  const text = await page.evaluate(() => document.getElementById("message").textContent);
+  t.diagnostic(`page says: ${text}`);
+  assert.match(text, /cd player && npm ci && npm run build/);
+  assert.match(text, /restart/);
+});
+
+/** The shell blocks of the README's "Quick start (one machine)" section. */
+function quickStartBlocks() {
+  const readme = readFileSync(path.join(repo, "README.md"), "utf8");
+  const section = readme.split("## Quick start (one machine)")[1]?.split("\n## ")[0];
+  assert.ok(section, "README has a \"Quick start (one machine)\" section");
+  return [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1].trim());
+}
+
+/** Starts `command` with bash in its own process group (stopped in `after`). */
+function startShell(command, cwd) {
+  const child = spawn("nice", ["-n", "10", "bash", "-c", command], {
+    cwd,
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  // Stop the whole group (bash, cargo, the server / ffmpeg) afterwards.
+  children.push({
+    get exitCode() {
+      return child.exitCode;
+    },
+    get signalCode() {
+      return child.signalCode;
+    },
+    once: (ev, f) => child.once(ev, f),
+    kill: (sig) => {
+      try {
+        process.kill(-child.pid, sig);
+      } catch {
+        // already gone
+      }
+    },
+  });
+  return child;
+}
+
+/**
+ * The repository's tracked files (as in the working tree) copied to `dir`:
+ * what a fresh clone has, so the quick start's `npm ci` and `./live` touch
+ * neither this checkout nor the npm cache tests/run.sh links into it.
+ */
+async function freshCopy(dir) {
+  const files = execFileSync("git", ["-C", repo, "ls-files", "-z"], { encoding: "utf8" })
+    .split("\0")
+    .filter((f) => f && existsSync(path.join(repo, f)));
+  for (const f of files) {
+    await mkdir(path.dirname(path.join(dir, f)), { recursive: true });
+    await copyFile(path.join(repo, f), path.join(dir, f));
+  }
+}
+
+// The README's quick start, exactly as written, in a fresh copy of the
+// repository: its first command (build hls.js from npm, then `cargo run
+// --release`) serves a player page that plays in Chromium what the README's
+// ffmpeg command publishes. Fixed ports 1935 and 8080, as a user gets them.
+test("the README quick start plays in the browser", { timeout: 40 * 60_000 }, async (t) => {
+  const [serverCmd, publishCmd] = quickStartBlocks();
+  const checkout = path.join(tempRoot, "quickstart");
+  await freshCopy(checkout);
+  t.diagnostic(`server: ${serverCmd}`);
+  t.diagnostic(`publish: ${publishCmd}`);
+  assert.match(serverCmd, /cargo run --release -p oxcast-ingest/);
+  assert.match(publishCmd, /^ffmpeg .* rtmp:\/\/127\.0\.0\.1:1935\/app\/test$/s);
+  const server = startShell(serverCmd, checkout);
+  let log = "";
+  server.stdout.on("data", (d) => (log += d));
+  server.stderr.on("data", (d) => (log += d));
+  // The release build takes minutes on a cold cache; the server says where
+  // to watch once it starts.
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`quick start did not listen within 35 min:\n${log.slice(-4000)}`)),
+      35 * 60_000,
+    );
+    server.once("exit", (code) =>
+      reject(new Error(`quick start exited (${code}):\n${log.slice(-4000)}`)),
+    );
+    const check = () => {
+      if (/listening http /.test(log) && /listening rtmp /.test(log)) {
+        clearTimeout(timer);
+        resolve();
+      } else {
+        setTimeout(check, 500);
+      }
+    };
+    check();
+  });
+  assert.match(log, /Publish to: +rtmp:\/\/127\.0\.0\.1:1935\/app\//, "start message names the RTMP URL");
+  assert.match(log, /Watch at: +http:\/\/127\.0\.0\.1:8080\//, "start message names the page");
+  assert.doesNotMatch(log, /No hls\.js/, "the quick start built hls.js");
+  const publisher = startShell(publishCmd, checkout);
+  let publishLog = "";
+  publisher.stderr.on("data", (d) => (publishLog += d));
+
+  const context = await chromium.launchPersistentContext(path.join(tempRoot, "chromium-quickstart"), {
+    executablePath: chromiumBin,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--no-first-run",
+      "--autoplay-policy=no-user-gesture-required",
+    ],
+  });
+  t.after(() => context.close());
+  const page = context.pages()[0] ?? (await context.newPage());
+  const explain = () => `\nserver:\n${log.slice(-3000)}\nffmpeg:\n${publishLog.slice(-2000)}`;
+  try {
+    await page.goto("http://127.0.0.1:8080/");
+    await page.locator('button[data-stream="test"]').click({ timeout: 60_000 });
+    await page.waitForFunction(() => document.getElementById("video").currentTime > 2, null, {
+      timeout: 90_000,
+      polling: 200,
+    });
+  } catch (e) {
+    e.message += explain();
+    throw e;
+  }
+  const engine = await page.evaluate(() => window.oxcastPlayer.engine);
+  assert.equal(engine, "hls.js", explain());
 });

@@ -19,6 +19,9 @@
 #   kind-rwx-storage NODE
 #                        single-node kind only: make a hostPath ReadWriteMany
 #                        volume on node container NODE the default storage
+#   host-rwx-storage     single-node cluster whose node runs on this machine
+#                        (the test harness's node): the same with a local
+#                        directory
 #   stream-verify RTMP_APP_URL HTTP_BASE_URL
 #                        publish to RTMP_APP_URL/<key>, then verify the HLS
 #                        output under HTTP_BASE_URL (no cluster needed)
@@ -46,6 +49,8 @@
 #   --ingest-bin PATH        oxcast-ingest for verify-local (default: the cargo
 #                            build in $CARGO_TARGET_DIR, else PATH)
 #   --scale-out              `all` also runs the scale-out example
+#   --rwx-dir DIR            directory behind the *-rwx-storage volume
+#                            (default: /var/local/oxcast-rwx)
 #   -h, --help               this text
 #
 # Needs: kubectl and helm (cluster commands), ffmpeg, ffprobe and curl.
@@ -67,6 +72,8 @@ playlist_length=""
 timeout=300
 ingest_bin=""
 scale_out=false
+# The directory behind the single-node ReadWriteMany volume.
+rwx_dir=/var/local/oxcast-rwx
 
 work=""
 cleanup_pids=()
@@ -185,7 +192,15 @@ cmd_install() {
     hm upgrade --install "$release" "$repo/charts/oxcast" \
         --namespace "$release_namespace" --create-namespace \
         --wait --timeout "${timeout}s" "${args[@]}"
-    kc -n "$release_namespace" rollout status "deployment/$release-oxcast" --timeout "${timeout}s"
+    # The chart names the operator Deployment <release>-oxcast, or just
+    # <release> when the release name contains "oxcast" (the default release
+    # "oxcast" gives Deployment "oxcast"): find it by its labels, never by name.
+    local deployment
+    deployment=$(kc -n "$release_namespace" get deployments \
+        -l "app.kubernetes.io/instance=$release,app.kubernetes.io/component=operator" -o name)
+    [ -n "$deployment" ] || die "release $release has no operator Deployment in namespace $release_namespace"
+    [ "$(wc -l <<<"$deployment")" -eq 1 ] || die "release $release has several operator Deployments: $deployment"
+    kc -n "$release_namespace" rollout status "$deployment" --timeout "${timeout}s"
     kc wait --for=condition=Established crd/liveapplications.live.oxcast.dev --timeout "${timeout}s"
 }
 
@@ -262,12 +277,24 @@ cmd_kind_rwx_storage() {
     local node=$1
     need kubectl docker
     log "making a hostPath ReadWriteMany volume on $node the default storage"
-    docker exec "$node" mkdir -p -m 1777 /var/local/oxcast-rwx
+    docker exec "$node" mkdir -p -m 1777 "$rwx_dir"
+    apply_rwx_storage
+}
+
+cmd_host_rwx_storage() {
+    need kubectl
+    log "making a hostPath ReadWriteMany volume in $rwx_dir on this machine (the node) the default storage"
+    mkdir -p "$rwx_dir"
+    chmod 1777 "$rwx_dir"
+    apply_rwx_storage
+}
+
+apply_rwx_storage() {
     local sc
     for sc in $(kc get storageclass -o name); do
         kc annotate "$sc" --overwrite storageclass.kubernetes.io/is-default-class=false >/dev/null
     done
-    kc apply -f - <<'YAML'
+    kc apply -f - <<YAML
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata:
@@ -291,7 +318,7 @@ spec:
   accessModes: [ReadWriteMany]
   persistentVolumeReclaimPolicy: Retain
   hostPath:
-    path: /var/local/oxcast-rwx
+    path: $rwx_dir
     type: Directory
 YAML
 }
@@ -519,7 +546,7 @@ while (($#)); do
         ;;
     --scale-out) scale_out=true ;;
     --context | --namespace | --release | --release-namespace | --operator-image | --ingest-image | \
-        --duration | --stream-key | --path-prefix | --playlist-length | --timeout | --ingest-bin)
+        --duration | --stream-key | --path-prefix | --playlist-length | --timeout | --ingest-bin | --rwx-dir)
         if [ $# -lt 2 ] || [ -z "$2" ]; then usage_error "$1 needs a value"; fi
         case $1 in
         --context) context=$2 ;;
@@ -543,6 +570,7 @@ while (($#)); do
             timeout=$2
             ;;
         --ingest-bin) ingest_bin=$2 ;;
+        --rwx-dir) rwx_dir=$2 ;;
         esac
         shift
         ;;
@@ -568,6 +596,7 @@ install) expect_operands 0 "" && cmd_install ;;
 minimal) expect_operands 0 "" && cmd_minimal ;;
 scale-out) expect_operands 0 "" && cmd_scale_out ;;
 kind-rwx-storage) expect_operands 1 "NODE" && cmd_kind_rwx_storage "${operands[0]}" ;;
+host-rwx-storage) expect_operands 0 "" && cmd_host_rwx_storage ;;
 stream-verify) expect_operands 2 "RTMP_APP_URL HTTP_BASE_URL" && stream_verify "${operands[0]}" "${operands[1]}" ;;
 verify-url)
     expect_operands 1 "PLAYLIST_URL"

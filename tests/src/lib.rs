@@ -2,6 +2,8 @@
 
 pub mod chart;
 pub mod cluster;
+pub mod images;
 pub mod media;
 pub mod operator;
 pub mod rtmp_client;
+pub mod tcp_proxy;

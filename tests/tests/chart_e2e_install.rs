@@ -1,7 +1,9 @@
 //! The cluster stages of `tests/kind/e2e.sh` that need no LoadBalancer
 //! (`install`, `dump`, `cleanup`), run against the local control plane with
-//! the chart's real Helm install. A test binary of its own: the chart's CRD
-//! belongs to whichever Helm release installed it first.
+//! the chart's real Helm install, with the script's defaults (release
+//! `oxcast` in namespace `oxcast-system`, whose operator Deployment the chart
+//! names just `oxcast`). A test binary of its own: the chart's CRD belongs to
+//! whichever Helm release installed it first.
 
 use std::process::Command;
 use std::time::Duration;
@@ -14,6 +16,9 @@ use oxcast_tests::media::process::run;
 use oxcast_tests::media::workspace_root;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
+/// The script's default release and its namespace, as the README runs it.
+const RELEASE: &str = "oxcast";
+const RELEASE_NAMESPACE: &str = "oxcast-system";
 
 #[tokio::test]
 async fn install_dump_and_cleanup_stages_work_on_a_real_api_server() {
@@ -43,7 +48,6 @@ async fn install_dump_and_cleanup_stages_work_on_a_real_api_server() {
         let mut cmd = Command::new(workspace_root().join("tests/kind/e2e.sh"));
         cmd.env("PATH", &path)
             .env("KUBECONFIG", ctx.cluster.kubeconfig())
-            .args(["--release", "e2e", "--release-namespace", ctx.ns()])
             .args(["--namespace", apps.name(), "--timeout", "120"])
             .args([
                 "--operator-image",
@@ -67,9 +71,9 @@ async fn install_dump_and_cleanup_stages_work_on_a_real_api_server() {
         "{}",
         install.stdout
     );
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns());
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), RELEASE_NAMESPACE);
     let deploy = deployments
-        .get("e2e-oxcast")
+        .get(RELEASE)
         .await
         .expect("the operator Deployment");
     let container = &deploy
@@ -102,11 +106,11 @@ async fn install_dump_and_cleanup_stages_work_on_a_real_api_server() {
     let dump = stage("dump");
     assert!(dump.success(), "dump failed: {}", dump.stderr);
     for needle in [
-        format!("===== namespace {}", ctx.ns()),
+        format!("===== namespace {RELEASE_NAMESPACE}"),
         format!("===== namespace {}", apps.name()),
-        "deployment.apps/e2e-oxcast".to_string(),
+        format!("deployment.apps/{RELEASE}"),
         "----- events".to_string(),
-        "----- logs pod/e2e-oxcast-".to_string(),
+        format!("----- logs pod/{RELEASE}-"),
     ] {
         assert!(
             dump.stdout.contains(&needle),
@@ -118,16 +122,12 @@ async fn install_dump_and_cleanup_stages_work_on_a_real_api_server() {
     let cleanup = stage("cleanup");
     assert!(cleanup.success(), "cleanup failed: {}", cleanup.stderr);
     assert!(
-        deployments
-            .get_opt("e2e-oxcast")
-            .await
-            .expect("read")
-            .is_none(),
+        deployments.get_opt(RELEASE).await.expect("read").is_none(),
         "cleanup left the operator Deployment"
     );
     let mut status = Helm::V4.command();
     status
-        .args(["status", "e2e", "--namespace", ctx.ns()])
+        .args(["status", RELEASE, "--namespace", RELEASE_NAMESPACE])
         .arg("--kubeconfig")
         .arg(ctx.cluster.kubeconfig());
     assert!(

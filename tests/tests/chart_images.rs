@@ -1,7 +1,8 @@
 //! The container images without a container engine: the binaries are built
 //! by `docker/build-static.sh` (what `docker/Dockerfile` runs), each image's
 //! root filesystem is assembled from the Dockerfile's own `COPY`
-//! instructions into an otherwise empty directory, and the binaries run
+//! instructions into an otherwise empty directory (`oxcast_tests::images`,
+//! which also writes the OCI image tars), and the binaries run
 //! there under `chroot` as the image's non-root user, in its working
 //! directory, with only its environment. No libc, no shell, no /etc: what
 //! runs here runs on distroless/static.
@@ -13,185 +14,39 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::Duration;
 
+use oxcast_tests::images::{self, Stage};
 use oxcast_tests::media::process::{run, run_ok};
 use oxcast_tests::media::{self, http, workspace_root, Fixture, Publisher};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One final stage of docker/Dockerfile.
-#[derive(Debug, Default)]
-struct Stage {
-    /// (source stage, path in that stage, path in the image)
-    copies: Vec<(String, String, String)>,
-    user: Option<(u32, u32)>,
-    workdir: Option<String>,
-    env: BTreeMap<String, String>,
-    entrypoint: Vec<String>,
-    cmd: Vec<String>,
-    labels: String,
-}
-
-/// Reads the final stages of the Dockerfile, joining continuation lines.
-fn dockerfile_stages() -> BTreeMap<String, Stage> {
-    let text = std::fs::read_to_string(workspace_root().join("docker/Dockerfile"))
-        .expect("read docker/Dockerfile");
-    let mut lines = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('#') && current.is_empty() {
-            continue;
-        }
-        if let Some(body) = trimmed.strip_suffix('\\') {
-            current.push_str(body);
-            current.push(' ');
-        } else {
-            current.push_str(trimmed);
-            if !current.is_empty() {
-                lines.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    let json_list = |s: &str| -> Vec<String> {
-        serde_json::from_str(s.trim())
-            .unwrap_or_else(|e| panic!("exec form expected, got {s}: {e}"))
-    };
-    let mut stages = BTreeMap::new();
-    let mut name: Option<String> = None;
-    let mut stage = Stage::default();
-    for line in lines {
-        let (instr, rest) = line.split_once(' ').unwrap_or((&line, ""));
-        match instr.to_ascii_uppercase().as_str() {
-            "FROM" => {
-                if let Some(n) = name.take() {
-                    stages.insert(n, std::mem::take(&mut stage));
-                }
-                stage = Stage::default();
-                name = rest
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .windows(2)
-                    .find(|w| w[0].eq_ignore_ascii_case("AS"))
-                    .map(|w| w[1].to_string());
-            }
-            "COPY" => {
-                let words: Vec<&str> = rest.split_whitespace().collect();
-                let from = words
-                    .iter()
-                    .find_map(|w| w.strip_prefix("--from="))
-                    .unwrap_or("context")
-                    .to_string();
-                let paths: Vec<&str> = words
-                    .iter()
-                    .filter(|w| !w.starts_with("--"))
-                    .copied()
-                    .collect();
-                if let [src, dest] = paths.as_slice() {
-                    stage.copies.push((from, src.to_string(), dest.to_string()));
-                }
-            }
-            "USER" => {
-                let (u, g) = rest.trim().split_once(':').expect("USER uid:gid");
-                stage.user = Some((
-                    u.parse().expect("numeric uid"),
-                    g.parse().expect("numeric gid"),
-                ));
-            }
-            "WORKDIR" => stage.workdir = Some(rest.trim().to_string()),
-            "ENV" => {
-                let (k, v) = rest.trim().split_once('=').expect("ENV KEY=value");
-                stage.env.insert(k.to_string(), v.to_string());
-            }
-            "ENTRYPOINT" => stage.entrypoint = json_list(rest),
-            "CMD" => stage.cmd = json_list(rest),
-            "LABEL" => stage.labels.push_str(rest),
-            _ => {}
-        }
-    }
-    if let Some(n) = name {
-        stages.insert(n, stage);
-    }
-    stages
-}
-
-/// `docker/build-static.sh` output, built once per test binary.
-fn static_build() -> &'static Path {
-    static OUT: OnceLock<PathBuf> = OnceLock::new();
-    OUT.get_or_init(|| {
-        let out = tempfile::Builder::new()
-            .prefix("oxcast-static-")
-            .tempdir()
-            .expect("temp dir")
-            .keep();
-        let mut cmd = Command::new(workspace_root().join("docker/build-static.sh"));
-        // The work tree's Cargo.lock may be mid-update while others edit
-        // manifests; --locked is for the Dockerfile's clean checkout.
-        cmd.arg(&out)
-            .env("CARGO_TARGET_DIR", media::target_dir())
-            .env("OXCAST_BUILD_LOCKED", "0");
-        run_ok(cmd, Duration::from_secs(40 * 60))
-            .unwrap_or_else(|e| panic!("docker/build-static.sh failed: {e}"));
-        out
-    })
-}
-
-/// The root filesystem of image `stage`: only what its COPY lines bring
-/// in, from the static build (stage `build`) or the player build (stage
-/// `player`, when `player/dist` has been built here).
-fn image_root(stage: &Stage) -> tempfile::TempDir {
+/// The root filesystem of image `name`: only what its stage's COPY lines
+/// bring in (`oxcast_tests::images::stage_layer`, the same tree the OCI
+/// image's top layer holds), without the distroless base: the binaries
+/// must not need it.
+fn image_root(name: &str, stage: &Stage) -> tempfile::TempDir {
     let root = tempfile::Builder::new()
         .prefix("oxcast-image-root-")
         .tempdir()
         .expect("temp dir");
-    for (from, src, dest) in &stage.copies {
-        let source = match from.as_str() {
-            "build" => static_build().join(src.strip_prefix("/out/").expect("a /out path")),
-            "player" => {
-                assert_eq!(src, "/player/dist", "the player stage's output");
-                workspace_root().join("player/dist")
-            }
-            other => panic!("COPY from unexpected stage {other}"),
-        };
-        let target = root.path().join(dest.trim_start_matches('/'));
-        std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
-        if source.exists() {
-            copy_tree(&source, &target);
-        } else {
-            assert_eq!(
-                from,
-                "player",
-                "{} is missing from the static build",
-                source.display()
-            );
-            std::fs::create_dir_all(&target).expect("mkdir");
-        }
-    }
-    // The image's user owns its working directory (COPY --chown).
-    if let (Some((uid, gid)), Some(workdir)) = (stage.user, &stage.workdir) {
-        let dir = root.path().join(workdir.trim_start_matches('/'));
-        std::fs::create_dir_all(&dir).expect("workdir");
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the workdir");
-    }
-    // distroless has a world-writable /tmp; nothing else is added.
+    images::stage_layer(name, stage)
+        .unwrap_or_else(|e| panic!("the files of {name}: {e}"))
+        .materialize(root.path())
+        .unwrap_or_else(|e| panic!("writing the files of {name}: {e}"));
     root
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    if from.is_dir() {
-        std::fs::create_dir_all(to).expect("mkdir");
-        for entry in std::fs::read_dir(from).expect("read dir") {
-            let entry = entry.expect("dir entry");
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
-        }
-    } else {
-        std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
-    }
+fn dockerfile_stages() -> BTreeMap<String, Stage> {
+    images::dockerfile_stages().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn static_build() -> &'static Path {
+    images::static_build().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn is_root() -> bool {
@@ -265,14 +120,20 @@ fn dockerfile_builds_non_root_images_with_oci_labels_and_exec_entrypoints() {
             "org.opencontainers.image.version",
             "org.opencontainers.image.revision",
         ] {
-            assert!(stage.labels.contains(label), "{name} lacks {label}");
+            assert!(stage.labels.contains_key(label), "{name} lacks {label}");
         }
-        assert!(
-            stage.labels.contains(&format!("\"{name}\"")),
+        assert_eq!(
+            stage.labels["org.opencontainers.image.title"], name,
             "{name}: title"
         );
+        // The version label defaults to the release the chart installs.
+        assert_eq!(
+            stage.labels["org.opencontainers.image.version"],
+            oxcast_tests::chart::app_version(),
+            "{name}: ARG VERSION's default is not the chart's appVersion"
+        );
         assert!(
-            stage.copies.iter().all(|(from, _, _)| from != "context"),
+            stage.copies.iter().all(|c| c.from != "context"),
             "{name} copies from the build context instead of a build stage"
         );
     }
@@ -285,7 +146,7 @@ fn dockerfile_builds_non_root_images_with_oci_labels_and_exec_entrypoints() {
     assert!(ingest
         .copies
         .iter()
-        .any(|(from, _, dest)| from == "player" && dest == "/usr/share/oxcast/player"));
+        .any(|c| c.from == "player" && c.dest == "/usr/share/oxcast/player"));
 }
 
 #[test]
@@ -328,7 +189,7 @@ fn operator_image_runs_from_an_empty_root_as_non_root() {
         return;
     };
     let stage = &stages["oxcast-operator"];
-    let root = image_root(stage);
+    let root = image_root("oxcast-operator", stage);
     let help = run(in_image(root.path(), stage, &["--help"]), TIMEOUT).expect("run --help");
     assert!(
         help.success(),
@@ -420,7 +281,7 @@ fn ingest_image_serves_a_live_stream_from_an_empty_root_as_non_root() {
         return;
     };
     let stage = &stages["oxcast-ingest"];
-    let root = image_root(stage);
+    let root = image_root("oxcast-ingest", stage);
 
     let help = run(in_image(root.path(), stage, &["--help"]), TIMEOUT).expect("run --help");
     assert!(

@@ -56,6 +56,12 @@ fn live_streams_report_what_the_publisher_sends() {
     assert!((10_000..20_000_000).contains(&bitrate), "bitrate {bitrate}");
     assert_eq!(cam["audioSampleRate"], 48_000);
     assert_eq!(cam["audioChannels"], 2);
+    // The fixture has a keyframe every second (25 frames at 25 fps).
+    let keyframes = cam["keyframeInterval"].as_f64().expect("keyframeInterval");
+    assert!(
+        (keyframes - 1.0).abs() < 0.01,
+        "keyframe interval {keyframes}"
+    );
     let started = cam["startedAt"].as_str().expect("startedAt");
     let started = parse_rfc3339(started);
     let now = std::time::SystemTime::now();

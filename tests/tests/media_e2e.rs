@@ -538,8 +538,22 @@ fn extinf_rounding_never_exceeds_a_constant_target_duration() {
     assert_alive(&mut server);
 }
 
+/// The playlist claims `EXT-X-INDEPENDENT-SEGMENTS`.
+fn claims_independent_segments(pl: &Playlist) -> bool {
+    pl.other_tags
+        .iter()
+        .any(|t| t == "#EXT-X-INDEPENDENT-SEGMENTS")
+}
+
+// Until issue 16 this test was `forced_cut_at_max_fragment_marks_a_discontinuity`:
+// a forced cut was tagged EXT-X-DISCONTINUITY. The media across a forced cut
+// is continuous (same timestamps, same encoding), and a discontinuity makes
+// players flush and re-sync, so a forced cut is no longer marked (RFC 8216
+// §4.3.2.3 lists what a discontinuity is for; a cut mid-GOP is none of it).
+// Forced cuts are also no longer the default: they happen only with
+// `maxFragment` set, which this test does.
 #[test]
-fn forced_cut_at_max_fragment_marks_a_discontinuity() {
+fn forced_cut_at_max_fragment_is_continuous() {
     need_ffmpeg();
     // 5 s GOPs, fragment 1 s, max fragment 2 s: cuts without a keyframe.
     let media = require(Fixture::LongGop);
@@ -549,6 +563,10 @@ fn forced_cut_at_max_fragment_marks_a_discontinuity() {
         .start();
     let pl = publish_to_end(&server, "long1", media);
     check_playlist(&pl);
+    assert!(
+        !claims_independent_segments(&pl),
+        "forced cuts make segments that do not start with a keyframe:\n{pl:#?}"
+    );
     let frame = 0.04;
     let mut forced = 0;
     for (i, s) in pl.segments.iter().enumerate() {
@@ -558,18 +576,104 @@ fn forced_cut_at_max_fragment_marks_a_discontinuity() {
             s.uri,
             s.duration
         );
+        assert!(
+            !s.discontinuity,
+            "segment {} is marked DISCONTINUITY but the media is continuous",
+            s.uri
+        );
         let p = probe(&server.segment_path("long1", &s.uri), true).expect("ffprobe segment");
         let starts_with_key = p.packets_of("video").next().is_some_and(|k| k.is_key());
         if i > 0 && !starts_with_key {
             forced += 1;
-            assert!(
-                s.discontinuity,
-                "segment {} follows a forced cut (no keyframe) but has no DISCONTINUITY",
-                s.uri
-            );
         }
     }
     assert!(forced >= 1, "expected forced cuts with 5 s GOPs: {pl:#?}");
+    // Continuous: the playlist as a whole decodes without errors.
+    let errors = decode_errors(&path_str(&server.playlist_path("long1"))).expect("ffmpeg");
+    assert!(
+        errors.trim().is_empty(),
+        "playlist does not decode:\n{errors}"
+    );
+    assert_alive(&mut server);
+}
+
+/// OBS's default keyframe setting (x264 keyint 250: a keyframe every 8.33 s
+/// at 30 fps) with a 2 s fragment and the default settings: every segment
+/// is one GOP, starts with a keyframe and decodes on its own, none is a
+/// discontinuity, the target duration is sized for the GOP and never
+/// changes, and the broadcaster is told (log line, streams API, metric).
+#[test]
+fn gop_longer_than_fragment_gives_whole_gop_segments_that_decode_alone() {
+    need_ffmpeg();
+    let media = require(Fixture::Gop250);
+    let mut server = Server::builder()
+        .hls("fragment", "2s")
+        .hls("fragment-naming", "sequential")
+        .start();
+    let http = server.http.expect("http listener");
+    let mut targets = BTreeSet::new();
+    let mut api_interval = None;
+    let mut long_gauge = None;
+    publish_watching(&server, "gop250", media, |pl| {
+        check_playlist(pl);
+        targets.insert(pl.target_duration);
+        if let Ok(r) = http::get(http, "/api/streams") {
+            let body: serde_json::Value = serde_json::from_str(&r.text()).unwrap_or_default();
+            if let Some(v) = body["streams"][0]["keyframeInterval"].as_f64() {
+                api_interval = Some(v);
+            }
+        }
+        if let Ok(r) = http::get(http, "/metrics") {
+            let text = r.text();
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.starts_with("oxcast_publishers_keyframe_interval_too_long "))
+            {
+                long_gauge = line.rsplit(' ').next().map(str::to_string);
+            }
+        }
+    });
+    let pl = wait_ended(&server.playlist_path("gop250"));
+    check_playlist(&pl);
+    targets.insert(pl.target_duration);
+    assert_eq!(
+        targets.len(),
+        1,
+        "EXT-X-TARGETDURATION changed (RFC 8216 §6.2.1): {targets:?}"
+    );
+    assert_eq!(pl.target_duration, Some(8), "{pl:#?}");
+    assert!(claims_independent_segments(&pl), "{pl:#?}");
+    assert!(pl.segments.len() >= 3, "{pl:#?}");
+    let gop = 250.0 / 30.0;
+    let n = pl.segments.len();
+    for (i, s) in pl.segments.iter().enumerate() {
+        assert!(!s.discontinuity, "unwarranted DISCONTINUITY on {}", s.uri);
+        if i + 1 < n {
+            assert_close(&format!("EXTINF of {}", s.uri), s.duration, gop, 0.02);
+        }
+        let seg = server.segment_path("gop250", &s.uri);
+        let errors = decode_errors(&path_str(&seg)).expect("ffmpeg");
+        assert!(
+            errors.trim().is_empty(),
+            "segment {} does not decode on its own:\n{errors}",
+            s.uri
+        );
+        let p = probe(&seg, true).expect("ffprobe segment");
+        assert!(
+            p.packets_of("video").next().is_some_and(|k| k.is_key()),
+            "segment {} does not start with a keyframe",
+            s.uri
+        );
+    }
+    let interval = api_interval.expect("keyframeInterval in /api/streams while live");
+    assert_close("keyframeInterval", interval, gop, 0.01);
+    assert_eq!(long_gauge.as_deref(), Some("1"), "metric while live");
+    let log = server.stderr();
+    assert!(
+        log.contains("keyframe interval 8.3 s is longer than the 2 s fragment")
+            && log.contains("OBS: Settings → Output → Streaming → Keyframe Interval"),
+        "no warning telling the broadcaster what to fix:\n{log}"
+    );
     assert_alive(&mut server);
 }
 

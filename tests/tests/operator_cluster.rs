@@ -917,3 +917,71 @@ async fn two_replicas_elect_one_leader_that_hands_over_when_it_stops() {
     assert!(spec.lease_transitions.unwrap_or(0) >= 2, "{spec:?}");
     third.stop().await.expect("graceful stop");
 }
+
+/// A leader whose API server stops answering (the connection stays open,
+/// nothing comes back) steps down within its renew deadline instead of
+/// waiting on the hung request while its controllers keep writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_steps_down_when_the_api_server_stops_answering() {
+    use oxcast_operator::leader::LeaderElector;
+    use oxcast_tests::tcp_proxy::StallingProxy;
+
+    let ctx = context("leader-stall").await;
+    let mut config = ctx.cluster.config().clone();
+    let authority = config
+        .cluster_url
+        .authority()
+        .expect("the API server URL has an authority")
+        .as_str()
+        .to_string();
+    let upstream = tokio::net::lookup_host(&authority)
+        .await
+        .expect("resolve the API server")
+        .next()
+        .expect("an API server address");
+    let proxy = StallingProxy::start(upstream)
+        .await
+        .expect("start the proxy");
+    config.cluster_url = format!("https://{}", proxy.addr())
+        .parse()
+        .expect("proxy URL");
+    // The API server's certificate names 127.0.0.1, which the proxy shares.
+    let client = kube::Client::try_from(config).expect("a client through the proxy");
+
+    let settings = fast_lease("stall", ctx.ns(), "op-stalled");
+    let renew_deadline = settings.renew_deadline;
+    let mut elector = LeaderElector::new(client, settings);
+    let cancel = oxcast_operator::CancellationToken::new();
+    assert!(
+        tokio::time::timeout(TIMEOUT, elector.acquire(&cancel, &|| {}))
+            .await
+            .expect("acquire in time"),
+        "the only candidate becomes leader"
+    );
+    let renewing = tokio::spawn(async move { elector.keep_renewing().await });
+    // A few renewals go through while the proxy forwards.
+    tokio::time::sleep(renew_deadline * 2).await;
+    assert!(
+        !renewing.is_finished(),
+        "leadership ended while the API server answered"
+    );
+
+    proxy.stall();
+    let stalled_at = std::time::Instant::now();
+    let ended = tokio::time::timeout(renew_deadline * 4, renewing)
+        .await
+        .expect("the leader steps down instead of waiting on a hung request")
+        .expect("the renew task");
+    let took = stalled_at.elapsed();
+    assert!(
+        matches!(ended, oxcast_operator::Error::LeadershipLost(_)),
+        "{ended}"
+    );
+    // Within the renew deadline plus one retry period (the renew that was
+    // in flight may have just started when the proxy stalled).
+    assert!(
+        took <= renew_deadline + Duration::from_secs(1),
+        "stepped down after {took:?} (renew deadline {renew_deadline:?})"
+    );
+    drop(proxy);
+}

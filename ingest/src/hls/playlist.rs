@@ -24,6 +24,14 @@ pub struct PlaylistEntry {
     pub program_date_time: Option<i64>,
 }
 
+/// A duration in 90 kHz ticks as whole seconds the way a target duration
+/// must cover it: its EXTINF (millisecond precision) rounded to the nearest
+/// integer (RFC 8216 §4.3.3.1), at least 1.
+pub fn rounded_seconds(duration: i64) -> u64 {
+    let millis = (duration + 45) / 90;
+    ((millis + 500) / 1000).max(1) as u64
+}
+
 impl PlaylistEntry {
     /// EXTINF as rendered: seconds with millisecond precision.
     pub fn extinf_millis(&self) -> i64 {
@@ -41,6 +49,9 @@ pub struct PlaylistWindow {
     pub target_duration: u64,
     pub ended: bool,
     pub playlist_type: PlaylistType,
+    /// `EXT-X-INDEPENDENT-SEGMENTS`: every segment starts with a keyframe
+    /// and carries what a decoder needs (no forced cuts).
+    pub independent_segments: bool,
 }
 
 /// Why a playlist on disk could not be read back.
@@ -60,6 +71,7 @@ impl PlaylistWindow {
             target_duration: min_target_duration.max(1),
             ended: false,
             playlist_type,
+            independent_segments: false,
         }
     }
 
@@ -75,8 +87,7 @@ impl PlaylistWindow {
     /// Appends a segment and, for live playlists, drops the oldest ones while
     /// the rest still cover `max_duration`. Returns the dropped entries.
     pub fn push(&mut self, entry: PlaylistEntry, max_duration: i64) -> Vec<PlaylistEntry> {
-        let rounded = ((entry.extinf_millis() + 500) / 1000).max(1) as u64;
-        self.target_duration = self.target_duration.max(rounded);
+        self.target_duration = self.target_duration.max(rounded_seconds(entry.duration));
         self.entries.push_back(entry);
         self.ended = false;
         let mut dropped = Vec::new();
@@ -112,6 +123,9 @@ impl PlaylistWindow {
         }
         if self.playlist_type == PlaylistType::Event {
             s.push_str("#EXT-X-PLAYLIST-TYPE:EVENT\n");
+        }
+        if self.independent_segments {
+            s.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n");
         }
         for e in &self.entries {
             if e.discontinuity {
@@ -165,6 +179,8 @@ impl PlaylistWindow {
                 w.discontinuity_sequence = number(v)?;
             } else if line == "#EXT-X-PLAYLIST-TYPE:EVENT" {
                 w.playlist_type = PlaylistType::Event;
+            } else if line == "#EXT-X-INDEPENDENT-SEGMENTS" {
+                w.independent_segments = true;
             } else if line == "#EXT-X-DISCONTINUITY" {
                 discontinuity = true;
             } else if let Some(v) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
@@ -303,6 +319,23 @@ mod tests {
         for e in &w.entries {
             assert!(((e.extinf_millis() + 500) / 1000) as u64 <= w.target_duration);
         }
+    }
+
+    #[test]
+    fn independent_segments_is_rendered_and_read_back() {
+        let mut w = PlaylistWindow::new(PlaylistType::Live, 2);
+        w.independent_segments = true;
+        w.push(entry(1, 2, false), 30 * SEC);
+        let text = w.render("");
+        assert!(
+            text.contains(
+                "#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-INDEPENDENT-SEGMENTS\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(PlaylistWindow::parse(&text, "").unwrap(), w);
+        w.independent_segments = false;
+        assert!(!w.render("").contains("INDEPENDENT"));
     }
 
     #[test]

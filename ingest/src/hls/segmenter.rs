@@ -1,12 +1,35 @@
 //! Decides where segments start and end, and fills them with TS bytes.
 //!
-//! Segments are cut on a video keyframe once they are at least `fragment`
-//! long (on any audio frame for audio-only streams), and cut regardless at
-//! `max_fragment`, in which case the next segment is a discontinuity. Sans-IO:
-//! frames in, [`SegmentEvent`]s out; the store decides file names and times.
+//! Segments are cut on a video keyframe once they are `fragment` long (on
+//! any audio frame for audio-only streams), so each starts with an IDR and
+//! its parameter sets and decodes on its own. A keyframe within half a frame
+//! interval of the boundary counts as on it: encoders stamp whole
+//! milliseconds (33/33/34 ms at 30 fps) and land a hair early.
+//!
+//! What happens when the publisher's keyframes are further apart than
+//! `max_fragment` depends on [`SegmenterConfig::forced_cuts`]:
+//! - off (the default): no segment is ever cut between keyframes. A segment
+//!   that reaches `max_fragment` (10 × `fragment` by default, as nginx-rtmp's
+//!   `hls_max_fragment`) without a keyframe is closed and the media up to the
+//!   next keyframe is dropped, since it could not be decoded; the segment
+//!   after the gap is a discontinuity (media is missing).
+//! - on: the segment is cut at `max_fragment` on any frame. The media is
+//!   continuous, so there is no discontinuity, but the next segment starts
+//!   mid-GOP: a player that joins on it shows nothing until the next keyframe.
+//!
+//! The target duration (RFC 8216 §6.2.1: must not change) is sized by the
+//! first segment, that is by the publisher's keyframe interval; a keyframe
+//! before `fragment` closes a segment early when waiting for the next one
+//! (one observed keyframe interval away) would overrun that target.
+//!
+//! Sans-IO: frames in, [`SegmentEvent`]s out; the store decides file names
+//! and times.
+
+use oxcast_crds::HlsSettings;
 
 use crate::media::{MediaFrame, TrackKind};
 
+use super::playlist::rounded_seconds;
 use super::ts::{MuxError, Tracks, TsMuxer};
 
 /// Flush TS bytes to the caller in chunks of about this size, so a segment is
@@ -17,6 +40,12 @@ const AUDIO_PES_SPAN: i64 = 9_000;
 /// A clock jump of more than this (backwards, or forwards past `max_fragment`
 /// plus this) is a timestamp discontinuity from the publisher.
 const JUMP_TOLERANCE: i64 = 90_000;
+/// Without forced cuts, how many fragments a segment may wait for a
+/// keyframe (nginx-rtmp's `hls_max_fragment` default, 10 × `hls_fragment`).
+pub const KEYFRAME_WAIT_FRAGMENTS: i64 = 10;
+/// Keyframe intervals remembered for [`SegmenterStats::keyframe_interval`].
+const INTERVALS_KEPT: usize = 8;
+const SEC: i64 = 90_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentEvent {
@@ -32,7 +61,42 @@ pub enum SegmentEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmenterConfig {
     pub fragment: i64,
+    /// The longest segment: forced cut (with `forced_cuts`) or the longest
+    /// wait for a keyframe (without).
     pub max_fragment: i64,
+    /// Cut at `max_fragment` between keyframes instead of waiting for one.
+    pub forced_cuts: bool,
+}
+
+impl SegmenterConfig {
+    /// The segmenter for `hls`: forced cuts exactly when `maxFragment` is set.
+    pub fn from_settings(hls: &HlsSettings) -> Self {
+        let fragment = (hls.fragment.as_90khz() as i64).max(1);
+        match hls.max_fragment {
+            Some(max) => Self {
+                fragment,
+                max_fragment: (max.as_90khz() as i64).max(fragment),
+                forced_cuts: true,
+            },
+            None => Self {
+                fragment,
+                max_fragment: fragment.saturating_mul(KEYFRAME_WAIT_FRAGMENTS),
+                forced_cuts: false,
+            },
+        }
+    }
+}
+
+/// What the segmenter measured about the publisher.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmenterStats {
+    /// The longest of the last few keyframe intervals, 90 kHz ticks.
+    pub keyframe_interval: Option<i64>,
+    /// Times the segmenter gave up waiting for a keyframe and dropped media
+    /// (only without forced cuts).
+    pub keyframe_waits_given_up: u64,
+    /// Segments cut between keyframes (only with forced cuts).
+    pub forced_cuts: u64,
 }
 
 #[derive(Debug)]
@@ -54,6 +118,14 @@ pub struct Segmenter {
     audio: Vec<u8>,
     audio_pts: i64,
     out: Vec<u8>,
+    /// Target duration in whole seconds, as the playlist will round it;
+    /// settled by the first complete segment.
+    target_secs: i64,
+    target_settled: bool,
+    last_keyframe: Option<i64>,
+    intervals: Vec<i64>,
+    longest_interval: Option<i64>,
+    stats: SegmenterStats,
 }
 
 impl Segmenter {
@@ -68,7 +140,18 @@ impl Segmenter {
             audio: Vec::new(),
             audio_pts: 0,
             out: Vec::with_capacity(FLUSH_BYTES + 4096),
+            target_secs: ((config.fragment + SEC / 2) / SEC).max(1),
+            target_settled: false,
+            last_keyframe: None,
+            intervals: Vec::with_capacity(INTERVALS_KEPT),
+            longest_interval: None,
+            stats: SegmenterStats::default(),
         }
+    }
+
+    /// What was measured so far.
+    pub fn stats(&self) -> SegmenterStats {
+        self.stats
     }
 
     /// Tells which tracks the publisher announced (stream metadata or codec
@@ -100,6 +183,28 @@ impl Segmenter {
         }
     }
 
+    /// Records a video keyframe's timestamp for the interval measurement.
+    fn keyframe_at(&mut self, ts: i64) {
+        if let Some(last) = self.last_keyframe {
+            let interval = ts - last;
+            if interval > 0 {
+                if self.intervals.len() == INTERVALS_KEPT {
+                    self.intervals.remove(0);
+                }
+                self.intervals.push(interval);
+                self.longest_interval = Some(self.longest_interval.unwrap_or(0).max(interval));
+                self.stats.keyframe_interval = self.intervals.iter().copied().max();
+            }
+        }
+        self.last_keyframe = Some(ts);
+    }
+
+    /// The longest duration a segment may have and still round to the
+    /// target duration.
+    fn target_limit(&self) -> i64 {
+        self.target_secs * SEC + SEC / 2 - 90
+    }
+
     pub fn push(
         &mut self,
         frame: &MediaFrame,
@@ -122,8 +227,12 @@ impl Segmenter {
                 if jumped {
                     self.end(None, events)?;
                     self.pending_discontinuity = true;
+                    self.last_keyframe = None;
                 }
             }
+        }
+        if frame.kind == TrackKind::Video && frame.keyframe {
+            self.keyframe_at(ts);
         }
 
         match &self.open {
@@ -136,23 +245,35 @@ impl Segmenter {
             }
             Some(open) if frame.kind == clock => {
                 let elapsed = ts - open.start;
-                let mut forced = false;
-                let cut = if open.clock != clock {
-                    frame.keyframe
+                // Half a frame interval: a keyframe stamped a millisecond
+                // before the boundary is on it.
+                let tolerance = open.last_delta / 2;
+                let would_overrun = self.target_settled
+                    && self
+                        .longest_interval
+                        .is_some_and(|gop| elapsed > 0 && elapsed + gop > self.target_limit());
+                if open.clock != clock {
+                    if frame.keyframe {
+                        self.cut(ts, false, events)?;
+                    }
                 } else if frame.keyframe
-                    && (elapsed >= self.config.fragment || self.pending_discontinuity)
+                    && (elapsed + tolerance >= self.config.fragment
+                        || self.pending_discontinuity
+                        || would_overrun)
                 {
-                    true
+                    self.cut(ts, false, events)?;
                 } else if elapsed >= self.config.max_fragment {
-                    forced = true;
-                    true
-                } else {
-                    false
-                };
-                if cut {
-                    self.end(Some(ts), events)?;
-                    let discontinuity = forced || std::mem::take(&mut self.pending_discontinuity);
-                    self.begin(ts, discontinuity, clock, events)?;
+                    if self.config.forced_cuts {
+                        self.stats.forced_cuts += 1;
+                        self.cut(ts, true, events)?;
+                    } else {
+                        // Nothing decodable until the next keyframe: close
+                        // the segment and drop what comes before that one.
+                        self.stats.keyframe_waits_given_up += 1;
+                        self.end(Some(ts), events)?;
+                        self.pending_discontinuity = true;
+                        return Ok(());
+                    }
                 }
             }
             Some(_) => {}
@@ -195,6 +316,20 @@ impl Segmenter {
             )));
         }
         Ok(())
+    }
+
+    /// Ends the open segment at `ts` and begins the next one there. A
+    /// pending discontinuity waits for a cut on a keyframe (`mid_gop` false).
+    fn cut(
+        &mut self,
+        ts: i64,
+        mid_gop: bool,
+        events: &mut Vec<SegmentEvent>,
+    ) -> Result<(), MuxError> {
+        let clock = self.clock_track();
+        self.end(Some(ts), events)?;
+        let discontinuity = !mid_gop && std::mem::take(&mut self.pending_discontinuity);
+        self.begin(ts, discontinuity, clock, events)
     }
 
     /// The publisher stopped: complete the open segment.
@@ -259,6 +394,8 @@ impl Segmenter {
         if !self.out.is_empty() {
             events.push(SegmentEvent::Bytes(std::mem::take(&mut self.out)));
         }
+        self.target_secs = self.target_secs.max(rounded_seconds(duration) as i64);
+        self.target_settled = true;
         events.push(SegmentEvent::End { duration });
         Ok(())
     }
@@ -291,11 +428,31 @@ mod tests {
         }
     }
 
+    /// Forced cuts at `max` seconds (`maxFragment` set).
     fn segmenter(fragment: i64, max: i64) -> Segmenter {
         Segmenter::new(SegmenterConfig {
             fragment: fragment * SEC,
             max_fragment: max * SEC,
+            forced_cuts: true,
         })
+    }
+
+    /// The default: `maxFragment` unset, cuts on keyframes only.
+    fn keyframe_segmenter(fragment_ms: i64) -> Segmenter {
+        let hls = HlsSettings {
+            fragment: std::time::Duration::from_millis(fragment_ms as u64).into(),
+            ..HlsSettings::default()
+        };
+        let config = SegmenterConfig::from_settings(&hls);
+        assert!(!config.forced_cuts);
+        assert_eq!(config.max_fragment, 10 * fragment_ms * 90);
+        Segmenter::new(config)
+    }
+
+    /// Video at whole-millisecond timestamps `ms`, keyframes where `key`.
+    fn push_ms(s: &mut Segmenter, ev: &mut Vec<SegmentEvent>, ms: i64, key: bool) {
+        s.push(&video(ms * 90, key), ev).unwrap();
+        s.push(&audio(ms * 90), ev).unwrap();
     }
 
     /// (start, discontinuity, duration) of each completed segment.
@@ -366,7 +523,9 @@ mod tests {
     }
 
     #[test]
-    fn forced_cut_at_max_fragment_marks_discontinuity() {
+    fn forced_cut_at_max_fragment_is_continuous() {
+        // With maxFragment set the segment is cut mid-GOP; the media goes on
+        // without a break, so the next segment is not a discontinuity.
         let mut s = segmenter(2, 3);
         let mut ev = Vec::new();
         // Keyframe only at 0 and at 10 s.
@@ -376,8 +535,117 @@ mod tests {
         s.finish(&mut ev).unwrap();
         let segs = segments(&ev);
         assert_eq!(segs[0], (0, false, 3 * SEC));
-        assert_eq!(segs[1], (3 * SEC, true, 3 * SEC));
+        assert_eq!(segs[1], (3 * SEC, false, 3 * SEC));
+        assert!(segs.iter().all(|(_, d, _)| !d), "{segs:?}");
         assert!(segs.iter().all(|(_, _, d)| *d <= 3 * SEC));
+        assert_eq!(s.stats().forced_cuts, 3);
+    }
+
+    #[test]
+    fn long_gops_get_whole_gop_segments_by_default() {
+        // OBS's default: x264 keyint 250 at 30 fps, a keyframe every 8.33 s,
+        // with a 2 s fragment. Every segment starts on a keyframe and none
+        // is a discontinuity.
+        let mut s = keyframe_segmenter(2_000);
+        let mut ev = Vec::new();
+        for i in 0..(1000 + 1) {
+            s.push(&video(i * 3_000, i % 250 == 0), &mut ev).unwrap();
+            s.push(&audio(i * 3_000), &mut ev).unwrap();
+        }
+        s.finish(&mut ev).unwrap();
+        let segs = segments(&ev);
+        let gop = 250 * 3_000;
+        assert_eq!(
+            segs,
+            vec![
+                (0, false, gop),
+                (gop, false, gop),
+                (2 * gop, false, gop),
+                (3 * gop, false, gop),
+                (4 * gop, false, 3_000),
+            ]
+        );
+        assert_eq!(s.stats().keyframe_interval, Some(gop));
+        assert_eq!(s.stats().forced_cuts, 0);
+    }
+
+    #[test]
+    fn a_scene_cut_keyframe_closes_a_segment_early_to_keep_the_target_duration() {
+        // 8.33 s GOPs make the target duration 8; an extra keyframe 1 s into
+        // a segment is followed by a whole GOP, so waiting for it would make
+        // a 9.33 s segment. The segment is closed on the extra keyframe.
+        let mut s = keyframe_segmenter(2_000);
+        let mut ev = Vec::new();
+        let gop = 250;
+        let keyframes = [0, gop, gop + 30, 2 * gop + 30, 3 * gop + 30];
+        for i in 0..(3 * gop + 31) {
+            s.push(&video(i * 3_000, keyframes.contains(&i)), &mut ev)
+                .unwrap();
+        }
+        s.finish(&mut ev).unwrap();
+        let segs = segments(&ev);
+        let starts: Vec<i64> = segs.iter().map(|s| s.0 / 3_000).collect();
+        assert_eq!(starts, keyframes);
+        for (_, disc, d) in &segs {
+            assert!(!disc);
+            assert!(rounded_seconds(*d) <= 8, "{segs:?}");
+        }
+    }
+
+    #[test]
+    fn no_keyframe_for_ten_fragments_drops_media_until_the_next_one() {
+        // Without forced cuts nothing undecodable is published: a segment
+        // that waited 10 × fragment is closed, the frames up to the next
+        // keyframe are dropped and the segment after the gap is marked.
+        let mut s = keyframe_segmenter(1_000);
+        let mut ev = Vec::new();
+        for i in 0..(15 * 30) {
+            s.push(&video(i * 3_000, i == 0 || i == 12 * 30), &mut ev)
+                .unwrap();
+        }
+        s.finish(&mut ev).unwrap();
+        let segs = segments(&ev);
+        assert_eq!(segs, vec![(0, false, 10 * SEC), (12 * SEC, true, 3 * SEC)]);
+        assert_eq!(s.stats().keyframe_waits_given_up, 1);
+    }
+
+    #[test]
+    fn a_keyframe_within_half_a_frame_of_the_boundary_closes_the_segment() {
+        // 30 fps stamped in whole milliseconds (33/33/34 ms); the keyframe
+        // meant for the 2 s mark is stamped 1999 ms.
+        let ms = |i: i64| if i == 0 { 0 } else { (i * 1000 - 1) / 30 };
+        let deltas: Vec<i64> = (1..7).map(|i| ms(i) - ms(i - 1)).collect();
+        assert!(deltas.iter().all(|d| *d == 33 || *d == 34), "{deltas:?}");
+        let mut s = keyframe_segmenter(2_000);
+        let mut ev = Vec::new();
+        for i in 0..=(6 * 30) {
+            push_ms(&mut s, &mut ev, ms(i), i % 60 == 0);
+        }
+        s.finish(&mut ev).unwrap();
+        let segs = segments(&ev);
+        assert_eq!(ms(60), 1999);
+        assert_eq!(
+            segs.iter().map(|s| s.0 / 90).collect::<Vec<_>>(),
+            vec![0, 1999, 3999, 5999]
+        );
+        assert_eq!(segs[0].2, 1999 * 90);
+        assert!(segs.iter().all(|s| !s.1));
+    }
+
+    #[test]
+    fn a_keyframe_more_than_half_a_frame_early_does_not_close_the_segment() {
+        // 33 ms frames; keyframes 20 ms before each 2 s mark are too early
+        // (tolerance 16.5 ms), the next keyframes at 4 s close the segment.
+        let mut s = keyframe_segmenter(2_000);
+        let mut ev = Vec::new();
+        for i in 0..130 {
+            let t = i * 33;
+            let key = i == 0 || t == 1980 || t == 3993;
+            push_ms(&mut s, &mut ev, t, key);
+        }
+        s.finish(&mut ev).unwrap();
+        let segs = segments(&ev);
+        assert_eq!(segs[0], (0, false, 3993 * 90), "{segs:?}");
     }
 
     #[test]

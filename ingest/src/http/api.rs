@@ -79,6 +79,10 @@ pub struct StreamJson {
     pub bitrate: Option<u64>,
     pub audio_sample_rate: Option<u32>,
     pub audio_channels: Option<u8>,
+    /// Seconds between the publisher's video keyframes (the longest of the
+    /// last few). Segments are cut on keyframes, so when this is longer
+    /// than `hls.fragment` the segments are this long.
+    pub keyframe_interval: Option<f64>,
     /// `publisher` or `playlist`: which of the two the fields came from.
     pub source: &'static str,
 }
@@ -117,6 +121,7 @@ fn from_publisher(live: &LiveStream, prefix: &str, nested: bool, root: &Path) ->
         bitrate: info.bitrate,
         audio_sample_rate: info.audio_sample_rate,
         audio_channels: info.audio_channels,
+        keyframe_interval: info.keyframe_interval,
         source: "publisher",
     }
 }
@@ -137,6 +142,7 @@ fn from_tree(s: scan::TreeStream, prefix: &str) -> StreamJson {
         bitrate: s.bitrate,
         audio_sample_rate: None,
         audio_channels: None,
+        keyframe_interval: None,
         source: "playlist",
     }
 }
@@ -248,9 +254,13 @@ mod tests {
             "resolution",
             "frameRate",
             "bitrate",
+            "keyframeInterval",
         ] {
             assert!(text.get(field).is_some(), "{field} missing");
         }
+        live.record_keyframe_interval(8.333_33);
+        let j = from_publisher(&live, "/live", true, Path::new("/nonexistent"));
+        assert_eq!(j.keyframe_interval, Some(8.33));
         let flat = from_publisher(&live, "", false, Path::new("/nonexistent"));
         assert_eq!(flat.playlist_url, "/cam.m3u8");
     }

@@ -71,9 +71,17 @@ impl AvcConfig {
         })
     }
 
-    /// Width and height from the first SPS, if it parses.
+    /// Width and height from the first SPS, if it parses. A malformed SPS
+    /// only costs the size in the streams API (the decoder in the player
+    /// judges the stream); it is logged with the field at fault.
     pub fn resolution(&self) -> Option<(u32, u32)> {
-        super::sps::resolution(self.sps.first()?)
+        match super::sps::resolution(self.sps.first()?) {
+            Ok(size) => Some(size),
+            Err(error) => {
+                tracing::warn!(%error, "unreadable H.264 SPS: picture size unknown");
+                None
+            }
+        }
     }
 }
 

@@ -616,10 +616,7 @@ impl Connection {
             }
         };
         let hls = self.ctx.hls.clone();
-        let config = SegmenterConfig {
-            fragment: hls.fragment.as_90khz() as i64,
-            max_fragment: hls.effective_max_fragment().as_90khz() as i64,
-        };
+        let config = SegmenterConfig::from_settings(&hls);
         // With shared ownership the volume is the truth (another replica may
         // have published the key since this one last did).
         let previous = match from_volume {

@@ -1,14 +1,17 @@
 //! One publisher's media path: FLV tags → [`Remuxer`] → [`Segmenter`] →
 //! [`HlsOutput`], plus fan-out to RTMP players.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use rml_rtmp::sessions::StreamMetadata;
 
+use crate::hls::segmenter::SegmenterStats;
 use crate::hls::{SegmentEvent, Segmenter, SegmenterConfig, Tracks};
 use crate::live::{LiveGuard, LiveStream, PlayPacket};
 use crate::media::{MediaError, MediaFrame, Remuxer};
+use crate::metrics::Metrics;
 use crate::ownership::StreamClaim;
 use crate::store::HlsOutput;
 
@@ -24,6 +27,63 @@ pub struct Publication {
     output: HlsOutput,
     events: Vec<SegmentEvent>,
     media_errors: u64,
+    fragment: i64,
+    /// What the segmenter measured when last looked at.
+    seen: SegmenterStats,
+    /// The keyframe interval is longer than the fragment (counted in the
+    /// metric while it is, warned about once).
+    long_keyframe_interval: LongKeyframeGauge,
+    warned: bool,
+}
+
+/// 90 kHz ticks as seconds for people: `8.3`, `2`.
+fn seconds(ticks: i64) -> String {
+    let s = ticks as f64 / 90_000.0;
+    let text = format!("{s:.1}");
+    text.strip_suffix(".0").map(str::to_string).unwrap_or(text)
+}
+
+/// The warning for a publisher keyed less often than every fragment.
+pub fn long_keyframe_interval_advice(interval: i64, fragment: i64) -> String {
+    let (interval, fragment) = (seconds(interval), seconds(fragment));
+    format!(
+        "keyframe interval {interval} s is longer than the {fragment} s fragment: segments are \
+         {interval} s long and viewers wait longer to start; set your encoder's keyframe \
+         interval to {fragment} s — OBS: Settings → Output → Streaming → Keyframe Interval; \
+         ffmpeg: -g <frame rate × {fragment}>"
+    )
+}
+
+/// Whether a measured keyframe interval is longer than the fragment, with
+/// the cut tolerance (a few milliseconds of timestamp rounding).
+fn too_long(interval: i64, fragment: i64) -> bool {
+    interval > fragment + 1_800
+}
+
+/// This publication's share of `publishers_long_keyframe_interval`,
+/// given back on drop (also on a panic), like the other publisher gauges in
+/// [`LiveGuard`].
+struct LongKeyframeGauge {
+    metrics: Arc<Metrics>,
+    counted: bool,
+}
+
+impl LongKeyframeGauge {
+    fn set(&mut self, long: bool) {
+        if long != self.counted {
+            self.counted = long;
+            let delta = if long { 1 } else { -1 };
+            self.metrics
+                .publishers_long_keyframe_interval
+                .fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for LongKeyframeGauge {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 impl Publication {
@@ -33,6 +93,10 @@ impl Publication {
         output: HlsOutput,
         config: SegmenterConfig,
     ) -> Self {
+        let long_keyframe_interval = LongKeyframeGauge {
+            metrics: slot.metrics().clone(),
+            counted: false,
+        };
         Self {
             live: slot.live().clone(),
             slot,
@@ -42,6 +106,10 @@ impl Publication {
             output,
             events: Vec::new(),
             media_errors: 0,
+            fragment: config.fragment,
+            seen: SegmenterStats::default(),
+            long_keyframe_interval,
+            warned: false,
         }
     }
 
@@ -119,6 +187,37 @@ impl Publication {
             tracing::error!(stream = %self.live.key, error = %e, "muxing failed");
         }
         self.drain();
+        self.observe_segmenter();
+    }
+
+    /// Tells the broadcaster (log, metric, streams API) what the segmenter
+    /// measured about its keyframes.
+    fn observe_segmenter(&mut self) {
+        let now = self.segmenter.stats();
+        if now == self.seen {
+            return;
+        }
+        let before = std::mem::replace(&mut self.seen, now);
+        if let Some(interval) = now
+            .keyframe_interval
+            .filter(|_| now.keyframe_interval != before.keyframe_interval)
+        {
+            self.live
+                .record_keyframe_interval(interval as f64 / 90_000.0);
+            let long = too_long(interval, self.fragment);
+            self.long_keyframe_interval.set(long);
+            if long && !self.warned {
+                self.warned = true;
+                let advice = long_keyframe_interval_advice(interval, self.fragment);
+                tracing::warn!(stream = %self.live.key, keyframe_interval_s = interval as f64 / 90_000.0, "{advice}");
+            }
+        }
+        if now.keyframe_waits_given_up > before.keyframe_waits_given_up {
+            tracing::warn!(stream = %self.live.key, "no keyframe for 10 fragments: media up to the next keyframe is dropped (it could not be played); set the encoder's keyframe interval to the fragment length");
+        }
+        if now.forced_cuts > before.forced_cuts && before.forced_cuts == 0 {
+            tracing::info!(stream = %self.live.key, "segment cut between keyframes at hls.maxFragment; viewers who join on such a segment wait for the next keyframe");
+        }
     }
 
     fn drain(&mut self) {
@@ -143,5 +242,29 @@ impl Publication {
         tracing::info!(stream = %self.live.key, segments = history.window.entries.len(), "publish ended");
         self.slot.finish(history);
         drop(self.claim);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advice_names_the_interval_the_fragment_and_the_obs_setting() {
+        let text = long_keyframe_interval_advice(250 * 3_000, 2 * 90_000);
+        assert!(
+            text.starts_with(
+                "keyframe interval 8.3 s is longer than the 2 s fragment: segments are 8.3 s long"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("set your encoder's keyframe interval to 2 s"));
+        assert!(text.contains("OBS: Settings → Output → Streaming → Keyframe Interval"));
+    }
+
+    #[test]
+    fn whole_millisecond_stamps_are_not_a_long_interval() {
+        assert!(!too_long(2_001 * 90, 2 * 90_000));
+        assert!(too_long(4 * 90_000, 2 * 90_000));
     }
 }

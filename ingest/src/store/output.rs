@@ -82,7 +82,7 @@ impl HlsOutput {
             settings.playlist_type,
             settings.fragment.get().as_secs_f64().round().max(1.0) as u64,
         );
-        let (history, continues_previous) = match previous {
+        let (mut history, continues_previous) = match previous {
             Some(h) if settings.continuous => {
                 let continues = !h.window.entries.is_empty();
                 (h, continues)
@@ -112,6 +112,8 @@ impl HlsOutput {
                 false,
             ),
         };
+        // Without forced cuts every segment starts on a keyframe.
+        history.window.independent_segments = settings.max_fragment.is_none();
         Self {
             key,
             layout,

@@ -4,6 +4,10 @@
 //! `OXCAST_TEST_USE_EXISTING_CLUSTER=1`.
 //!
 //! `cargo run -p oxcast-tests --bin oxcast-test-cluster`
+//!
+//! With `--node`, the control plane gets a real node (kubelet, containerd,
+//! kube-proxy; see tests/cluster/README.md) instead of kwok's fake one, as
+//! `oxcast_tests::cluster::node::NodeCluster` starts it for the tests.
 
 use std::process::ExitCode;
 
@@ -19,7 +23,32 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let cluster = match cluster::shared().await {
+    let with_node = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--node") => true,
+        Some(other) => {
+            eprintln!("oxcast-test-cluster: unknown argument {other} (usage: oxcast-test-cluster [--node])");
+            return ExitCode::from(2);
+        }
+    };
+    let started = match with_node {
+        true => cluster::node::NodeCluster::shared().await.map(|n| {
+            let t = n.timings();
+            eprintln!(
+                "node {} Ready in {:?} (control plane {:?}, containerd {:?}, kubelet {:?}, kube-proxy {:?})",
+                n.node_name(), t.total, t.control_plane, t.containerd, t.kubelet, t.kube_proxy
+            );
+            eprintln!("node logs: {}", n.dir().join("logs").display());
+            eprintln!(
+                "node shell: nsenter -t {} -n -m   images: ctr -n k8s.io --address {} images ls",
+                n.holder_pid(),
+                n.containerd_socket().display()
+            );
+            n.cluster()
+        }),
+        false => cluster::shared().await,
+    };
+    let cluster = match started {
         Ok(c) => c,
         Err(e) => {
             eprintln!("oxcast-test-cluster: {e}");

@@ -20,6 +20,9 @@ use super::Error;
 
 /// Range the API server assigns Service cluster IPs from.
 const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/16";
+/// The same with a real node: inside the test range 198.18.0.0/15, routed
+/// from the host into the node (see `node.rs`).
+pub(crate) const NODE_SERVICE_CLUSTER_IP_RANGE: &str = "198.19.0.0/16";
 /// Pod IPs kwok hands out on its fake node.
 const POD_CIDR: &str = "10.244.0.0/16";
 /// Issuer (and default audience) of ServiceAccount tokens, as in most clusters.
@@ -40,11 +43,28 @@ const API_SERVER_READY: Duration = Duration::from_secs(180);
 const CONTROLLERS_READY: Duration = Duration::from_secs(120);
 const NODE_READY: Duration = Duration::from_secs(120);
 
+/// What kind of cluster the control plane serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// kwok's fake node; the API server on loopback (the default).
+    Kwok,
+    /// A real node (`node.rs`): the API server on the host end of the node's
+    /// veth (which must exist already), Services in 198.19.0.0/16, the
+    /// `kubernetes` Service backed by the API server, Pod Security
+    /// `restricted` enforced everywhere but kube-system, and no kwok (its
+    /// fake node would attract pods that never run).
+    RealNode,
+}
+
 /// A running local control plane.
 pub(crate) struct LocalControlPlane {
     pub run_dir: PathBuf,
     pub admin_kubeconfig: PathBuf,
     pub admin_config: Config,
+    /// `https://host:port` of the API server.
+    pub server: String,
+    pub mode: Mode,
+    pub pki: Pki,
     /// Kept so the children stay owned; they die with the test binary.
     pub _processes: Processes,
 }
@@ -82,7 +102,7 @@ impl Ports {
 }
 
 /// Starts every component and waits until the cluster can run workloads.
-pub(crate) async fn start(bins: &Binaries) -> Result<LocalControlPlane, Error> {
+pub(crate) async fn start(bins: &Binaries, mode: Mode) -> Result<LocalControlPlane, Error> {
     let root = std::env::temp_dir().join("oxcast-cluster");
     std::fs::create_dir_all(&root).map_err(Error::io_path(
         "create the control-plane scratch root",
@@ -110,7 +130,11 @@ pub(crate) async fn start(bins: &Binaries) -> Result<LocalControlPlane, Error> {
 
     let pki = Pki::generate(&run_dir.join("pki"))?;
     let ports = Ports::pick()?;
-    let server = format!("https://127.0.0.1:{}", ports.apiserver);
+    let api_host = match mode {
+        Mode::Kwok => "127.0.0.1".to_string(),
+        Mode::RealNode => super::pki::NODE_API_SERVER_IP.to_string(),
+    };
+    let server = format!("https://{api_host}:{}", ports.apiserver);
     let admin_kubeconfig = run_dir.join("admin.kubeconfig");
     write_kubeconfig(&admin_kubeconfig, &server, &pki.ca_cert, &pki.admin)?;
     let cm_kubeconfig = run_dir.join("controller-manager.kubeconfig");
@@ -130,7 +154,7 @@ pub(crate) async fn start(bins: &Binaries) -> Result<LocalControlPlane, Error> {
         procs.spawn(
             "kube-apiserver",
             &bins.path("kube-apiserver"),
-            &apiserver_args(&run_dir, &ports, &pki),
+            &apiserver_args(&run_dir, &ports, &pki, mode)?,
         )?;
         let kubeconfig = Kubeconfig::read_from(&admin_kubeconfig)?;
         let admin_config =
@@ -168,14 +192,15 @@ pub(crate) async fn start(bins: &Binaries) -> Result<LocalControlPlane, Error> {
             &bins.path("kube-scheduler"),
             &scheduler_args(&run_dir, &ports, &scheduler_kubeconfig),
         )?;
-        procs.spawn(
-            "kwok",
-            &bins.path("kwok"),
-            &kwok_args(&bins.kwok_stages(), &ports, &admin_kubeconfig),
-        )?;
-
         let nodes: Api<Node> = Api::all(client.clone());
-        nodes.create(&PostParams::default(), &fake_node()?).await?;
+        if mode == Mode::Kwok {
+            procs.spawn(
+                "kwok",
+                &bins.path("kwok"),
+                &kwok_args(&bins.kwok_stages(), &ports, &admin_kubeconfig),
+            )?;
+            nodes.create(&PostParams::default(), &fake_node()?).await?;
+        }
 
         // The ServiceAccount controller (in the controller manager) creates
         // `default` in every namespace; seeing it proves the controllers run.
@@ -191,19 +216,21 @@ pub(crate) async fn start(bins: &Binaries) -> Result<LocalControlPlane, Error> {
         )
         .await?;
 
-        poll(
-            &mut procs,
-            "kwok to report the fake node Ready",
-            NODE_READY,
-            || {
-                let nodes = nodes.clone();
-                async move {
-                    let node = nodes.get(FAKE_NODE_NAME).await?;
-                    Ok(node_is_ready(&node).then_some(()))
-                }
-            },
-        )
-        .await?;
+        if mode == Mode::Kwok {
+            poll(
+                &mut procs,
+                "kwok to report the fake node Ready",
+                NODE_READY,
+                || {
+                    let nodes = nodes.clone();
+                    async move {
+                        let node = nodes.get(FAKE_NODE_NAME).await?;
+                        Ok(node_is_ready(&node).then_some(()))
+                    }
+                },
+            )
+            .await?;
+        }
         tracing::info!(elapsed = ?started.elapsed(), "local control plane is ready");
         Ok::<_, Error>(admin_config)
     }
@@ -214,6 +241,9 @@ pub(crate) async fn start(bins: &Binaries) -> Result<LocalControlPlane, Error> {
             run_dir,
             admin_kubeconfig,
             admin_config,
+            server,
+            pki,
+            mode,
             _processes: procs,
         }),
         Err(err) => {
@@ -292,11 +322,14 @@ fn etcd_args(run_dir: &Path, ports: &Ports) -> Vec<String> {
     ]
 }
 
-fn apiserver_args(run_dir: &Path, ports: &Ports, pki: &Pki) -> Vec<String> {
-    vec![
+fn apiserver_args(
+    run_dir: &Path,
+    ports: &Ports,
+    pki: &Pki,
+    mode: Mode,
+) -> Result<Vec<String>, Error> {
+    let mut args = vec![
         format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
-        "--bind-address=127.0.0.1".into(),
-        "--advertise-address=127.0.0.1".into(),
         format!("--secure-port={}", ports.apiserver),
         path_arg("cert-dir", &run_dir.join("apiserver")),
         path_arg("tls-cert-file", &pki.serving.cert),
@@ -316,14 +349,69 @@ fn apiserver_args(run_dir: &Path, ports: &Ports, pki: &Pki) -> Vec<String> {
         path_arg("service-account-signing-key-file", &pki.service_account_key),
         // RBAC enforced as in production clusters (Node for kubelet identities).
         "--authorization-mode=Node,RBAC".into(),
-        format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
         "--allow-privileged=true".into(),
-        // The `kubernetes` Service would otherwise get a loopback endpoint,
-        // which EndpointSlice validation rejects over and over in the log.
-        "--endpoint-reconciler-type=none".into(),
         "--profiling=false".into(),
-    ]
+    ];
+    match mode {
+        Mode::Kwok => args.extend([
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+            // The `kubernetes` Service would otherwise get a loopback endpoint,
+            // which EndpointSlice validation rejects over and over in the log.
+            "--endpoint-reconciler-type=none".into(),
+        ]),
+        Mode::RealNode => {
+            let ip = super::pki::NODE_API_SERVER_IP;
+            let admission = run_dir.join("admission.yaml");
+            std::fs::write(&admission, ADMISSION_CONFIG).map_err(Error::io_path(
+                "write the admission configuration",
+                &admission,
+            ))?;
+            args.extend([
+                // Only the host end of the node's veth (and no other
+                // interface); the `kubernetes` Service points there, so pods
+                // reach the API server through kube-proxy.
+                format!("--bind-address={ip}"),
+                format!("--advertise-address={ip}"),
+                format!("--service-cluster-ip-range={NODE_SERVICE_CLUSTER_IP_RANGE}"),
+                "--enable-admission-plugins=NodeRestriction".into(),
+                path_arg("admission-control-config-file", &admission),
+                // `kubectl logs/exec` go through the API server to the kubelet.
+                path_arg(
+                    "kubelet-client-certificate",
+                    &pki.apiserver_kubelet_client.cert,
+                ),
+                path_arg("kubelet-client-key", &pki.apiserver_kubelet_client.key),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+            ]);
+        }
+    }
+    Ok(args)
 }
+
+/// Pod Security admission with a real node: `restricted` enforced (and
+/// audited and warned) on every namespace that does not say otherwise,
+/// kube-system exempt, as a hardened production cluster sets it up.
+const ADMISSION_CONFIG: &str = r#"apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+  - name: PodSecurity
+    configuration:
+      apiVersion: pod-security.admission.config.k8s.io/v1
+      kind: PodSecurityConfiguration
+      defaults:
+        enforce: restricted
+        enforce-version: latest
+        audit: restricted
+        audit-version: latest
+        warn: restricted
+        warn-version: latest
+      exemptions:
+        usernames: []
+        runtimeClasses: []
+        namespaces: [kube-system]
+"#;
 
 fn controller_manager_args(
     run_dir: &Path,

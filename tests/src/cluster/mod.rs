@@ -26,6 +26,8 @@
 
 mod binaries;
 mod control_plane;
+pub mod loadbalancer;
+pub mod node;
 mod pki;
 mod process;
 
@@ -198,7 +200,7 @@ async fn start() -> Result<TestCluster, Error> {
     // Blocking (it may build the binaries), which is harmless here: this runs
     // on the supervisor thread's own single-threaded runtime.
     let bins = Binaries::locate()?;
-    let cp = control_plane::start(&bins).await?;
+    let cp = control_plane::start(&bins, control_plane::Mode::Kwok).await?;
     Ok(TestCluster {
         admin_config: cp.admin_config.clone(),
         kubeconfig: cp.admin_kubeconfig.clone(),
@@ -317,7 +319,10 @@ impl TestCluster {
 
     /// The kwok node of a local cluster; workloads are scheduled there.
     pub fn fake_node(&self) -> Option<&'static str> {
-        self.local.as_ref().map(|_| control_plane::FAKE_NODE_NAME)
+        self.local
+            .as_ref()
+            .filter(|l| l.control_plane.mode == control_plane::Mode::Kwok)
+            .map(|_| control_plane::FAKE_NODE_NAME)
     }
 
     /// `kubectl` pointed at this cluster: the built one for a local cluster,

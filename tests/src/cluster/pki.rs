@@ -20,6 +20,16 @@ use super::Error;
 /// The first address of `SERVICE_CLUSTER_IP_RANGE`, which the API server
 /// gives the `kubernetes` Service; in-cluster clients reach it there.
 pub(crate) const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+/// The same for the Service range of a cluster with a real node
+/// (`node::SERVICE_CIDR`): pods reach the API server there.
+pub(crate) const NODE_KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+/// Where the API server listens when a real node is attached: the host end
+/// of the node's veth (`node::HOST_ADDR`).
+pub(crate) const NODE_API_SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 1);
+/// The node's own address (`node::NODE_ADDR`), in the kubelet's serving certificate.
+pub(crate) const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 2);
+/// Name of the real node; its kubelet authenticates as `system:node:<name>`.
+pub(crate) const NODE_NAME: &str = "oxcast-node";
 
 /// Common name the API server presents to aggregated API servers; the only
 /// name allowed to assert users through request headers.
@@ -48,6 +58,15 @@ pub(crate) struct Pki {
     /// Signs ServiceAccount tokens (API server) and verifies them.
     pub service_account_key: PathBuf,
     pub service_account_pub: PathBuf,
+    /// The real node's kubelet: `system:node:<NODE_NAME>` in `system:nodes`,
+    /// which the Node authorizer and NodeRestriction admission expect.
+    pub kubelet_client: CertPair,
+    /// The kubelet's serving certificate (for 198.18.255.2).
+    pub kubelet_serving: CertPair,
+    /// The API server's client certificate towards kubelets (logs, exec).
+    pub apiserver_kubelet_client: CertPair,
+    /// kube-proxy: `system:kube-proxy`, bound to `system:node-proxier`.
+    pub kube_proxy: CertPair,
 }
 
 impl Pki {
@@ -67,9 +86,17 @@ impl Pki {
         serving
             .subject_alt_names
             .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        serving
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(KUBERNETES_SERVICE_IP)));
+        // Both layouts' addresses: with a real node the API server listens on
+        // the veth address and pods reach it through the `kubernetes` Service.
+        for ip in [
+            KUBERNETES_SERVICE_IP,
+            NODE_KUBERNETES_SERVICE_IP,
+            NODE_API_SERVER_IP,
+        ] {
+            serving
+                .subject_alt_names
+                .push(SanType::IpAddress(IpAddr::V4(ip)));
+        }
         serving
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");
@@ -111,6 +138,35 @@ impl Pki {
             &front_proxy,
         )?;
 
+        let kubelet_client = client_cert(
+            dir,
+            "kubelet-client",
+            &format!("system:node:{NODE_NAME}"),
+            Some("system:nodes"),
+            &ca,
+        )?;
+        let mut kubelet_serving = CertificateParams::new(vec![NODE_NAME.to_string()])?;
+        kubelet_serving
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(NODE_IP)));
+        kubelet_serving
+            .distinguished_name
+            .push(DnType::CommonName, NODE_NAME);
+        kubelet_serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        kubelet_serving.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let kubelet_serving = sign(dir, "kubelet-serving", kubelet_serving, &ca)?;
+        let apiserver_kubelet_client = client_cert(
+            dir,
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+            &ca,
+        )?;
+        let kube_proxy = client_cert(dir, "kube-proxy", "system:kube-proxy", None, &ca)?;
+
         let sa = KeyPair::generate()?;
         let service_account_key = dir.join("sa.key");
         let service_account_pub = dir.join("sa.pub");
@@ -127,6 +183,10 @@ impl Pki {
             front_proxy_client,
             service_account_key,
             service_account_pub,
+            kubelet_client,
+            kubelet_serving,
+            apiserver_kubelet_client,
+            kube_proxy,
         })
     }
 }

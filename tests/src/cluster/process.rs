@@ -152,6 +152,16 @@ impl Processes {
         Ok(())
     }
 
+    /// Process id of the first child spawned (the group leader), if any.
+    pub(crate) fn first_pid(&self) -> Option<u32> {
+        self.children.first().map(|m| m.child.id())
+    }
+
+    /// Process id of the child spawned last.
+    pub(crate) fn last_pid(&self) -> Option<u32> {
+        self.children.last().map(|m| m.child.id())
+    }
+
     /// Kills every child and reaps it. Used when startup fails half-way.
     pub(crate) fn kill_all(&mut self) {
         if let Some(pgid) = self.pgid {
@@ -200,6 +210,9 @@ pub(crate) enum ExitCleanup {
     Pid(i32),
     /// A directory to delete once the processes using it are dead.
     Dir(PathBuf),
+    /// Teardown code that must run before the processes are killed (the real
+    /// node's: its containers, shims and cgroups).
+    Hook(Box<dyn FnOnce() + Send>),
 }
 
 /// Everything registered for the `atexit` hook, in registration order.
@@ -225,7 +238,7 @@ pub(crate) fn register_for_exit_cleanup(item: ExitCleanup) {
     }
 }
 
-fn forget_pid(pid: i32) {
+pub(crate) fn forget_pid(pid: i32) {
     let mut items = match EXIT_CLEANUP.lock() {
         Ok(items) => items,
         Err(poisoned) => poisoned.into_inner(),
@@ -236,10 +249,18 @@ fn forget_pid(pid: i32) {
 extern "C" fn run_exit_cleanup() {
     // Never block or panic at exit: if the lock is busy, the death signal and
     // the next run's janitor still clean up.
-    let Ok(mut items) = EXIT_CLEANUP.try_lock() else {
+    let Ok(mut guard) = EXIT_CLEANUP.try_lock() else {
         return;
     };
-    let items = std::mem::take(&mut *items);
+    let mut items = std::mem::take(&mut *guard);
+    // Hooks may call `forget_pid`, which takes the lock.
+    drop(guard);
+    for item in &mut items {
+        if let ExitCleanup::Hook(hook) = item {
+            let hook = std::mem::replace(hook, Box::new(|| {}));
+            hook();
+        }
+    }
     let mut pids = Vec::new();
     for item in &items {
         if let ExitCleanup::Pid(pid) = item {

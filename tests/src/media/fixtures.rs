@@ -37,9 +37,12 @@ pub enum Fixture {
     LongGop,
     /// As `Av8s` but with a 0.52 s GOP (13 frames): odd segment durations.
     OddGop,
+    /// x264's default keyframe interval, what OBS's "auto" gives: 30 fps
+    /// with `-g 250` (a keyframe every 8.33 s), no scene cuts; 18 s.
+    Gop250,
 }
 
-const ALL: [Fixture; 9] = [
+const ALL: [Fixture; 10] = [
     Fixture::Av8s,
     Fixture::Av14s,
     Fixture::AudioOnly,
@@ -49,6 +52,7 @@ const ALL: [Fixture; 9] = [
     Fixture::ResolutionChange,
     Fixture::LongGop,
     Fixture::OddGop,
+    Fixture::Gop250,
 ];
 
 /// A generated fixture file.
@@ -205,6 +209,15 @@ fn recipe(kind: Fixture) -> (Vec<Vec<String>>, Media) {
             vec![av_recipe(8, Some(("320x240", 13)), stereo)],
             media(8, true, true),
         ),
+        Fixture::Gop250 => {
+            let mut args = av_recipe(18, Some(("320x240", 250)), stereo);
+            for a in &mut args {
+                if a.starts_with("testsrc2=") {
+                    *a = "testsrc2=size=320x240:rate=30".to_string();
+                }
+            }
+            (vec![args], media(18, true, true))
+        }
     }
 }
 

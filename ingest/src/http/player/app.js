@@ -85,6 +85,10 @@
       ["Resolution", s.resolution],
       ["Frame rate", s.frameRate != null ? `${s.frameRate} fps` : null],
       ["Bitrate", formatBitrate(s.bitrate)],
+      [
+        "Keyframe interval",
+        s.keyframeInterval != null ? `${s.keyframeInterval} s` : null,
+      ],
       ["Playlist", s.playlistUrl],
     ];
     for (const [k, v] of rows) {
@@ -100,6 +104,14 @@
   function message(text) {
     $("message").textContent = text || "";
   }
+
+  // What to do when the server has no hls.js: said on the page, never a
+  // silent black video.
+  const NO_HLSJS =
+    "This server has no hls.js, so only browsers with built-in HLS " +
+    "(Safari) can play here. To play in Chrome and Firefox, run this in " +
+    "the oxcast source directory (needs Node.js), then restart " +
+    "oxcast-ingest and reload this page:  cd player && npm ci && npm run build";
 
   function stop() {
     if (hls) {
@@ -142,14 +154,14 @@
       hls.loadSource(url);
       hls.attachMedia(video);
     } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
+      // Some browsers claim native HLS and still show nothing: say what
+      // fixes it up front.
       state.engine = "native";
+      message(NO_HLSJS);
       video.src = url;
     } else {
       state.engine = null;
-      message(
-        "This browser needs hls.js to play HLS, and the server has no player " +
-          "assets (build them with `npm ci && npm run build` in player/).",
-      );
+      message(NO_HLSJS);
       return;
     }
     $("engine").textContent = `playback: ${state.engine}`;

@@ -1,0 +1,655 @@
+//! The product in a real cluster: the chart, the operator and the ingest and
+//! HTTP servers run as pods on a real node (kubelet, containerd, runc, CNI,
+//! kube-proxy), from the images `docker/Dockerfile` defines, and a real
+//! load-balancer controller (MetalLB) gives the RTMP Service the address
+//! ffmpeg publishes to. `tests/kind/e2e.sh` runs here exactly as the README
+//! and the kind workflow call it, with its defaults.
+//!
+//! The tests of this binary share one node and run one at a time (the node
+//! has two CPUs, and the scale-out example requests most of them).
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use oxcast_tests::chart::Helm;
+use oxcast_tests::cluster::loadbalancer::MetalLb;
+use oxcast_tests::cluster::node::{NodeCluster, LOADBALANCER_CIDR};
+use oxcast_tests::images;
+use oxcast_tests::media::process::run;
+use oxcast_tests::media::workspace_root;
+
+/// One e2e.sh command (it waits up to its own --timeout, 300 s, per step).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// What every test of this binary needs, set up once.
+struct Setup {
+    node: &'static NodeCluster,
+    /// PATH with helm and kubectl first.
+    path: OsString,
+    _load_balancer: MetalLb,
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let node = NodeCluster::shared_blocking()
+            .unwrap_or_else(|e| panic!("the real node did not start: {e}"));
+        let out = images::scratch_dir("node-e2e").expect("a directory for the images");
+        let built = images::build_oci_images(&out).expect("build the OCI images");
+        for image in &built {
+            node.import_image_blocking(&image.path)
+                .unwrap_or_else(|e| panic!("import {} into the node: {e}", image.name));
+            eprintln!("node_e2e: imported {}", image.name);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let load_balancer = runtime
+            .block_on(MetalLb::start(node.kubeconfig(), LOADBALANCER_CIDR))
+            .unwrap_or_else(|e| panic!("the MetalLB controller did not start: {e}"));
+        let helm_dir = Helm::V4
+            .path()
+            .parent()
+            .expect("helm's directory")
+            .to_path_buf();
+        let kubectl_dir = node
+            .cluster()
+            .bin_dir()
+            .expect("the local cluster's binaries")
+            .to_path_buf();
+        let path = std::env::join_paths([helm_dir, kubectl_dir].into_iter().chain(
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+        ))
+        .expect("PATH");
+        Setup {
+            node,
+            path,
+            _load_balancer: load_balancer,
+        }
+    })
+}
+
+/// One test at a time on the node; a failed test does not block the rest.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs a shell command line from the README or a workflow, as written, in
+/// the repository, against the node's cluster.
+fn run_line(setup: &Setup, line: &str, extra_env: &[(&str, &Path)]) {
+    eprintln!("node_e2e: $ {line}");
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", line])
+        .current_dir(workspace_root())
+        .env("PATH", &setup.path)
+        .env("KUBECONFIG", setup.node.kubeconfig());
+    for (key, value) in extra_env {
+        cmd.env(key, value);
+    }
+    let done = run(cmd, SCRIPT_TIMEOUT).unwrap_or_else(|e| panic!("run {line}: {e}"));
+    assert!(
+        done.success(),
+        "`{line}` failed ({:?}):\n--- stdout\n{}\n--- stderr\n{}\n--- node logs in {}",
+        done.status,
+        done.stdout,
+        done.stderr,
+        setup.node.dir().join("logs").display()
+    );
+    eprintln!("{}", done.stderr);
+}
+
+/// The shell lines of the first ```sh block after `heading` in `file`,
+/// with backslash continuations joined.
+fn shell_block_after(file: &str, heading: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(workspace_root().join(file))
+        .unwrap_or_else(|e| panic!("read {file}: {e}"));
+    let after = text
+        .split_once(heading)
+        .unwrap_or_else(|| panic!("{file} has no {heading:?}"))
+        .1;
+    let block = after
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .unwrap_or_else(|| panic!("{file}: no ```sh block after {heading:?}"))
+        .0;
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for line in block.lines() {
+        match line.trim_end().strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(line.trim());
+                if !current.trim().is_empty() {
+                    lines.push(std::mem::take(&mut current).trim().to_string());
+                }
+                current.clear();
+            }
+        }
+    }
+    lines
+}
+
+/// The kind workflow's `run:` line that calls `tests/kind/e2e.sh` with
+/// `command`, as written there.
+fn workflow_line(command: &str) -> String {
+    let text = std::fs::read_to_string(workspace_root().join(".github/workflows/e2e-kind.yml"))
+        .expect("read the kind workflow");
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("tests/kind/e2e.sh") && l.ends_with(&format!(" {command}")))
+        .unwrap_or_else(|| panic!("the kind workflow has no e2e.sh ... {command} line"))
+        .to_string()
+}
+
+#[test]
+fn the_readme_end_to_end_commands_pass_on_a_real_node() {
+    let _serial = serial();
+    let setup = setup();
+    let readme = shell_block_after("README.md", "### End-to-end check of a cluster");
+    assert!(
+        readme.len() == 2 && readme[0].ends_with(" all") && readme[1].ends_with(" cleanup"),
+        "the README's e2e block changed; update this test: {readme:?}"
+    );
+
+    // Install the chart with the images built here, the minimal example,
+    // ffmpeg to the LoadBalancer address, every segment back over HTTP.
+    run_line(setup, &readme[0], &[]);
+
+    // The scale-out example on a shared volume, as the kind workflow runs
+    // it; this machine is the node, so the volume is a local directory.
+    let rwx = tempfile::Builder::new()
+        .prefix("oxcast-rwx-")
+        .tempdir()
+        .expect("a directory for the shared volume");
+    run_line(
+        setup,
+        "tests/kind/e2e.sh --rwx-dir \"$RWX_DIR\" host-rwx-storage",
+        &[("RWX_DIR", rwx.path())],
+    );
+    run_line(setup, &workflow_line("scale-out"), &[]);
+
+    run_line(setup, &readme[1], &[]);
+}
+
+/// The image names the chart's defaults use are the ones imported.
+#[test]
+fn the_node_runs_the_images_under_the_chart_default_names() {
+    let _serial = serial();
+    let setup = setup();
+    let out = setup
+        .node
+        .node_command("ctr")
+        .arg("--address")
+        .arg(setup.node.containerd_socket())
+        .args(["-n", "k8s.io", "images", "list", "-q"])
+        .output()
+        .expect("run ctr images list");
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    for stage in ["oxcast-operator", "oxcast-ingest"] {
+        let name = images::chart_image_name(stage).expect("the chart's image name");
+        assert!(
+            listed.lines().any(|l| l == name),
+            "{name} is not in the node's containerd:\n{listed}"
+        );
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `limit`.
+fn wait_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `kubectl ARGS` against the node's cluster; panics unless it succeeds.
+fn kubectl(setup: &Setup, args: &[&str]) -> String {
+    let mut cmd = setup.node.cluster().kubectl();
+    cmd.args(args);
+    let done = run(cmd, Duration::from_secs(120)).expect("run kubectl");
+    assert!(
+        done.success(),
+        "kubectl {args:?} failed: {}{}",
+        done.stdout,
+        done.stderr
+    );
+    done.stdout
+}
+
+/// `kubectl ARGS` that may fail (for polling).
+fn kubectl_try(setup: &Setup, args: &[&str]) -> Option<String> {
+    let mut cmd = setup.node.cluster().kubectl();
+    cmd.args(args);
+    run(cmd, Duration::from_secs(60))
+        .ok()
+        .filter(|d| d.success())
+        .map(|d| d.stdout)
+}
+
+/// Processes on this machine whose cgroup names pod `uid` (the node's
+/// containers are ordinary processes of the host), with their command line.
+fn pod_processes(uid: &str) -> Vec<(u32, String)> {
+    let needle = format!("pod{uid}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        if !cgroup.contains(&needle) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        found.push((pid, cmdline.trim().to_string()));
+    }
+    found
+}
+
+/// The `Uid:` line of /proc/PID/status: real, effective, saved, fs.
+fn uids(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("read the process status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .expect("a Uid line")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The mount options of the process's root filesystem.
+fn root_mount_options(pid: u32) -> String {
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("read mountinfo");
+    mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .expect("the root mount")
+        .to_string()
+}
+
+fn jsonpath(setup: &Setup, ns: &str, object: &str, path: &str) -> String {
+    kubectl(
+        setup,
+        &["-n", ns, "get", object, "-o", &format!("jsonpath={path}")],
+    )
+}
+
+/// What only real pods show, on one LiveApplication with its segments on a
+/// shared volume (a directory of this machine) and the HTTP server in its
+/// own Deployment: the restricted pods run as 65532 on a read-only root and
+/// write segments through fsGroup; `kubectl logs` is JSON; SIGTERM with a
+/// live publisher ends the playlist within the grace period; a config change
+/// rolls the pods, cutting the publisher and ending the playlist cleanly;
+/// deleting the LiveApplication removes everything it created.
+#[test]
+fn ingest_pods_run_restricted_and_end_streams_cleanly_on_sigterm_and_rollout() {
+    use oxcast_tests::media::fixtures::{require, Fixture};
+    use oxcast_tests::media::{http, Publisher};
+
+    let _serial = serial();
+    let setup = setup();
+    run_line(setup, "tests/kind/e2e.sh install", &[]);
+
+    let ns = "oxcast-pods";
+    let app = "pods";
+    let key = "sigterm";
+    let _ = kubectl_try(setup, &["delete", "namespace", ns, "--wait=true"]);
+    kubectl(setup, &["create", "namespace", ns]);
+
+    // Restricted Pod Security is enforced on this namespace without any
+    // label of ours: a pod that asks for root is refused.
+    let privileged = kubectl_try(
+        setup,
+        &[
+            "-n",
+            ns,
+            "run",
+            "root-shell",
+            "--image=oxcast.test/busybox:1",
+            "--restart=Never",
+            "--overrides={\"spec\":{\"securityContext\":{\"runAsUser\":0}}}",
+            "--",
+            "sleep",
+            "1",
+        ],
+    );
+    assert!(
+        privileged.is_none(),
+        "a pod running as root was admitted: {privileged:?}"
+    );
+
+    // The shared volume: a directory of this machine, as in e2e.sh's
+    // host-rwx-storage, with a StorageClass of its own.
+    let volume = tempfile::Builder::new()
+        .prefix("oxcast-pods-")
+        .tempdir()
+        .expect("a directory for the volume");
+    std::fs::set_permissions(
+        volume.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .expect("chmod the volume");
+    let manifest = format!(
+        r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: oxcast-pods}}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: Immediate
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: oxcast-pods}}
+spec:
+  storageClassName: oxcast-pods
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {{path: {dir}, type: Directory}}
+---
+apiVersion: live.oxcast.dev/v1alpha1
+kind: LiveApplication
+metadata: {{name: {app}, namespace: {ns}}}
+spec:
+  rtmp:
+    service: {{type: LoadBalancer}}
+  hls:
+    fragment: 1s
+    playlistLength: 10s
+  http:
+    mode: deployment
+    replicas: 1
+    service: {{type: ClusterIP, port: 80}}
+  storage:
+    persistentVolumeClaim:
+      storageClassName: oxcast-pods
+      size: 1Gi
+      accessModes: [ReadWriteMany]
+"#,
+        dir = volume.path().display()
+    );
+    let manifest_file = volume.path().join("manifest.yaml");
+    // The manifest sits outside the served tree (the tree is <volume>/<key>/...).
+    std::fs::write(&manifest_file, manifest).expect("write the manifest");
+    kubectl(
+        setup,
+        &["apply", "-f", manifest_file.to_str().expect("utf-8 path")],
+    );
+    kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "wait",
+            &format!("liveapplication/{app}"),
+            "--for=condition=Ready",
+            "--timeout=300s",
+        ],
+    );
+    let rtmp_url = wait_until("status.rtmpUrl", Duration::from_secs(120), || {
+        Some(jsonpath(
+            setup,
+            ns,
+            &format!("liveapplication/{app}"),
+            "{.status.rtmpUrl}",
+        ))
+        .filter(|u| u.starts_with("rtmp://198.18.200."))
+    });
+    let cluster_ip = jsonpath(
+        setup,
+        ns,
+        &format!("service/{app}-http"),
+        "{.spec.clusterIP}",
+    );
+    let http_addr: std::net::SocketAddr = format!("{cluster_ip}:80").parse().expect("ClusterIP");
+    let ingest_pod = || {
+        kubectl(
+            setup,
+            &[
+                "-n",
+                ns,
+                "get",
+                "pods",
+                "-l",
+                &format!("app.kubernetes.io/instance={app},app.kubernetes.io/component=ingest"),
+                "--field-selector=status.phase=Running",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.metadata.uid}{\"\\n\"}{end}",
+            ],
+        )
+    };
+    let first = ingest_pod();
+    let (pod, uid) = first
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(' '))
+        .map(|(n, u)| (n.to_string(), u.to_string()))
+        .unwrap_or_else(|| panic!("no running ingest pod: {first:?}"));
+
+    // The ingest server runs as 65532 on a read-only root filesystem.
+    let processes = pod_processes(&uid);
+    let (server_pid, _) = processes
+        .iter()
+        .find(|(_, cmd)| cmd.starts_with("oxcast-ingest rtmp"))
+        .unwrap_or_else(|| panic!("no oxcast-ingest rtmp process in pod {pod}: {processes:?}"));
+    assert_eq!(uids(*server_pid), "65532 65532 65532 65532");
+    let options = root_mount_options(*server_pid);
+    assert!(
+        options.split(',').any(|o| o == "ro"),
+        "the ingest container's root is mounted {options}"
+    );
+
+    // A live stream through the LoadBalancer address, served by the HTTP
+    // Deployment from the shared volume, written through fsGroup.
+    let media = require(Fixture::Av14s);
+    let mut publisher =
+        Publisher::start_with(media, &format!("{rtmp_url}/{key}"), &["-stream_loop", "30"]);
+    let playlist_path = format!("/live/{key}/index.m3u8");
+    wait_until(
+        "the live playlist over the HTTP Service",
+        Duration::from_secs(60),
+        || {
+            http::get(http_addr, &playlist_path)
+                .ok()
+                .filter(|r| r.status == 200 && r.text().contains("#EXTINF:"))
+        },
+    );
+    let on_disk = volume.path().join(key).join("index.m3u8");
+    let segment = std::fs::read_dir(volume.path().join(key))
+        .expect("the stream's directory on the volume")
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "ts"))
+        .expect("a segment on the volume");
+    let gid = std::os::unix::fs::MetadataExt::gid(&segment.metadata().expect("segment metadata"));
+    assert_eq!(gid, 65532, "segments are written with the pod's fsGroup");
+
+    // kubectl logs: one JSON object per line.
+    let logs = kubectl(setup, &["-n", ns, "logs", &pod, "-c", "ingest"]);
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the ingest container logged nothing");
+    for line in &lines {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
+        assert!(value.get("level").is_some(), "no level in {line}");
+    }
+    assert!(
+        logs.contains("publish started"),
+        "the publish is not in the logs:\n{logs}"
+    );
+
+    // SIGTERM with a live publisher: the pod's own server ends the playlist
+    // within the grace period, and the publisher is cut.
+    let grace: u64 = jsonpath(
+        setup,
+        ns,
+        &format!("pod/{pod}"),
+        "{.spec.terminationGracePeriodSeconds}",
+    )
+    .parse()
+    .expect("terminationGracePeriodSeconds");
+    let mut follow = setup.node.cluster().kubectl();
+    follow.args(["-n", ns, "logs", "-f", &pod, "-c", "ingest", "--since=1s"]);
+    let follower = oxcast_tests::media::process::Running::spawn(follow).expect("kubectl logs -f");
+    let deleted_at = std::time::Instant::now();
+    kubectl(setup, &["-n", ns, "delete", "pod", &pod, "--wait=false"]);
+    wait_until(
+        "ENDLIST in the playlist on the volume",
+        Duration::from_secs(grace + 10),
+        || {
+            std::fs::read_to_string(&on_disk)
+                .ok()
+                .filter(|p| p.contains("#EXT-X-ENDLIST"))
+        },
+    );
+    let ended_after = deleted_at.elapsed();
+    assert!(
+        ended_after <= Duration::from_secs(grace),
+        "the playlist ended {ended_after:?} after the delete, grace period {grace}s"
+    );
+    let followed = follower.wait(Duration::from_secs(grace + 30));
+    assert!(
+        followed
+            .stdout
+            .contains("shutting down: finishing segments and playlists"),
+        "the terminating pod did not shut down on SIGTERM:\n{}",
+        followed.stdout
+    );
+    wait_until(
+        "the publisher to be cut",
+        Duration::from_secs(grace + 30),
+        || (!publisher.is_running()).then_some(()),
+    );
+    let ended = http::get(http_addr, &playlist_path).expect("fetch the ended playlist");
+    assert!(ended.text().contains("#EXT-X-ENDLIST"), "{}", ended.text());
+
+    // A config change rolls the ingest pod: a new publisher is cut by the
+    // rollout and its playlist ends cleanly.
+    kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "wait",
+            &format!("liveapplication/{app}"),
+            "--for=condition=Ready",
+            "--timeout=300s",
+        ],
+    );
+    let second_key = "rollout";
+    let mut publisher = wait_until(
+        "a publish to the replacement pod",
+        Duration::from_secs(120),
+        || {
+            let mut p = Publisher::start_with(
+                media,
+                &format!("{rtmp_url}/{second_key}"),
+                &["-stream_loop", "30"],
+            );
+            std::thread::sleep(Duration::from_secs(2));
+            p.is_running().then_some(p)
+        },
+    );
+    let second_playlist = format!("/live/{second_key}/index.m3u8");
+    wait_until("the second live playlist", Duration::from_secs(60), || {
+        http::get(http_addr, &second_playlist)
+            .ok()
+            .filter(|r| r.status == 200 && r.text().contains("#EXTINF:"))
+    });
+    kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "patch",
+            &format!("liveapplication/{app}"),
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"hls":{"playlistLength":"12s"}}}"#,
+        ],
+    );
+    wait_until(
+        "the rollout to cut the publisher",
+        Duration::from_secs(120),
+        || (!publisher.is_running()).then_some(()),
+    );
+    wait_until("ENDLIST after the rollout", Duration::from_secs(60), || {
+        http::get(http_addr, &second_playlist)
+            .ok()
+            .filter(|r| r.text().contains("#EXT-X-ENDLIST"))
+    });
+    kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "rollout",
+            "status",
+            &format!("deployment/{app}"),
+            "--timeout=300s",
+        ],
+    );
+
+    // Deleting the LiveApplication removes every pod, Service, ConfigMap
+    // and claim it created.
+    kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "delete",
+            &format!("liveapplication/{app}"),
+            "--wait=true",
+        ],
+    );
+    let selector = format!("app.kubernetes.io/instance={app}");
+    wait_until(
+        "the application's objects to be gone",
+        Duration::from_secs(180),
+        || {
+            let left = kubectl(
+                setup,
+                &[
+                    "-n",
+                    ns,
+                    "get",
+                    "pods,services,deployments,configmaps,pvc",
+                    "-l",
+                    &selector,
+                    "-o",
+                    "name",
+                ],
+            );
+            left.trim().is_empty().then_some(())
+        },
+    );
+    kubectl(
+        setup,
+        &["delete", "namespace", ns, "--wait=true", "--timeout=180s"],
+    );
+    let _ = kubectl_try(setup, &["delete", "persistentvolume", "oxcast-pods"]);
+    let _ = kubectl_try(setup, &["delete", "storageclass", "oxcast-pods"]);
+}
