@@ -13,7 +13,9 @@ pub mod server;
 pub use auth::{AuthMode, AuthSettings, KeysAuth, WebhookAuth};
 pub use duration::HumanDuration;
 pub use hls::{DatetimeMode, FragmentNaming, HlsSettings, PlaylistType};
-pub use server::{HttpSettings, IngestConfig, RtmpLimits, RtmpSettings};
+pub use server::{
+    HttpSettings, IngestConfig, OwnershipMode, OwnershipSettings, RtmpLimits, RtmpSettings,
+};
 
 /// A setting that is out of range or inconsistent with another one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -164,6 +164,7 @@ impl LiveApplicationSpec {
             rtmp: self.rtmp.settings.clone(),
             hls: self.hls.clone(),
             http: self.http.settings.clone(),
+            ownership: Default::default(),
         }
     }
 }

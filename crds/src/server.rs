@@ -14,6 +14,59 @@ pub struct IngestConfig {
     pub rtmp: RtmpSettings,
     pub hls: HlsSettings,
     pub http: HttpSettings,
+    /// Who owns a live stream when several ingest replicas share one
+    /// volume. Left out of the rendered file while it is the default.
+    #[serde(skip_serializing_if = "OwnershipSettings::is_default")]
+    pub ownership: OwnershipSettings,
+}
+
+/// How a replica proves it owns a stream (see DESIGN.md, "Scale-out: one
+/// owner per stream").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OwnershipMode {
+    /// One process owns every stream it publishes (the all-in-one `run`
+    /// without a cluster, the single-VPS setup).
+    #[default]
+    InProcess,
+    /// coordination.k8s.io Leases in the application's namespace: one
+    /// heartbeat Lease per replica, one Lease per live stream.
+    Leases,
+}
+
+/// Stream ownership across replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct OwnershipSettings {
+    pub mode: OwnershipMode,
+    /// Prefix of the Lease names (the LiveApplication's name, so two
+    /// applications in one namespace never share a stream); default: the
+    /// RTMP app.
+    pub lease_prefix: Option<String>,
+    /// A replica whose heartbeat Lease was not renewed for this long is
+    /// dead: its streams may be taken over, and it stops writing them itself
+    /// (fencing) before that.
+    pub lease_duration: HumanDuration,
+    /// How often a replica renews its heartbeat Lease (one API write per
+    /// interval per replica, however many streams it owns).
+    pub renew_interval: HumanDuration,
+}
+
+impl Default for OwnershipSettings {
+    fn default() -> Self {
+        Self {
+            mode: OwnershipMode::InProcess,
+            lease_prefix: None,
+            lease_duration: HumanDuration::from_secs(10),
+            renew_interval: HumanDuration::from_secs(2),
+        }
+    }
+}
+
+impl OwnershipSettings {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// RTMP ingest settings.
@@ -110,6 +163,29 @@ fn is_name_char(c: char) -> bool {
 impl IngestConfig {
     /// Checks every section; the error names the setting to fix.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let own = &self.ownership;
+        if own.lease_duration.get() < std::time::Duration::from_secs(2) {
+            return Err(InvalidSetting::new(
+                "ownership.leaseDuration",
+                "must be at least 2s",
+            ));
+        }
+        if own.renew_interval.get().is_zero()
+            || own.renew_interval.get() * 3 > own.lease_duration.get()
+        {
+            return Err(InvalidSetting::new(
+                "ownership.renewInterval",
+                "must be more than 0 and at most a third of leaseDuration",
+            ));
+        }
+        if let Some(prefix) = &own.lease_prefix {
+            if prefix.is_empty() || prefix.len() > 63 || !prefix.chars().all(is_name_char) {
+                return Err(InvalidSetting::new(
+                    "ownership.leasePrefix",
+                    format!("{prefix:?} must be 1-63 characters of A-Z a-z 0-9 . _ -"),
+                ));
+            }
+        }
         let app = &self.rtmp.app;
         if app.is_empty() || app.len() > 128 || !app.chars().all(is_name_char) {
             return Err(InvalidSetting::new(

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use oxcast_crds::{
-    DatetimeMode, FragmentNaming, HlsSettings, HumanDuration, IngestConfig, PlaylistType,
+    DatetimeMode, FragmentNaming, HlsSettings, HumanDuration, IngestConfig, OwnershipMode,
+    PlaylistType,
 };
 use serde::de::DeserializeOwned;
 
@@ -68,6 +69,31 @@ pub struct RtmpArgs {
     pub allow_play: Option<bool>,
     #[command(flatten)]
     pub hls: HlsFlags,
+    #[command(flatten)]
+    pub ownership: OwnershipFlags,
+}
+
+/// The `ownership` section as flags, plus who this replica is.
+#[derive(Debug, Args, Default)]
+pub struct OwnershipFlags {
+    /// inProcess | leases: how stream ownership is proven [default: inProcess].
+    #[arg(long, value_parser = setting::<OwnershipMode>)]
+    pub ownership: Option<OwnershipMode>,
+    /// Lease name prefix, e.g. the LiveApplication's name [default: the app].
+    #[arg(long)]
+    pub lease_prefix: Option<String>,
+    /// A replica whose heartbeat is this old is dead [default: 10s].
+    #[arg(long)]
+    pub lease_duration: Option<HumanDuration>,
+    /// Heartbeat interval [default: 2s].
+    #[arg(long)]
+    pub lease_renew_interval: Option<HumanDuration>,
+    /// Namespace of the Leases [default: the client's, i.e. the pod's].
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in Leases [default: the host name].
+    #[arg(long, env = "POD_NAME")]
+    pub replica_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +135,9 @@ pub struct RtmpRoleArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub rtmp: RtmpArgs,
+    /// Address for `/healthz`, `/readyz` and `/metrics` (none by default).
+    #[arg(long)]
+    pub ops_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +246,19 @@ impl RtmpArgs {
             c.rtmp.allow_play = allow;
         }
         self.hls.apply(&mut c.hls);
+        let o = self.ownership;
+        if let Some(v) = o.ownership {
+            c.ownership.mode = v;
+        }
+        if let Some(v) = o.lease_prefix {
+            c.ownership.lease_prefix = Some(v);
+        }
+        if let Some(v) = o.lease_duration {
+            c.ownership.lease_duration = v;
+        }
+        if let Some(v) = o.lease_renew_interval {
+            c.ownership.renew_interval = v;
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod http;
 pub mod live;
 pub mod media;
 pub mod metrics;
+pub mod ownership;
 pub mod rtmp;
 pub mod server;
 pub mod store;

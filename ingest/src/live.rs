@@ -256,6 +256,8 @@ enum Slot {
     Idle {
         history: StreamHistory,
         since: Instant,
+        /// The same moment on the wall clock (compared with file mtimes).
+        since_wall: SystemTime,
     },
 }
 
@@ -266,6 +268,8 @@ pub enum ClaimError {
     AlreadyLive(StreamKey),
     #[error("{0} streams are live, the maxPublishers limit")]
     TooManyPublishers(usize),
+    #[error("stream {0}: {1}")]
+    OwnershipUnavailable(StreamKey, String),
 }
 
 #[derive(Default)]
@@ -313,8 +317,19 @@ impl LiveStreams {
                 Slot::Idle {
                     history,
                     since: Instant::now(),
+                    since_wall: SystemTime::now(),
                 },
             );
+        }
+    }
+
+    /// The publication of `live` ended without a history (it panicked or
+    /// was never started): forget the key.
+    fn abandon(&self, live: &Arc<LiveStream>) {
+        live.send(PlayPacket::End);
+        let mut slots = self.lock();
+        if matches!(slots.get(&live.key), Some(Slot::Live(l)) if Arc::ptr_eq(l, live)) {
+            slots.remove(&live.key);
         }
     }
 
@@ -323,7 +338,48 @@ impl LiveStreams {
         self.lock().entry(key).or_insert(Slot::Idle {
             history,
             since: Instant::now(),
+            since_wall: SystemTime::now(),
         });
+    }
+
+    /// Is `key` in the table (live or idle)?
+    pub fn knows(&self, key: &StreamKey) -> bool {
+        self.lock().contains_key(key)
+    }
+
+    /// Idle streams older than `ttl`, with when they went idle (wall clock).
+    pub fn idle_expired(&self, now: Instant, ttl: Duration) -> Vec<(StreamKey, SystemTime)> {
+        let mut out: Vec<_> = self
+            .lock()
+            .iter()
+            .filter_map(|(key, slot)| match slot {
+                Slot::Idle {
+                    since, since_wall, ..
+                } if now.duration_since(*since) >= ttl => Some((key.clone(), *since_wall)),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Drops `key` if it is (still) idle.
+    pub fn forget_idle(&self, key: &StreamKey) {
+        let mut slots = self.lock();
+        if matches!(slots.get(key), Some(Slot::Idle { .. })) {
+            slots.remove(key);
+        }
+    }
+
+    /// Restarts the idle period of `key` (someone else wrote it since).
+    pub fn refresh_idle(&self, key: &StreamKey) {
+        if let Some(Slot::Idle {
+            since, since_wall, ..
+        }) = self.lock().get_mut(key)
+        {
+            *since = Instant::now();
+            *since_wall = SystemTime::now();
+        }
     }
 
     pub fn live(&self, key: &StreamKey) -> Option<Arc<LiveStream>> {
@@ -357,12 +413,66 @@ impl LiveStreams {
     ) {
         let mut slots = self.lock();
         slots.retain(|key, slot| match slot {
-            Slot::Idle { history, since } if now.duration_since(*since) >= ttl => {
+            Slot::Idle { history, since, .. } if now.duration_since(*since) >= ttl => {
                 remove_files(key, history);
                 false
             }
             _ => true,
         });
+    }
+}
+
+/// A live slot in the table, released on drop: back to idle with the
+/// publication's history when it ended normally, forgotten if it panicked
+/// or was never started, so a key never stays "live" forever.
+pub struct LiveGuard {
+    streams: Arc<LiveStreams>,
+    live: Arc<LiveStream>,
+    metrics: Arc<crate::metrics::Metrics>,
+    history: Option<StreamHistory>,
+}
+
+impl LiveGuard {
+    pub fn new(
+        streams: Arc<LiveStreams>,
+        live: Arc<LiveStream>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        metrics.publishers.fetch_add(1, Ordering::Relaxed);
+        metrics.live_streams.fetch_add(1, Ordering::Relaxed);
+        Self {
+            streams,
+            live,
+            metrics,
+            history: None,
+        }
+    }
+
+    pub fn live(&self) -> &Arc<LiveStream> {
+        &self.live
+    }
+
+    /// The server's metrics, for the publication's own gauges.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// The publication ended normally and left `history`.
+    pub fn finish(mut self, history: StreamHistory) {
+        self.history = Some(history);
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        match self.history.take() {
+            Some(history) => self.streams.release(&self.live, history),
+            None => self.streams.abandon(&self.live),
+        }
+        self.metrics.publishers.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.live_streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -399,6 +509,38 @@ mod tests {
         assert!(streams.live(&key).is_none());
         let (_, prev) = streams.claim(&key, 10).unwrap();
         assert_eq!(prev.unwrap().last_id, Some(7));
+    }
+
+    #[test]
+    fn a_dropped_guard_frees_the_key_even_on_panic() {
+        let streams = Arc::new(LiveStreams::default());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let key = StreamKey::parse("k").unwrap();
+        let (s2, m2, k2) = (streams.clone(), metrics.clone(), key.clone());
+        let joined = std::thread::spawn(move || {
+            let (live, _) = s2.claim(&k2, 10).unwrap();
+            let _guard = LiveGuard::new(s2.clone(), live, m2);
+            panic!("publication panics");
+        })
+        .join();
+        assert!(joined.is_err());
+        assert!(streams.live(&key).is_none());
+        assert!(!streams.knows(&key));
+        assert_eq!(
+            metrics
+                .publishers
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        let (live, _) = streams.claim(&key, 10).unwrap();
+        LiveGuard::new(streams.clone(), live, metrics.clone()).finish(history());
+        assert!(streams.knows(&key) && streams.live(&key).is_none());
+        assert_eq!(
+            streams.idle_expired(Instant::now(), Duration::ZERO).len(),
+            1
+        );
+        streams.forget_idle(&key);
+        assert!(!streams.knows(&key));
     }
 
     #[test]

@@ -18,16 +18,20 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (common, rtmp, http) = match cli.command.unwrap_or(Role::Run(cli.run)) {
-        Role::Run(a) => (a.common, Some(a.rtmp), Some(a.http)),
-        Role::Rtmp(a) => (a.common, Some(a.rtmp), None),
-        Role::Http(a) => (a.common, None, Some(a.http)),
+    let (common, rtmp, http, ops_listen) = match cli.command.unwrap_or(Role::Run(cli.run)) {
+        Role::Run(a) => (a.common, Some(a.rtmp), Some(a.http), None),
+        Role::Rtmp(a) => (a.common, Some(a.rtmp), None, a.ops_listen),
+        Role::Http(a) => (a.common, None, Some(a.http), None),
     };
     init_logging(common.log_format);
     let mut config = load_config(common.config.as_deref())?;
     let rtmp_listen = rtmp.as_ref().map(|r| r.rtmp_listen);
     let http_listen = http.as_ref().map(|h| h.http_listen);
     let player_assets = http.as_ref().map(|h| h.player_assets.clone());
+    let lease_namespace = rtmp
+        .as_ref()
+        .and_then(|r| r.ownership.lease_namespace.clone());
+    let replica_id = rtmp.as_ref().and_then(|r| r.ownership.replica_id.clone());
     if let Some(r) = rtmp {
         r.apply(&mut config);
     }
@@ -52,10 +56,13 @@ fn main() -> anyhow::Result<()> {
     let options = ServerOptions {
         rtmp_listen,
         http_listen,
+        ops_listen,
         hls_root: common.hls_root,
         announce: plain_output,
         config,
         player_assets,
+        lease_namespace,
+        replica_id,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

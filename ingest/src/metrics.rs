@@ -84,6 +84,10 @@ pub struct Metrics {
     pub publish_rejections: LabeledCounter,
     /// HTTP responses by status class (`2xx`, `3xx`, `4xx`, `5xx`).
     pub http_responses: LabeledCounter,
+    /// Kubernetes API requests made for stream ownership, by verb.
+    pub ownership_api_requests: LabeledCounter,
+    /// Times this replica lost its proof of ownership and stopped writing.
+    pub ownership_fenced: AtomicU64,
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -137,6 +141,11 @@ impl Metrics {
                 "Failed segment or playlist writes.",
                 &self.storage_errors,
             ),
+            (
+                "oxcast_ownership_fenced_total",
+                "Times this replica could not prove stream ownership and stopped writing.",
+                &self.ownership_fenced,
+            ),
         ];
         for (name, help, v) in counters {
             header(&mut s, name, "counter", help);
@@ -176,6 +185,12 @@ impl Metrics {
                 "HTTP responses.",
                 "class",
                 &self.http_responses,
+            ),
+            (
+                "oxcast_ownership_api_requests_total",
+                "Kubernetes API requests for stream ownership (Leases).",
+                "verb",
+                &self.ownership_api_requests,
             ),
         ];
         for (name, help, label, counter) in labeled {

@@ -6,15 +6,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oxcast_crds::IngestConfig;
+use oxcast_crds::{IngestConfig, OwnershipMode};
 use tokio::sync::watch;
 
 use crate::auth::Authorizer;
 use crate::http::{Health, HttpOptions, SendfileListener, StreamSource};
 use crate::live::LiveStreams;
 use crate::metrics::Metrics;
+use crate::ownership::{LeaseOptions, LeaseOwnership, Refusal, StreamOwnership};
 use crate::rtmp::{self, RtmpContext};
-use crate::store::{output::recover, CleanupQueue, Layout};
+use crate::store::output::{load_history, recover};
+use crate::store::{CleanupQueue, Layout};
+use crate::stream_key::StreamKey;
 
 /// Start-up failures; the process reports them and exits.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,8 @@ pub enum ServerError {
     Http(std::io::Error),
     #[error(transparent)]
     HttpSetup(#[from] crate::http::HttpError),
+    #[error("stream ownership: {0}")]
+    Ownership(#[from] crate::ownership::LeaseSetupError),
 }
 
 /// What to run: RTMP ingest, HTTP serving, or both (all-in-one).
@@ -45,6 +50,9 @@ pub enum ServerError {
 pub struct ServerOptions {
     pub rtmp_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
+    /// `/healthz`, `/readyz` and `/metrics` only (the `rtmp` role, which has
+    /// no HTTP listener of its own).
+    pub ops_listen: Option<SocketAddr>,
     pub hls_root: PathBuf,
     pub config: IngestConfig,
     /// hls.js for the player page (HTTP roles); see `--player-assets`.
@@ -54,6 +62,18 @@ pub struct ServerOptions {
     /// object; the `rtmp listening` / `http listening` events carry the
     /// address there.
     pub announce: bool,
+    /// Namespace of the ownership Leases (default: the client's).
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in Leases (default: the host name).
+    pub replica_id: Option<String>,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("oxcast-ingest-{}", std::process::id()))
 }
 
 /// Prints the bound address on stdout, one line per listener, so scripts
@@ -88,12 +108,40 @@ pub async fn run(
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = options.rtmp_listen {
-        for key in layout.discover().map_err(root_err)? {
-            if let Some(history) = recover(&key, &layout, &hls, &cleanup) {
-                tracing::info!(stream = %key, segments = history.window.entries.len(), "recovered stream from disk");
-                streams.insert_idle(key, history);
+        let ownership = match config.ownership.mode {
+            OwnershipMode::InProcess => StreamOwnership::in_process(),
+            OwnershipMode::Leases => {
+                let o = &config.ownership;
+                let leases = LeaseOwnership::connect(
+                    LeaseOptions {
+                        namespace: options.lease_namespace.clone(),
+                        replica_id: options.replica_id.clone().unwrap_or_else(host_name),
+                        prefix: o
+                            .lease_prefix
+                            .clone()
+                            .unwrap_or_else(|| config.rtmp.app.clone()),
+                        lease_duration: o.lease_duration.get(),
+                        renew_interval: o.renew_interval.get(),
+                    },
+                    metrics.clone(),
+                )
+                .await?;
+                tasks.spawn(leases.clone().run());
+                StreamOwnership::Leases(leases)
             }
-        }
+        };
+        health.set_ownership(ownership.clone());
+        let keeper = Keeper {
+            streams: streams.clone(),
+            cleanup: cleanup.clone(),
+            layout: layout.clone(),
+            hls: hls.clone(),
+            ownership: ownership.clone(),
+        };
+        // Before listening: streams left by an earlier run (or by a dead
+        // replica) are ended and adopted; live replicas' streams are left alone.
+        std::fs::read_dir(&root).map_err(root_err)?;
+        keeper.adopt_unowned().await;
         let listener = rtmp::bind(addr).await.map_err(|source| ServerError::Bind {
             what: "rtmp",
             addr,
@@ -112,6 +160,7 @@ pub async fn run(
             cleanup: cleanup.clone(),
             metrics: metrics.clone(),
             auth: Arc::new(Authorizer::from_settings(&config.rtmp.auth)?),
+            ownership: ownership.clone(),
         });
         tracing::info!(addr = %local, app = %config.rtmp.app, "rtmp listening");
         if options.announce {
@@ -120,17 +169,19 @@ pub async fn run(
         health.set_rtmp_listening(true);
         let rtmp_health = health.clone();
         let rtmp_shutdown = shutdown.clone();
+        let rtmp_ownership = ownership.clone();
         tasks.spawn(async move {
             rtmp::serve(listener, ctx, rtmp_shutdown).await;
             rtmp_health.set_rtmp_listening(false);
+            // Every publication has ended (and released its claim).
+            if let StreamOwnership::Leases(l) = rtmp_ownership {
+                l.shutdown();
+            }
         });
-        tasks.spawn(janitor(
-            streams.clone(),
-            cleanup.clone(),
-            layout.clone(),
-            hls.clone(),
-            shutdown.clone(),
-        ));
+        let sweep_every = ownership
+            .is_shared()
+            .then(|| (config.ownership.lease_duration.get() / 2).max(Duration::from_secs(1)));
+        tasks.spawn(janitor(keeper, sweep_every, shutdown.clone()));
     }
     if let Some(addr) = options.http_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -178,6 +229,36 @@ pub async fn run(
             }
         });
     }
+    if let (Some(addr), None) = (options.ops_listen, options.http_listen) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "ops",
+                addr,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            what: "ops",
+            addr,
+            source,
+        })?;
+        let app = crate::http::ops_router(root.clone(), metrics.clone(), health.clone())?;
+        tracing::info!(addr = %local, "ops (metrics, probes) listening");
+        if options.announce {
+            announce("ops", local);
+        }
+        let mut stop = shutdown.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %ServerError::Http(e), "ops server stopped");
+            }
+        });
+    }
     while let Some(done) = tasks.join_next().await {
         if let Err(e) = done {
             tracing::error!(error = %e, "server task failed");
@@ -186,36 +267,242 @@ pub async fn run(
     Ok(())
 }
 
-/// Deletes segments whose grace period is over and, with cleanup on, an
-/// ended stream's remaining files once `playlist_length` has passed.
-async fn janitor(
+/// What recovery and the janitor work with.
+struct Keeper {
     streams: Arc<LiveStreams>,
     cleanup: Arc<CleanupQueue>,
     layout: Layout,
     hls: Arc<oxcast_crds::HlsSettings>,
+    ownership: StreamOwnership,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+impl Keeper {
+    /// Takes in the streams on the volume that this server does not know and
+    /// nobody owns: left by an earlier run of this server, or by a replica
+    /// that died. A stream that did not end properly gets its ENDLIST (under
+    /// a claim, so nobody republishes it meanwhile); all of them become idle
+    /// here, to be continued by a republish or cleaned by [`janitor`].
+    /// Streams a live replica owns are not touched.
+    async fn adopt_unowned(&self) {
+        let layout = self.layout.clone();
+        let keys = match blocking(move || layout.discover()).await {
+            Some(Ok(keys)) => keys,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot list the HLS root");
+                return;
+            }
+            None => return,
+        };
+        let keys: Vec<StreamKey> = keys
+            .into_iter()
+            .filter(|k| !self.streams.knows(k))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let snapshot = match self.ownership.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read stream ownership; not adopting streams now");
+                return;
+            }
+        };
+        for key in keys {
+            if snapshot.as_ref().is_some_and(|s| s.owned(&key)) {
+                continue;
+            }
+            let (layout, hls, k) = (self.layout.clone(), self.hls.clone(), key.clone());
+            let Some(Some((history, unlisted))) =
+                blocking(move || load_history(&k, &layout, &hls)).await
+            else {
+                continue;
+            };
+            let needs_end =
+                !history.window.ended && self.hls.end_list && !history.window.entries.is_empty();
+            let needs_cleanup = self.hls.cleanup && !unlisted.is_empty();
+            if !needs_end && !needs_cleanup {
+                tracing::info!(stream = %key, segments = history.window.entries.len(), "recovered ended stream from disk");
+                self.streams.insert_idle(key, history);
+                continue;
+            }
+            // Writes ahead: only as the owner.
+            let claim = match self.ownership.claim(&key).await {
+                Ok(c) => c,
+                Err(Refusal::Owned(_)) => continue,
+                Err(e) => {
+                    tracing::warn!(stream = %key, error = %e, "cannot claim unowned stream; will retry");
+                    continue;
+                }
+            };
+            let (layout, hls, cleanup, k) = (
+                self.layout.clone(),
+                self.hls.clone(),
+                self.cleanup.clone(),
+                key.clone(),
+            );
+            if let Some(Some(history)) =
+                blocking(move || recover(&k, &layout, &hls, &cleanup)).await
+            {
+                tracing::info!(stream = %key, segments = history.window.entries.len(), ended = needs_end, "recovered stream left without an owner");
+                self.streams.insert_idle(key, history);
+            }
+            drop(claim);
+        }
+    }
+
+    /// Removes the files of idle streams whose `playlist_length` is over,
+    /// as their owner (a claim); with shared ownership only if nobody wrote
+    /// the stream since it went idle here.
+    async fn expire_idle(&self, now: Instant) {
+        let ttl = self.hls.playlist_length.get();
+        for (key, idle_since) in self.streams.idle_expired(now, ttl) {
+            if self.ownership.is_shared() {
+                let path = self.layout.playlist_path(&key);
+                let modified =
+                    blocking(move || std::fs::metadata(path).and_then(|m| m.modified())).await;
+                match modified {
+                    Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                        // Cleaned by another replica.
+                        self.streams.forget_idle(&key);
+                        continue;
+                    }
+                    Some(Ok(m)) if m > idle_since + Duration::from_secs(1) => {
+                        // Published elsewhere since: its idle period restarts.
+                        self.streams.refresh_idle(&key);
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            let claim = match self.ownership.claim(&key).await {
+                Ok(c) => c,
+                Err(Refusal::Owned(_)) => {
+                    // Live here again or on another replica: not ours to delete.
+                    if self.ownership.is_shared() {
+                        self.streams.forget_idle(&key);
+                    }
+                    continue;
+                }
+                Err(Refusal::Unavailable(e)) => {
+                    tracing::debug!(stream = %key, error = %e, "cannot claim ended stream for cleanup; later");
+                    continue;
+                }
+            };
+            tracing::info!(stream = %key, "removing files of ended stream");
+            let (layout, k) = (self.layout.clone(), key.clone());
+            blocking(move || remove_stream_files(&layout, &k)).await;
+            self.streams.forget_idle(&key);
+            drop(claim);
+        }
+    }
+}
+
+fn remove_stream_files(layout: &Layout, key: &StreamKey) {
+    let _ = std::fs::remove_file(layout.playlist_path(key));
+    if let Ok(files) = layout.segment_files(key) {
+        for name in files {
+            let _ = std::fs::remove_file(layout.segment_path(key, &name));
+        }
+    }
+    if layout.stream_dir(key) != layout.root() {
+        let _ = std::fs::remove_dir(layout.stream_dir(key));
+    }
+}
+
+/// Deletes segments whose grace period is over and, with cleanup on, an
+/// ended stream's remaining files once `playlist_length` has passed. With
+/// shared ownership it also adopts streams whose owner died, every
+/// `sweep_every`.
+async fn janitor(
+    keeper: Keeper,
+    sweep_every: Option<Duration>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
         let now = Instant::now();
-        cleanup.run_due(now);
-        if hls.cleanup {
-            streams.expire(now, hls.playlist_length.get(), |key, _history| {
-                tracing::info!(stream = %key, "removing files of ended stream");
-                let _ = std::fs::remove_file(layout.playlist_path(key));
-                if let Ok(files) = layout.segment_files(key) {
-                    for name in files {
-                        let _ = std::fs::remove_file(layout.segment_path(key, &name));
-                    }
-                }
-                if layout.stream_dir(key) != layout.root() {
-                    let _ = std::fs::remove_dir(layout.stream_dir(key));
-                }
-            });
+        let cleanup = keeper.cleanup.clone();
+        blocking(move || cleanup.run_due(now)).await;
+        if let Some(every) = sweep_every {
+            if now.duration_since(last_sweep) >= every && keeper.ownership.available() {
+                last_sweep = now;
+                keeper.adopt_unowned().await;
+            }
         }
+        if keeper.hls.cleanup {
+            keeper.expire_idle(now).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hls::{PlaylistEntry, PlaylistWindow};
+    use oxcast_crds::{HlsSettings, HumanDuration, PlaylistType};
+
+    fn keeper(root: &std::path::Path) -> Keeper {
+        let hls = HlsSettings {
+            playlist_length: HumanDuration::from_millis(200),
+            ..HlsSettings::default()
+        };
+        Keeper {
+            streams: Arc::default(),
+            cleanup: Arc::default(),
+            layout: Layout::new(root, true),
+            hls: Arc::new(hls),
+            ownership: StreamOwnership::in_process(),
+        }
+    }
+
+    fn unended_stream(k: &Keeper, key: &StreamKey) {
+        let mut w = PlaylistWindow::new(PlaylistType::Live, 2);
+        w.push(
+            PlaylistEntry {
+                id: 1,
+                file_name: "1.ts".into(),
+                duration: 180_000,
+                discontinuity: false,
+                program_date_time: None,
+            },
+            i64::MAX,
+        );
+        std::fs::create_dir_all(k.layout.stream_dir(key)).unwrap();
+        std::fs::write(k.layout.segment_path(key, "1.ts"), b"ts").unwrap();
+        std::fs::write(k.layout.segment_path(key, "0.ts.part"), b"").unwrap();
+        std::fs::write(k.layout.playlist_path(key), w.render("")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn unowned_streams_are_ended_then_cleaned_as_their_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keeper(dir.path());
+        let key = StreamKey::parse("left").unwrap();
+        unended_stream(&k, &key);
+        k.adopt_unowned().await;
+        let text = std::fs::read_to_string(k.layout.playlist_path(&key)).unwrap();
+        assert!(text.contains("#EXT-X-ENDLIST"), "{text}");
+        assert!(k.streams.knows(&key));
+
+        // While someone owns the key (a publish in flight), nothing is deleted.
+        let held = k.ownership.try_claim_now(&key).unwrap().unwrap();
+        k.expire_idle(Instant::now() + Duration::from_secs(1)).await;
+        assert!(k.layout.playlist_path(&key).exists());
+        drop(held);
+        k.expire_idle(Instant::now() + Duration::from_secs(1)).await;
+        assert!(!k.layout.stream_dir(&key).exists());
+        assert!(!k.streams.knows(&key));
+        // The claim taken for the cleanup was released.
+        assert!(k.ownership.try_claim_now(&key).unwrap().is_ok());
     }
 }

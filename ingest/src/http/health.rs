@@ -2,6 +2,7 @@
 //! `/readyz` (readiness: it can do its job right now).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -20,6 +21,9 @@ pub struct Health {
     root_must_be_writable: bool,
     /// Set when the process is shutting down: stop sending traffic here.
     shutdown: watch::Receiver<bool>,
+    /// Shared stream ownership: not ready while this replica cannot claim
+    /// streams (fenced, or not registered with the API server).
+    ownership: OnceLock<crate::ownership::StreamOwnership>,
 }
 
 impl Health {
@@ -28,7 +32,13 @@ impl Health {
             rtmp: rtmp.then(|| AtomicBool::new(false)),
             root_must_be_writable: rtmp,
             shutdown,
+            ownership: OnceLock::new(),
         }
+    }
+
+    /// Readiness also requires that `ownership` can claim streams.
+    pub fn set_ownership(&self, ownership: crate::ownership::StreamOwnership) {
+        let _ = self.ownership.set(ownership);
     }
 
     /// The RTMP listener started (`true`) or its accept loop ended.
@@ -58,12 +68,29 @@ fn check_root(state: &HttpState, writable: bool) -> Result<(), String> {
     std::fs::read_dir(path)
         .map_err(|e| format!("HLS root {} not readable: {e}", path.display()))?;
     if writable {
-        let probe = path.join(format!(".oxcast-readyz-{}", std::process::id()));
+        // Unique per pod on a shared volume: every container is PID 1.
+        let probe = path.join(format!(".oxcast-readyz-{}", probe_id()));
         std::fs::write(&probe, b"")
             .and_then(|()| std::fs::remove_file(&probe))
             .map_err(|e| format!("HLS root {} not writable: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// Host name (the pod name) and process id.
+fn probe_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let host: String = host
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            .take(64)
+            .collect();
+        format!("{host}-{}", std::process::id())
+    })
 }
 
 /// `GET /readyz`: 200 `ready`, or 503 with one reason per line.
@@ -76,6 +103,12 @@ pub async fn ready(State(state): State<HttpState>) -> Response {
     if let Some(up) = &health.rtmp {
         if !up.load(Ordering::Relaxed) {
             problems.push("rtmp listener is not running".to_string());
+        }
+    }
+    if let Some(o) = health.ownership.get() {
+        if !o.available() {
+            problems
+                .push("cannot prove stream ownership (API server unreachable: fenced)".to_string());
         }
     }
     let writable = health.root_must_be_writable;

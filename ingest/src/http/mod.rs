@@ -130,6 +130,31 @@ pub fn router(
         .with_state(state))
 }
 
+/// Only the operations endpoints (`/healthz`, `/readyz`, `/metrics`): the
+/// `rtmp` role's listener, which serves no HLS.
+pub fn ops_router(
+    root: PathBuf,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> Result<Router, HttpError> {
+    let state = HttpState {
+        prefix: "".into(),
+        hls: Arc::new(Files::new(root, 0)),
+        assets: None,
+        cors: Arc::new(Cors::parse("").map_err(HttpError::Cors)?),
+        metrics,
+        source: StreamSource::Tree,
+        stream_list: Arc::default(),
+        health,
+    };
+    Ok(Router::new()
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .route("/metrics", get(serve_metrics))
+        .fallback(not_found)
+        .with_state(state))
+}
+
 /// The `oxcast_http_responses_total` label of a status.
 fn status_class(status: StatusCode) -> &'static str {
     match status.as_u16() / 100 {

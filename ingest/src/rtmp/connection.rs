@@ -23,9 +23,11 @@ use super::publication::Publication;
 use super::RtmpContext;
 use crate::auth::{Decision, PublishRequest};
 use crate::hls::SegmenterConfig;
-use crate::live::ClaimError;
 use crate::live::PlayPacket;
-use crate::store::HlsOutput;
+use crate::live::{ClaimError, LiveGuard};
+use crate::ownership::{Refusal, StreamClaim, StreamOwnership};
+use crate::store::output::load_history;
+use crate::store::{HlsOutput, Layout, StreamHistory};
 use crate::stream_key::StreamKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,8 @@ enum ConnectionError {
     Chunk(#[from] ChunkError),
     #[error("no media for {0:?} (idleTimeout)")]
     Idle(std::time::Duration),
+    #[error("this replica can no longer prove it owns the stream (fenced)")]
+    Fenced,
 }
 
 enum Role {
@@ -117,12 +121,12 @@ pub async fn run(
     peer: SocketAddr,
     ctx: Arc<RtmpContext>,
     shutdown: watch::Receiver<bool>,
+    slot: super::ConnectionSlot,
 ) {
     let _ = socket.set_nodelay(true);
     tracing::debug!(%peer, "rtmp connection accepted");
-    let metrics = ctx.metrics.clone();
     run_connection(socket, peer, ctx, shutdown).await;
-    metrics.rtmp_connections.fetch_sub(1, Ordering::Relaxed);
+    drop(slot);
 }
 
 async fn run_connection(
@@ -218,13 +222,59 @@ async fn handshake(socket: &mut TcpStream, buf: &mut [u8]) -> Result<Vec<u8>, Co
     }
 }
 
-type PendingAuth =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (u32, PublishRequest, Decision)> + Send>>;
+/// Where a publish request ended up once authorization and the ownership
+/// claim are through.
+enum PublishOutcome {
+    Unauthorized(String),
+    Claimed {
+        key: StreamKey,
+        claim: StreamClaim,
+        /// What the volume holds for the key, read after the claim (shared
+        /// ownership); `None` with in-process ownership, where this
+        /// server's own table is the history.
+        from_volume: Option<Option<StreamHistory>>,
+    },
+    Refused(StreamKey, Refusal),
+}
+
+type PendingAuth = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (u32, PublishRequest, PublishOutcome)> + Send>,
+>;
+
+/// Claims `key` and, with shared ownership, reads its history from the
+/// volume (off the event loop).
+async fn claim_stream(
+    ownership: StreamOwnership,
+    key: StreamKey,
+    layout: Layout,
+    hls: Arc<oxcast_crds::HlsSettings>,
+) -> PublishOutcome {
+    let claim = match ownership.claim(&key).await {
+        Ok(c) => c,
+        Err(e) => return PublishOutcome::Refused(key, e),
+    };
+    let from_volume = if ownership.is_shared() {
+        let k = key.clone();
+        let read =
+            tokio::task::spawn_blocking(move || load_history(&k, &layout, &hls).map(|(h, _)| h))
+                .await;
+        Some(read.unwrap_or(None))
+    } else {
+        None
+    };
+    PublishOutcome::Claimed {
+        key,
+        claim,
+        from_volume,
+    }
+}
 
 static NEXT_CLIENT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Waits for a pending publish authorization; never resolves without one.
-async fn next_auth_decision(pending: &mut Option<PendingAuth>) -> (u32, PublishRequest, Decision) {
+async fn next_auth_decision(
+    pending: &mut Option<PendingAuth>,
+) -> (u32, PublishRequest, PublishOutcome) {
     match pending {
         Some(fut) => {
             let out = fut.await;
@@ -282,6 +332,9 @@ impl Connection {
                     }
                     if self.last_media.elapsed() >= idle_timeout {
                         return Err(ConnectionError::Idle(idle_timeout));
+                    }
+                    if matches!(&self.role, Role::Publishing(p) if !p.owned()) {
+                        return Err(ConnectionError::Fenced);
                     }
                 }
                 _ = shutdown.changed() => return Ok(()),
@@ -467,13 +520,42 @@ impl Connection {
             tc_url: self.chunks.tc_url().unwrap_or_default().to_string(),
             args,
         };
+        let ownership = self.ctx.ownership.clone();
+        let layout = self.ctx.layout.clone();
+        let hls = self.ctx.hls.clone();
         match self.ctx.auth.decide_now(&request) {
-            Some(decision) => self.finish_publish(request_id, request, decision),
+            Some(Decision::Reject(reason)) => {
+                self.finish_publish(request_id, request, PublishOutcome::Unauthorized(reason))
+            }
+            Some(Decision::Accept(key)) => match ownership.try_claim_now(&key) {
+                Some(Ok(claim)) => self.finish_publish(
+                    request_id,
+                    request,
+                    PublishOutcome::Claimed {
+                        key,
+                        claim,
+                        from_volume: None,
+                    },
+                ),
+                Some(Err(e)) => {
+                    self.finish_publish(request_id, request, PublishOutcome::Refused(key, e))
+                }
+                None => {
+                    self.pending_auth = Some(Box::pin(async move {
+                        let outcome = claim_stream(ownership, key, layout, hls).await;
+                        (request_id, request, outcome)
+                    }));
+                    Ok(())
+                }
+            },
             None => {
                 let auth = self.ctx.auth.clone();
                 self.pending_auth = Some(Box::pin(async move {
-                    let decision = auth.authorize(&request).await;
-                    (request_id, request, decision)
+                    let outcome = match auth.authorize(&request).await {
+                        Decision::Reject(reason) => PublishOutcome::Unauthorized(reason),
+                        Decision::Accept(key) => claim_stream(ownership, key, layout, hls).await,
+                    };
+                    (request_id, request, outcome)
                 }));
                 Ok(())
             }
@@ -486,19 +568,37 @@ impl Connection {
         &mut self,
         request_id: u32,
         request: PublishRequest,
-        decision: Decision,
+        outcome: PublishOutcome,
     ) -> Result<(), ConnectionError> {
         let peer = self.peer;
-        let key = match decision {
-            Decision::Accept(key) => key,
-            Decision::Reject(reason) => {
+        let max = self.ctx.config.rtmp.limits.max_publishers as usize;
+        let (key, claim, from_volume) = match outcome {
+            PublishOutcome::Claimed {
+                key,
+                claim,
+                from_volume,
+            } => (key, Ok(claim), from_volume),
+            PublishOutcome::Unauthorized(reason) => {
                 tracing::warn!(%peer, %reason, "publish rejected: not authorized");
                 self.ctx.metrics.publish_rejections.inc("unauthorized");
                 return self.reject(request_id, "NetStream.Publish.BadName", "not authorized");
             }
+            PublishOutcome::Refused(key, Refusal::Owned(_)) => {
+                (key.clone(), Err(ClaimError::AlreadyLive(key)), None)
+            }
+            PublishOutcome::Refused(key, Refusal::Unavailable(why)) => (
+                key.clone(),
+                Err(ClaimError::OwnershipUnavailable(key, why)),
+                None,
+            ),
         };
-        let max = self.ctx.config.rtmp.limits.max_publishers as usize;
-        let (live, previous) = match self.ctx.streams.claim(&key, max) {
+        let claimed = claim.and_then(|claim| {
+            self.ctx
+                .streams
+                .claim(&key, max)
+                .map(|(live, previous)| (claim, live, previous))
+        });
+        let (claim, live, previous) = match claimed {
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(%peer, stream = %key, error = %e, "publish rejected");
@@ -507,6 +607,9 @@ impl Connection {
                         ("already_live", "stream is already being published")
                     }
                     ClaimError::TooManyPublishers(_) => ("max_publishers", "too many publishers"),
+                    ClaimError::OwnershipUnavailable(..) => {
+                        ("ownership_unavailable", "stream ownership unavailable")
+                    }
                 };
                 self.ctx.metrics.publish_rejections.inc(reason);
                 return self.reject(request_id, "NetStream.Publish.BadName", text);
@@ -514,6 +617,13 @@ impl Connection {
         };
         let hls = self.ctx.hls.clone();
         let config = SegmenterConfig::from_settings(&hls);
+        // With shared ownership the volume is the truth (another replica may
+        // have published the key since this one last did).
+        let previous = match from_volume {
+            Some(on_volume) => on_volume,
+            None => previous,
+        };
+        let slot = LiveGuard::new(self.ctx.streams.clone(), live, self.ctx.metrics.clone());
         let output = HlsOutput::start(
             key.clone(),
             self.ctx.layout.clone(),
@@ -521,14 +631,9 @@ impl Connection {
             self.ctx.cleanup.clone(),
             self.ctx.metrics.clone(),
             previous,
+            claim.fence(),
         );
-        self.role = Role::Publishing(Box::new(Publication::new(
-            live,
-            self.ctx.streams.clone(),
-            self.ctx.metrics.clone(),
-            output,
-            config,
-        )));
+        self.role = Role::Publishing(Box::new(Publication::new(slot, claim, output, config)));
         if key.as_str() == request.name {
             tracing::info!(%peer, stream = %key, "publish started");
         } else {

@@ -32,7 +32,28 @@ pub struct RtmpContext {
     pub cleanup: Arc<CleanupQueue>,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authorizer>,
+    pub ownership: crate::ownership::StreamOwnership,
 }
+
+/// One of the `maxConnections` slots, counted when a connection is
+/// accepted and given back on drop: when the connection ends, when its task
+/// panics, or when the hand-off to a worker fails.
+pub struct ConnectionSlot(Arc<Metrics>);
+
+impl ConnectionSlot {
+    pub fn take(metrics: Arc<Metrics>) -> Self {
+        metrics.rtmp_connections.fetch_add(1, Ordering::Relaxed);
+        Self(metrics)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.rtmp_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Handoff = (std::net::TcpStream, SocketAddr, ConnectionSlot);
 
 /// Accepts connections until `shutdown` flips to true, hands each one to a
 /// [`ConnectionWorkers`] thread, then waits for every connection to wind
@@ -57,8 +78,8 @@ pub async fn serve(
                     }
                     // Counted here, before the hand-over, so a burst of
                     // connects cannot overshoot the limit.
-                    ctx.metrics.rtmp_connections.fetch_add(1, Ordering::Relaxed);
-                    workers.dispatch(socket, peer);
+                    let slot = ConnectionSlot::take(ctx.metrics.clone());
+                    workers.dispatch(socket, peer, slot);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rtmp accept failed");
@@ -79,7 +100,7 @@ pub async fn serve(
 /// many small, steady RTMP streams this costs far less CPU than a
 /// work-stealing pool.
 pub struct ConnectionWorkers {
-    senders: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+    senders: Vec<mpsc::UnboundedSender<Handoff>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     next: AtomicUsize,
 }
@@ -112,7 +133,7 @@ impl ConnectionWorkers {
     }
 
     /// Gives the connection to the next worker, round robin.
-    pub fn dispatch(&self, socket: TcpStream, peer: SocketAddr) {
+    pub fn dispatch(&self, socket: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
         let socket = match socket.into_std() {
             Ok(s) => s,
             Err(e) => {
@@ -125,7 +146,7 @@ impl ConnectionWorkers {
             return;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
-        if self.senders[i].send((socket, peer)).is_err() {
+        if self.senders[i].send((socket, peer, slot)).is_err() {
             tracing::error!(%peer, worker = i, "rtmp worker is gone; dropping connection");
         }
     }
@@ -142,7 +163,7 @@ impl ConnectionWorkers {
 }
 
 fn worker_thread(
-    mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    mut incoming: mpsc::UnboundedReceiver<Handoff>,
     ctx: Arc<RtmpContext>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -161,9 +182,9 @@ fn worker_thread(
         loop {
             tokio::select! {
                 next = incoming.recv() => match next {
-                    Some((socket, peer)) => match TcpStream::from_std(socket) {
+                    Some((socket, peer, slot)) => match TcpStream::from_std(socket) {
                         Ok(socket) => {
-                            connections.spawn(connection::run(socket, peer, ctx.clone(), shutdown.clone()));
+                            connections.spawn(connection::run(socket, peer, ctx.clone(), shutdown.clone(), slot));
                         }
                         Err(e) => tracing::warn!(%peer, error = %e, "cannot adopt rtmp connection"),
                     },

@@ -9,15 +9,19 @@ use rml_rtmp::sessions::StreamMetadata;
 
 use crate::hls::segmenter::SegmenterStats;
 use crate::hls::{SegmentEvent, Segmenter, SegmenterConfig, Tracks};
-use crate::live::{LiveStream, LiveStreams, PlayPacket};
+use crate::live::{LiveGuard, LiveStream, PlayPacket};
 use crate::media::{MediaError, MediaFrame, Remuxer};
 use crate::metrics::Metrics;
+use crate::ownership::StreamClaim;
 use crate::store::HlsOutput;
 
+/// A publication holds its stream twice, both released on drop (also on a
+/// panic): the slot in this server's table, then the stream's ownership.
+/// Fields drop in declaration order, so the slot goes first.
 pub struct Publication {
-    pub live: Arc<LiveStream>,
-    streams: Arc<LiveStreams>,
-    metrics: Arc<Metrics>,
+    live: Arc<LiveStream>,
+    slot: LiveGuard,
+    claim: StreamClaim,
     remuxer: Remuxer,
     segmenter: Segmenter,
     output: HlsOutput,
@@ -27,8 +31,8 @@ pub struct Publication {
     /// What the segmenter measured when last looked at.
     seen: SegmenterStats,
     /// The keyframe interval is longer than the fragment (counted in the
-    /// metric, warned about once).
-    long_keyframe_interval: bool,
+    /// metric while it is, warned about once).
+    long_keyframe_interval: LongKeyframeGauge,
     warned: bool,
 }
 
@@ -56,20 +60,47 @@ fn too_long(interval: i64, fragment: i64) -> bool {
     interval > fragment + 1_800
 }
 
+/// This publication's share of `publishers_long_keyframe_interval`,
+/// given back on drop (also on a panic), like the other publisher gauges in
+/// [`LiveGuard`].
+struct LongKeyframeGauge {
+    metrics: Arc<Metrics>,
+    counted: bool,
+}
+
+impl LongKeyframeGauge {
+    fn set(&mut self, long: bool) {
+        if long != self.counted {
+            self.counted = long;
+            let delta = if long { 1 } else { -1 };
+            self.metrics
+                .publishers_long_keyframe_interval
+                .fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for LongKeyframeGauge {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
 impl Publication {
     pub fn new(
-        live: Arc<LiveStream>,
-        streams: Arc<LiveStreams>,
-        metrics: Arc<Metrics>,
+        slot: LiveGuard,
+        claim: StreamClaim,
         output: HlsOutput,
         config: SegmenterConfig,
     ) -> Self {
-        metrics.publishers.fetch_add(1, Ordering::Relaxed);
-        metrics.live_streams.fetch_add(1, Ordering::Relaxed);
+        let long_keyframe_interval = LongKeyframeGauge {
+            metrics: slot.metrics().clone(),
+            counted: false,
+        };
         Self {
-            live,
-            streams,
-            metrics,
+            live: slot.live().clone(),
+            slot,
+            claim,
             remuxer: Remuxer::new(),
             segmenter: Segmenter::new(config),
             output,
@@ -77,7 +108,7 @@ impl Publication {
             media_errors: 0,
             fragment: config.fragment,
             seen: SegmenterStats::default(),
-            long_keyframe_interval: false,
+            long_keyframe_interval,
             warned: false,
         }
     }
@@ -174,13 +205,7 @@ impl Publication {
             self.live
                 .record_keyframe_interval(interval as f64 / 90_000.0);
             let long = too_long(interval, self.fragment);
-            if long != self.long_keyframe_interval {
-                self.long_keyframe_interval = long;
-                let delta = if long { 1 } else { -1 };
-                self.metrics
-                    .publishers_long_keyframe_interval
-                    .fetch_add(delta, Ordering::Relaxed);
-            }
+            self.long_keyframe_interval.set(long);
             if long && !self.warned {
                 self.warned = true;
                 let advice = long_keyframe_interval_advice(interval, self.fragment);
@@ -201,8 +226,13 @@ impl Publication {
         }
     }
 
+    /// Does this replica still own the stream (see [`crate::ownership`])?
+    pub fn owned(&self) -> bool {
+        self.claim.holds()
+    }
+
     /// The publisher left: complete the last segment, end the playlist and
-    /// hand the history back to the stream table.
+    /// hand the history back to the stream table; then the ownership goes.
     pub fn finish(mut self) {
         if let Err(e) = self.segmenter.finish(&mut self.events) {
             tracing::error!(stream = %self.live.key, error = %e, "muxing failed");
@@ -210,14 +240,8 @@ impl Publication {
         self.drain();
         let history = self.output.finish();
         tracing::info!(stream = %self.live.key, segments = history.window.entries.len(), "publish ended");
-        self.streams.release(&self.live, history);
-        if self.long_keyframe_interval {
-            self.metrics
-                .publishers_long_keyframe_interval
-                .fetch_sub(1, Ordering::Relaxed);
-        }
-        self.metrics.publishers.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.live_streams.fetch_sub(1, Ordering::Relaxed);
+        self.slot.finish(history);
+        drop(self.claim);
     }
 }
 

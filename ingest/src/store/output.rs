@@ -16,6 +16,7 @@ use super::layout::PARTIAL_SUFFIX;
 use super::{write_atomically, CleanupQueue, Layout};
 use crate::hls::{PlaylistEntry, PlaylistWindow, SegmentEvent};
 use crate::metrics::Metrics;
+use crate::ownership::Fence;
 use crate::stream_key::StreamKey;
 
 /// What outlives a publication: the playlist window and the last segment id,
@@ -50,6 +51,9 @@ pub struct HlsOutput {
     anchor: Option<(i64, i64)>,
     /// The first segment of a republish continues an older playlist.
     continues_previous: bool,
+    /// Checked before every write: without ownership, nothing is written.
+    fence: Fence,
+    fenced_logged: bool,
 }
 
 fn now_unix_ms() -> i64 {
@@ -72,6 +76,7 @@ impl HlsOutput {
         cleanup: Arc<CleanupQueue>,
         metrics: Arc<Metrics>,
         previous: Option<StreamHistory>,
+        fence: Fence,
     ) -> Self {
         let fresh = PlaylistWindow::new(
             settings.playlist_type,
@@ -119,7 +124,20 @@ impl HlsOutput {
             open: None,
             anchor: None,
             continues_previous,
+            fence,
+            fenced_logged: false,
         }
+    }
+
+    /// Still the owner? Logs once when not.
+    fn owned(&mut self) -> bool {
+        if self.fence.holds() {
+            return true;
+        }
+        if !std::mem::replace(&mut self.fenced_logged, true) {
+            tracing::error!(stream = %self.key, "ownership lost (fenced): no more writes to this stream");
+        }
+        false
     }
 
     pub fn key(&self) -> &StreamKey {
@@ -159,6 +177,9 @@ impl HlsOutput {
         if self.open.is_some() {
             self.discard_open();
         }
+        if !self.owned() {
+            return;
+        }
         let anchor = match self.anchor {
             Some(a) if !discontinuity => a,
             _ => (start, now_unix_ms()),
@@ -195,6 +216,13 @@ impl HlsOutput {
     }
 
     fn write(&mut self, bytes: &[u8]) {
+        if !self.fence.holds() {
+            // Dropped, not written: the owner check logs at the next cut.
+            if let Some(open) = &mut self.open {
+                open.file = None;
+            }
+            return;
+        }
         let Some(open) = &mut self.open else { return };
         if let Some(f) = &mut open.file {
             if let Err(e) = f.write_all(bytes) {
@@ -207,11 +235,17 @@ impl HlsOutput {
 
     fn discard_open(&mut self) {
         if let Some(open) = self.open.take() {
-            let _ = std::fs::remove_file(&open.part_path);
+            if self.fence.holds() {
+                let _ = std::fs::remove_file(&open.part_path);
+            }
         }
     }
 
     fn end(&mut self, duration: i64) {
+        if !self.owned() {
+            self.open = None;
+            return;
+        }
         let Some(open) = self.open.take() else { return };
         let Some(file) = open.file else {
             let _ = std::fs::remove_file(&open.part_path);
@@ -268,7 +302,7 @@ impl HlsOutput {
     /// ended [end_list] and hand back what the next publication continues.
     pub fn finish(mut self) -> StreamHistory {
         self.discard_open();
-        if !self.history.window.entries.is_empty() {
+        if !self.history.window.entries.is_empty() && self.owned() {
             self.history.window.ended = self.settings.end_list;
             self.write_playlist();
         }
@@ -285,41 +319,15 @@ pub fn recover(
     settings: &HlsSettings,
     cleanup: &CleanupQueue,
 ) -> Option<StreamHistory> {
+    let (history, unlisted) = load_history(key, layout, settings)?;
     let path = layout.playlist_path(key);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(stream = %key, path = %path.display(), error = %e, "cannot read playlist left by an earlier run");
-            return None;
-        }
-    };
-    let mut window = match PlaylistWindow::parse(&text, &settings.base_url) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(stream = %key, path = %path.display(), error = %e, "ignoring unparsable playlist left by an earlier run");
-            return None;
-        }
-    };
-    let mut last_id = window.entries.iter().map(|e| e.id).max();
+    let mut window = history.window;
     if settings.cleanup {
-        if let Ok(files) = layout.segment_files(key) {
-            for name in files {
-                if !window.entries.iter().any(|e| e.file_name == name) {
-                    if let Some(id) = name
-                        .trim_end_matches(PARTIAL_SUFFIX)
-                        .trim_end_matches(".ts")
-                        .rsplit('-')
-                        .next()
-                        .and_then(|d| d.parse::<u64>().ok())
-                    {
-                        last_id = last_id.max(Some(id));
-                    }
-                    cleanup.schedule(
-                        layout.segment_path(key, &name),
-                        settings.playlist_length.get(),
-                    );
-                }
-            }
+        for name in unlisted {
+            cleanup.schedule(
+                layout.segment_path(key, &name),
+                settings.playlist_length.get(),
+            );
         }
     }
     if !window.ended && settings.end_list && !window.entries.is_empty() {
@@ -329,5 +337,52 @@ pub fn recover(
             tracing::warn!(stream = %key, error = %e, "cannot end playlist left by an earlier run");
         }
     }
-    Some(StreamHistory { window, last_id })
+    Some(StreamHistory {
+        window,
+        last_id: history.last_id,
+    })
+}
+
+/// Reads (only) what a stream left on disk: its playlist window, the
+/// highest segment id among the listed and unlisted files (so a new
+/// publication never reuses a name), and the unlisted segment files.
+pub fn load_history(
+    key: &StreamKey,
+    layout: &Layout,
+    settings: &HlsSettings,
+) -> Option<(StreamHistory, Vec<String>)> {
+    let path = layout.playlist_path(key);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(stream = %key, path = %path.display(), error = %e, "cannot read playlist left by an earlier run");
+            return None;
+        }
+    };
+    let window = match PlaylistWindow::parse(&text, &settings.base_url) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(stream = %key, path = %path.display(), error = %e, "ignoring unparsable playlist left by an earlier run");
+            return None;
+        }
+    };
+    let mut last_id = window.entries.iter().map(|e| e.id).max();
+    let mut unlisted = Vec::new();
+    if let Ok(files) = layout.segment_files(key) {
+        for name in files {
+            if !window.entries.iter().any(|e| e.file_name == name) {
+                if let Some(id) = name
+                    .trim_end_matches(PARTIAL_SUFFIX)
+                    .trim_end_matches(".ts")
+                    .rsplit('-')
+                    .next()
+                    .and_then(|d| d.parse::<u64>().ok())
+                {
+                    last_id = last_id.max(Some(id));
+                }
+                unlisted.push(name);
+            }
+        }
+    }
+    Some((StreamHistory { window, last_id }, unlisted))
 }

@@ -140,6 +140,7 @@ pub struct ServerBuilder {
     pass_app: bool,
     layout: Layout,
     args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
 }
 
 impl Default for ServerBuilder {
@@ -151,6 +152,7 @@ impl Default for ServerBuilder {
             pass_app: true,
             layout: Layout::Nested,
             args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 }
@@ -206,6 +208,12 @@ impl ServerBuilder {
     /// Any other argument(s), verbatim.
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// An environment variable for the process (e.g. `KUBECONFIG`).
+    pub fn env(mut self, name: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((name.into(), value.into()));
         self
     }
 
@@ -288,6 +296,7 @@ impl Server {
         }
         cmd.arg("--hls-root").arg(&root);
         cmd.args(&b.args);
+        cmd.envs(b.envs.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));
