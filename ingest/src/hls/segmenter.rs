@@ -37,6 +37,17 @@ use super::ts::{MuxError, Tracks, TsMuxer};
 const FLUSH_BYTES: usize = 64 * 1024;
 /// Audio frames are packed several to a PES (less TS overhead) up to this span.
 const AUDIO_PES_SPAN: i64 = 9_000;
+/// ... and up to this many bytes, so a PES stays bounded when the span does
+/// not grow (a publisher that repeats one audio timestamp would otherwise
+/// pack its whole stream into one PES). An audio PES must fit the 16-bit
+/// `PES_packet_length` (0, "unbounded", is for video only in a transport
+/// stream, ISO/IEC 13818-1 §2.4.3.7), and muxers pack far less than that:
+/// this is FFmpeg's default audio PES payload (`pes_payload_size`, 15 full
+/// TS payloads plus one after the PES header, 2930 bytes). Normal streams
+/// reach it only above about 230 kbit/s, where the PES is just cut earlier;
+/// a single frame larger than this (at most 8191 bytes with its ADTS header)
+/// gets a PES of its own, still well inside the 16-bit length.
+const AUDIO_PES_MAX_BYTES: usize = 15 * 184 + 170;
 /// A clock jump of more than this (backwards, or forwards past `max_fragment`
 /// plus this) is a timestamp discontinuity from the publisher.
 const JUMP_TOLERANCE: i64 = 90_000;
@@ -292,7 +303,9 @@ impl Segmenter {
                 )?;
             }
             TrackKind::Audio => {
-                if !self.audio.is_empty() && frame.pts - self.audio_pts >= AUDIO_PES_SPAN {
+                let full = self.audio.len() + frame.data.len() > AUDIO_PES_MAX_BYTES;
+                if !self.audio.is_empty() && (full || frame.pts - self.audio_pts >= AUDIO_PES_SPAN)
+                {
                     self.flush_audio(pcr_on_audio)?;
                 }
                 if self.audio.is_empty() {
@@ -663,6 +676,91 @@ mod tests {
             .all(|(_, _, d)| *d >= SEC && *d < SEC + 1_920));
         let total: i64 = segs.iter().map(|s| s.2).sum();
         assert_eq!(total, 100 * 1_920);
+    }
+
+    /// The audio PES packets in `events`' TS bytes: (PTS, payload length).
+    fn audio_pes(events: &[SegmentEvent]) -> Vec<(u64, usize)> {
+        use mpeg2ts::pes::{PesPacketReader, ReadPesPacket};
+        use mpeg2ts::ts::TsPacketReader;
+        let ts: Vec<u8> = events
+            .iter()
+            .filter_map(|e| match e {
+                SegmentEvent::Bytes(b) => Some(b.as_slice()),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect();
+        let mut reader = PesPacketReader::new(TsPacketReader::new(&ts[..]));
+        let mut out = Vec::new();
+        while let Some(pes) = reader.read_pes_packet().unwrap() {
+            if pes.header.stream_id.is_audio() {
+                out.push((pes.header.pts.unwrap().as_u64(), pes.data.len()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn audio_with_a_frozen_timestamp_is_packed_into_bounded_pes() {
+        // A video stream whose audio timestamp stops advancing: before the
+        // bound every frame went into one PES until the next video frame,
+        // which here never comes.
+        let mut s = segmenter(2, 4);
+        s.expect_tracks(Tracks {
+            video: true,
+            audio: true,
+        });
+        let mut ev = Vec::new();
+        s.push(&video(0, true), &mut ev).unwrap();
+        let frame = audio(0);
+        let frames: usize = 10_000;
+        for _ in 0..frames {
+            s.push(&frame, &mut ev).unwrap();
+        }
+        s.finish(&mut ev).unwrap();
+        let pes = audio_pes(&ev);
+        let per_pes = AUDIO_PES_MAX_BYTES / frame.data.len();
+        assert_eq!(pes.len(), frames.div_ceil(per_pes), "{} PES", pes.len());
+        assert!(pes
+            .iter()
+            .all(|(_, len)| *len <= AUDIO_PES_MAX_BYTES && *len > 0));
+        let total: usize = pes.iter().map(|(_, len)| len).sum();
+        assert_eq!(total, frames * frame.data.len(), "no audio lost");
+        // Each PES carries the (frozen) timestamp of its first frame.
+        let pts = pes[0].0;
+        assert!(pes.iter().all(|(p, _)| *p == pts));
+    }
+
+    #[test]
+    fn audio_only_stream_with_a_frozen_timestamp_stays_bounded() {
+        let mut s = segmenter(1, 2);
+        let mut ev = Vec::new();
+        for _ in 0..5_000 {
+            s.push(&audio(1_920), &mut ev).unwrap();
+            // The buffer never holds more than one PES worth.
+            assert!(s.audio.len() <= AUDIO_PES_MAX_BYTES);
+        }
+        s.finish(&mut ev).unwrap();
+        let pes = audio_pes(&ev);
+        assert!(pes.iter().all(|(_, len)| *len <= AUDIO_PES_MAX_BYTES));
+        assert_eq!(pes.iter().map(|(_, len)| len).sum::<usize>(), 5_000 * 8);
+    }
+
+    #[test]
+    fn a_single_frame_larger_than_the_bound_gets_its_own_pes() {
+        let mut s = segmenter(1, 2);
+        let mut ev = Vec::new();
+        let big = MediaFrame {
+            data: Bytes::from(vec![0xaa; 5_000]),
+            ..audio(0)
+        };
+        s.push(&audio(0), &mut ev).unwrap();
+        s.push(&big, &mut ev).unwrap();
+        s.push(&audio(1_920), &mut ev).unwrap();
+        s.finish(&mut ev).unwrap();
+        let lens: Vec<usize> = audio_pes(&ev).iter().map(|(_, len)| *len).collect();
+        assert_eq!(lens, vec![8, 5_000, 8]);
     }
 
     #[test]
