@@ -57,6 +57,13 @@ pub const KEYFRAME_WAIT_FRAGMENTS: i64 = 10;
 /// Keyframe intervals remembered for [`SegmenterStats::keyframe_interval`].
 const INTERVALS_KEPT: usize = 8;
 const SEC: i64 = 90_000;
+/// One AAC frame (1024 samples) at 48 kHz, the audio frame duration until
+/// the stream's AudioSpecificConfig tells the real one
+/// ([`Segmenter::set_audio_frame_duration`]).
+const DEFAULT_AUDIO_FRAME: i64 = 1_920;
+/// A video frame at 30 fps, the frame interval assumed before a second
+/// frame shows the real one.
+const DEFAULT_VIDEO_FRAME: i64 = 3_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentEvent {
@@ -128,6 +135,8 @@ pub struct Segmenter {
     pending_discontinuity: bool,
     audio: Vec<u8>,
     audio_pts: i64,
+    /// One audio frame's duration in 90 kHz ticks.
+    audio_frame: i64,
     out: Vec<u8>,
     /// Target duration in whole seconds, as the playlist will round it;
     /// settled by the first complete segment.
@@ -150,6 +159,7 @@ impl Segmenter {
             pending_discontinuity: false,
             audio: Vec::new(),
             audio_pts: 0,
+            audio_frame: DEFAULT_AUDIO_FRAME,
             out: Vec::with_capacity(FLUSH_BYTES + 4096),
             target_secs: ((config.fragment + SEC / 2) / SEC).max(1),
             target_settled: false,
@@ -171,6 +181,17 @@ impl Segmenter {
     pub fn expect_tracks(&mut self, tracks: Tracks) {
         self.expected.video |= tracks.video;
         self.expected.audio |= tracks.audio;
+    }
+
+    /// The duration of one audio frame in 90 kHz ticks, from the stream's
+    /// codec configuration ([`crate::media::AacConfig::frame_duration_90khz`]:
+    /// 2089 at 44.1 kHz, 3840 for HE-AAC at 48 kHz). An audio-only segment's
+    /// last frame lasts this long; RTMP's millisecond timestamps only give
+    /// it to within a millisecond. Values below one tick are ignored.
+    pub fn set_audio_frame_duration(&mut self, ticks: i64) {
+        if ticks > 0 {
+            self.audio_frame = ticks;
+        }
     }
 
     /// The next segment starts on the next keyframe, marked as a
@@ -373,9 +394,9 @@ impl Segmenter {
         let tracks = self.tracks(clock);
         self.muxer.write_tables(tracks, &mut self.out)?;
         let default_delta = if clock == TrackKind::Video {
-            3_000
+            DEFAULT_VIDEO_FRAME
         } else {
-            1_920
+            self.audio_frame
         };
         self.open = Some(OpenSegment {
             start,
@@ -388,7 +409,8 @@ impl Segmenter {
 
     /// Ends the open segment. With `next_start` the duration runs up to the
     /// next segment's first frame; without it (end of stream, clock jump) up
-    /// to the last frame plus one frame interval.
+    /// to the end of the last frame: plus one audio frame duration on an
+    /// audio clock, plus the last frame interval on a video clock.
     fn end(
         &mut self,
         next_start: Option<i64>,
@@ -399,9 +421,13 @@ impl Segmenter {
             return Ok(());
         };
         self.flush_audio(open.clock == TrackKind::Audio)?;
+        let last_frame = match open.clock {
+            TrackKind::Audio => self.audio_frame,
+            TrackKind::Video => open.last_delta,
+        };
         let duration = match next_start {
             Some(next) => next - open.start,
-            None => open.last - open.start + open.last_delta,
+            None => open.last - open.start + last_frame,
         }
         .max(1);
         if !self.out.is_empty() {
@@ -761,6 +787,61 @@ mod tests {
         s.finish(&mut ev).unwrap();
         let lens: Vec<usize> = audio_pes(&ev).iter().map(|(_, len)| *len).collect();
         assert_eq!(lens, vec![8, 5_000, 8]);
+    }
+
+    /// Audio-only, `frames` AAC frames of `frame_ticks` each stamped in
+    /// whole milliseconds as RTMP carries them; (segments, real duration).
+    fn audio_only_at(frame_ticks: i64, frames: i64) -> (Vec<(i64, bool, i64)>, i64) {
+        let mut s = segmenter(1, 2);
+        s.set_audio_frame_duration(frame_ticks);
+        let mut ev = Vec::new();
+        // The exact start of frame i in 90 kHz ticks, then RTMP's rounding.
+        let ms = |i: i64| (i * frame_ticks + 45) / 90;
+        for i in 0..frames {
+            s.push(&audio(ms(i) * 90), &mut ev).unwrap();
+        }
+        s.finish(&mut ev).unwrap();
+        let last_start = ms(frames - 1) * 90;
+        (segments(&ev), last_start + frame_ticks)
+    }
+
+    #[test]
+    fn audio_at_44_1_khz_ends_on_the_real_frame_duration() {
+        let frame = crate::media::AacConfig::parse(&[0x12, 0x08])
+            .unwrap()
+            .frame_duration_90khz();
+        assert_eq!(frame, 2_089, "1024 samples at 44.1 kHz");
+        // One frame: the segment lasts one 44.1 kHz frame, not 48 kHz's 1920.
+        let (segs, _) = audio_only_at(frame, 1);
+        assert_eq!(segs, vec![(0, false, frame)]);
+        // 100 frames (2.3 s): the segments add up to the real duration; the
+        // last one ends one frame after the last frame's timestamp rather
+        // than one (rounded, 23 or 24 ms) timestamp step.
+        let (segs, total) = audio_only_at(frame, 100);
+        assert!(segs.len() >= 2, "{segs:?}");
+        assert_eq!(segs.iter().map(|s| s.2).sum::<i64>(), total);
+        assert!(
+            segs[..segs.len() - 1]
+                .iter()
+                .all(|(_, _, d)| (SEC - frame..SEC + frame).contains(d)),
+            "{segs:?}"
+        );
+    }
+
+    #[test]
+    fn he_aac_frames_last_1024_core_samples() {
+        // HE-AAC, 48 kHz out from a 24 kHz core: 2048 output samples per
+        // frame, 42.67 ms, twice an AAC-LC frame at 48 kHz.
+        let he = crate::media::AacConfig::parse(&[0x2b, 0x11, 0x88, 0x00]).unwrap();
+        assert!(he.sbr);
+        let frame = he.frame_duration_90khz();
+        assert_eq!(frame, 3_840);
+        let (segs, _) = audio_only_at(frame, 1);
+        assert_eq!(segs, vec![(0, false, frame)]);
+        let (segs, total) = audio_only_at(frame, 60);
+        assert_eq!(segs.iter().map(|s| s.2).sum::<i64>(), total);
+        // Cut on the frame within half a frame of 1 s: the 23rd, at 981 ms.
+        assert_eq!(segs[1].0, 981 * 90, "{segs:?}");
     }
 
     #[test]

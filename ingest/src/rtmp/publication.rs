@@ -158,6 +158,10 @@ impl Publication {
         }
         let result = self.remuxer.push_audio(timestamp, &data);
         let config = is_header.then(|| self.remuxer.audio_config()).flatten();
+        if let Some(config) = config {
+            self.segmenter
+                .set_audio_frame_duration(config.frame_duration_90khz());
+        }
         self.live.record_audio(timestamp, data.len(), config);
         if !is_header {
             self.live.send(PlayPacket::Audio { timestamp, data });
