@@ -61,8 +61,8 @@ fn too_long(interval: i64, fragment: i64) -> bool {
 }
 
 /// This publication's share of `publishers_long_keyframe_interval`,
-/// given back on drop (also on a panic), like the other publisher gauges in
-/// [`LiveGuard`].
+/// given back on drop (also on a panic), like `publishers` in [`LiveGuard`]
+/// and `live_streams` in the [`HlsOutput`].
 struct LongKeyframeGauge {
     metrics: Arc<Metrics>,
     counted: bool,
