@@ -182,14 +182,6 @@ impl HlsOutput {
         false
     }
 
-    pub fn key(&self) -> &StreamKey {
-        &self.key
-    }
-
-    pub fn window(&self) -> &PlaylistWindow {
-        &self.history.window
-    }
-
     pub fn handle(&mut self, event: SegmentEvent) {
         match event {
             SegmentEvent::Begin {
