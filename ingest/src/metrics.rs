@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The most buckets a [`Histogram`] has.
@@ -154,6 +154,42 @@ pub struct Metrics {
     pub ownership_api_requests: LabeledCounter,
     /// Times this replica lost its proof of ownership and stopped writing.
     pub ownership_fenced: AtomicU64,
+}
+
+/// One holder's share (0 or 1) of a gauge, such as a publication's of
+/// `live_streams`: set while a condition holds, given back on drop (also
+/// on a panic), so the gauge cannot drift.
+#[derive(Debug)]
+pub struct GaugeShare {
+    metrics: Arc<Metrics>,
+    gauge: fn(&Metrics) -> &AtomicI64,
+    counted: bool,
+}
+
+impl GaugeShare {
+    /// A share of `gauge`, not counted yet.
+    pub fn new(metrics: Arc<Metrics>, gauge: fn(&Metrics) -> &AtomicI64) -> Self {
+        Self {
+            metrics,
+            gauge,
+            counted: false,
+        }
+    }
+
+    /// Counts this holder in the gauge, or not.
+    pub fn set(&mut self, counted: bool) {
+        if counted != self.counted {
+            self.counted = counted;
+            let delta = if counted { 1 } else { -1 };
+            (self.gauge)(&self.metrics).fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for GaugeShare {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
