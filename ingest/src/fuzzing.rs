@@ -167,7 +167,11 @@ pub fn flv_to_hls(data: &[u8]) -> u64 {
         let frame = if kind & 1 == 0 {
             remuxer.push_video(ts, tag)
         } else {
-            remuxer.push_audio(ts, tag)
+            let frame = remuxer.push_audio(ts, tag);
+            if let Some(config) = remuxer.audio_config() {
+                segmenter.set_audio_frame_duration(config.frame_duration_90khz());
+            }
+            frame
         };
         if remuxer.take_config_change() {
             segmenter.force_discontinuity();

@@ -440,7 +440,6 @@ impl LiveGuard {
     ) -> Self {
         use std::sync::atomic::Ordering;
         metrics.publishers.fetch_add(1, Ordering::Relaxed);
-        metrics.live_streams.fetch_add(1, Ordering::Relaxed);
         Self {
             streams,
             live,
@@ -472,7 +471,6 @@ impl Drop for LiveGuard {
             None => self.streams.abandon(&self.live),
         }
         self.metrics.publishers.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.live_streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

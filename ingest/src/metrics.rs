@@ -4,25 +4,67 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the segment write latency histogram buckets.
-const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+/// The most buckets a [`Histogram`] has.
+const MAX_BUCKETS: usize = 16;
 
-/// A histogram of durations with fixed buckets.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+/// Upper bounds (seconds) of a histogram's buckets.
+pub trait Buckets {
+    const BOUNDS: &'static [f64];
 }
 
-impl Histogram {
+/// Storage latency: a local disk answers in well under a millisecond, a
+/// struggling network volume in seconds.
+#[derive(Debug)]
+pub struct Latency;
+
+impl Buckets for Latency {
+    const BOUNDS: &'static [f64] = &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+}
+
+/// Segment durations: around `hls.fragment` (2 s by default) when the
+/// publisher's keyframes fit it, up to 10 fragments when they do not, and
+/// short ones at the end of a publication or before a discontinuity.
+#[derive(Debug)]
+pub struct SegmentLength;
+
+impl Buckets for SegmentLength {
+    const BOUNDS: &'static [f64] = &[
+        0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0,
+    ];
+}
+
+/// A histogram of durations with fixed buckets `B`.
+#[derive(Debug)]
+pub struct Histogram<B: Buckets> {
+    buckets: [AtomicU64; MAX_BUCKETS],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+    bounds: PhantomData<B>,
+}
+
+impl<B: Buckets> Default for Histogram<B> {
+    fn default() -> Self {
+        const { assert!(B::BOUNDS.len() <= MAX_BUCKETS) };
+        Self {
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+            bounds: PhantomData,
+        }
+    }
+}
+
+impl<B: Buckets> Histogram<B> {
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+        for (bound, bucket) in B::BOUNDS.iter().zip(&self.buckets) {
             if secs <= *bound {
                 bucket.fetch_add(1, Ordering::Relaxed);
             }
@@ -34,6 +76,24 @@ impl Histogram {
 
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, "histogram", help);
+        for (bound, bucket) in B::BOUNDS.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count());
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {}", self.count());
     }
 }
 
@@ -63,11 +123,14 @@ impl LabeledCounter {
 /// Every metric the server exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Streams with a connected publisher.
+    /// Streams whose current publication has listed a segment in its
+    /// playlist (and still owns the stream): what viewers can watch now.
     pub live_streams: AtomicI64,
     /// RTMP connections currently open.
     pub rtmp_connections: AtomicI64,
-    /// Publishers currently connected.
+    /// Publishers currently connected (publish accepted), whether or not
+    /// their stream is live yet: `publishers - live_streams` are waiting
+    /// for a first keyframe or sending nothing usable.
     pub publishers: AtomicI64,
     /// Connected publishers whose keyframe interval is longer than the
     /// fragment (their segments are longer than configured).
@@ -78,8 +141,11 @@ pub struct Metrics {
     pub segments_written: AtomicU64,
     /// Segment or playlist writes that failed (disk full, permissions…).
     pub storage_errors: AtomicU64,
-    /// Time from a segment's first byte to its playlist being replaced.
-    pub segment_write_seconds: Histogram,
+    /// Time spent in storage calls for one segment: creating, writing and
+    /// renaming its file, and writing the playlist that lists it.
+    pub segment_write_seconds: Histogram<Latency>,
+    /// Media duration of each segment listed.
+    pub segment_duration_seconds: Histogram<SegmentLength>,
     /// Publish attempts refused, by reason.
     pub publish_rejections: LabeledCounter,
     /// HTTP responses by status class (`2xx`, `3xx`, `4xx`, `5xx`).
@@ -88,6 +154,42 @@ pub struct Metrics {
     pub ownership_api_requests: LabeledCounter,
     /// Times this replica lost its proof of ownership and stopped writing.
     pub ownership_fenced: AtomicU64,
+}
+
+/// One holder's share (0 or 1) of a gauge, such as a publication's of
+/// `live_streams`: set while a condition holds, given back on drop (also
+/// on a panic), so the gauge cannot drift.
+#[derive(Debug)]
+pub struct GaugeShare {
+    metrics: Arc<Metrics>,
+    gauge: fn(&Metrics) -> &AtomicI64,
+    counted: bool,
+}
+
+impl GaugeShare {
+    /// A share of `gauge`, not counted yet.
+    pub fn new(metrics: Arc<Metrics>, gauge: fn(&Metrics) -> &AtomicI64) -> Self {
+        Self {
+            metrics,
+            gauge,
+            counted: false,
+        }
+    }
+
+    /// Counts this holder in the gauge, or not.
+    pub fn set(&mut self, counted: bool) {
+        if counted != self.counted {
+            self.counted = counted;
+            let delta = if counted { 1 } else { -1 };
+            (self.gauge)(&self.metrics).fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for GaugeShare {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -102,7 +204,7 @@ impl Metrics {
         let gauges = [
             (
                 "oxcast_live_streams",
-                "Streams with a connected publisher.",
+                "Streams with a connected publisher and at least one segment listed by it.",
                 &self.live_streams,
             ),
             (
@@ -112,7 +214,7 @@ impl Metrics {
             ),
             (
                 "oxcast_publishers",
-                "Connected publishers.",
+                "Connected publishers, live or not yet (no segment listed).",
                 &self.publishers,
             ),
             (
@@ -151,28 +253,16 @@ impl Metrics {
             header(&mut s, name, "counter", help);
             let _ = writeln!(s, "{name} {}", v.load(Ordering::Relaxed));
         }
-        let name = "oxcast_segment_write_seconds";
-        header(
+        self.segment_write_seconds.render(
             &mut s,
-            name,
-            "histogram",
-            "Time to write a segment and publish it in the playlist.",
+            "oxcast_segment_write_seconds",
+            "Time spent in storage calls for one segment: creating, writing and renaming its file, and writing the playlist that lists it.",
         );
-        let h = &self.segment_write_seconds;
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
-            let _ = writeln!(
-                s,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {}", h.count());
-        let _ = writeln!(
-            s,
-            "{name}_sum {}",
-            h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        self.segment_duration_seconds.render(
+            &mut s,
+            "oxcast_segment_duration_seconds",
+            "Media duration of the segments listed.",
         );
-        let _ = writeln!(s, "{name}_count {}", h.count());
         let labeled = [
             (
                 "oxcast_publish_rejections_total",
@@ -221,5 +311,21 @@ mod tests {
         assert!(text.contains("oxcast_segment_write_seconds_bucket{le=\"0.0025\"} 0\n"));
         assert!(text.contains("oxcast_segment_write_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("oxcast_segment_write_seconds_count 1\n"));
+    }
+
+    #[test]
+    fn segment_durations_get_buckets_past_one_second() {
+        let m = Metrics::default();
+        m.segment_duration_seconds
+            .observe(Duration::from_millis(2_002));
+        m.segment_duration_seconds.observe(Duration::from_secs(9));
+        let text = m.render();
+        assert!(text.contains("# TYPE oxcast_segment_duration_seconds histogram\n"));
+        assert!(text.contains("oxcast_segment_duration_seconds_bucket{le=\"2\"} 0\n"));
+        assert!(text.contains("oxcast_segment_duration_seconds_bucket{le=\"2.5\"} 1\n"));
+        assert!(text.contains("oxcast_segment_duration_seconds_bucket{le=\"10\"} 2\n"));
+        assert!(text.contains("oxcast_segment_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("oxcast_segment_duration_seconds_sum 11.002\n"));
+        assert!(text.contains("oxcast_segment_write_seconds_bucket{le=\"10\"} 0\n"));
     }
 }

@@ -37,6 +37,17 @@ use super::ts::{MuxError, Tracks, TsMuxer};
 const FLUSH_BYTES: usize = 64 * 1024;
 /// Audio frames are packed several to a PES (less TS overhead) up to this span.
 const AUDIO_PES_SPAN: i64 = 9_000;
+/// ... and up to this many bytes, so a PES stays bounded when the span does
+/// not grow (a publisher that repeats one audio timestamp would otherwise
+/// pack its whole stream into one PES). An audio PES must fit the 16-bit
+/// `PES_packet_length` (0, "unbounded", is for video only in a transport
+/// stream, ISO/IEC 13818-1 §2.4.3.7), and muxers pack far less than that:
+/// this is FFmpeg's default audio PES payload (`pes_payload_size`, 15 full
+/// TS payloads plus one after the PES header, 2930 bytes). Normal streams
+/// reach it only above about 230 kbit/s, where the PES is just cut earlier;
+/// a single frame larger than this (at most 8191 bytes with its ADTS header)
+/// gets a PES of its own, still well inside the 16-bit length.
+const AUDIO_PES_MAX_BYTES: usize = 15 * 184 + 170;
 /// A clock jump of more than this (backwards, or forwards past `max_fragment`
 /// plus this) is a timestamp discontinuity from the publisher.
 const JUMP_TOLERANCE: i64 = 90_000;
@@ -46,6 +57,13 @@ pub const KEYFRAME_WAIT_FRAGMENTS: i64 = 10;
 /// Keyframe intervals remembered for [`SegmenterStats::keyframe_interval`].
 const INTERVALS_KEPT: usize = 8;
 const SEC: i64 = 90_000;
+/// One AAC frame (1024 samples) at 48 kHz, the audio frame duration until
+/// the stream's AudioSpecificConfig tells the real one
+/// ([`Segmenter::set_audio_frame_duration`]).
+const DEFAULT_AUDIO_FRAME: i64 = 1_920;
+/// A video frame at 30 fps, the frame interval assumed before a second
+/// frame shows the real one.
+const DEFAULT_VIDEO_FRAME: i64 = 3_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentEvent {
@@ -117,6 +135,8 @@ pub struct Segmenter {
     pending_discontinuity: bool,
     audio: Vec<u8>,
     audio_pts: i64,
+    /// One audio frame's duration in 90 kHz ticks.
+    audio_frame: i64,
     out: Vec<u8>,
     /// Target duration in whole seconds, as the playlist will round it;
     /// settled by the first complete segment.
@@ -139,6 +159,7 @@ impl Segmenter {
             pending_discontinuity: false,
             audio: Vec::new(),
             audio_pts: 0,
+            audio_frame: DEFAULT_AUDIO_FRAME,
             out: Vec::with_capacity(FLUSH_BYTES + 4096),
             target_secs: ((config.fragment + SEC / 2) / SEC).max(1),
             target_settled: false,
@@ -160,6 +181,17 @@ impl Segmenter {
     pub fn expect_tracks(&mut self, tracks: Tracks) {
         self.expected.video |= tracks.video;
         self.expected.audio |= tracks.audio;
+    }
+
+    /// The duration of one audio frame in 90 kHz ticks, from the stream's
+    /// codec configuration ([`crate::media::AacConfig::frame_duration_90khz`]:
+    /// 2089 at 44.1 kHz, 3840 for HE-AAC at 48 kHz). An audio-only segment's
+    /// last frame lasts this long; RTMP's millisecond timestamps only give
+    /// it to within a millisecond. Values below one tick are ignored.
+    pub fn set_audio_frame_duration(&mut self, ticks: i64) {
+        if ticks > 0 {
+            self.audio_frame = ticks;
+        }
     }
 
     /// The next segment starts on the next keyframe, marked as a
@@ -292,7 +324,9 @@ impl Segmenter {
                 )?;
             }
             TrackKind::Audio => {
-                if !self.audio.is_empty() && frame.pts - self.audio_pts >= AUDIO_PES_SPAN {
+                let full = self.audio.len() + frame.data.len() > AUDIO_PES_MAX_BYTES;
+                if !self.audio.is_empty() && (full || frame.pts - self.audio_pts >= AUDIO_PES_SPAN)
+                {
                     self.flush_audio(pcr_on_audio)?;
                 }
                 if self.audio.is_empty() {
@@ -360,9 +394,9 @@ impl Segmenter {
         let tracks = self.tracks(clock);
         self.muxer.write_tables(tracks, &mut self.out)?;
         let default_delta = if clock == TrackKind::Video {
-            3_000
+            DEFAULT_VIDEO_FRAME
         } else {
-            1_920
+            self.audio_frame
         };
         self.open = Some(OpenSegment {
             start,
@@ -375,7 +409,8 @@ impl Segmenter {
 
     /// Ends the open segment. With `next_start` the duration runs up to the
     /// next segment's first frame; without it (end of stream, clock jump) up
-    /// to the last frame plus one frame interval.
+    /// to the end of the last frame: plus one audio frame duration on an
+    /// audio clock, plus the last frame interval on a video clock.
     fn end(
         &mut self,
         next_start: Option<i64>,
@@ -386,9 +421,13 @@ impl Segmenter {
             return Ok(());
         };
         self.flush_audio(open.clock == TrackKind::Audio)?;
+        let last_frame = match open.clock {
+            TrackKind::Audio => self.audio_frame,
+            TrackKind::Video => open.last_delta,
+        };
         let duration = match next_start {
             Some(next) => next - open.start,
-            None => open.last - open.start + open.last_delta,
+            None => open.last - open.start + last_frame,
         }
         .max(1);
         if !self.out.is_empty() {
@@ -663,6 +702,146 @@ mod tests {
             .all(|(_, _, d)| *d >= SEC && *d < SEC + 1_920));
         let total: i64 = segs.iter().map(|s| s.2).sum();
         assert_eq!(total, 100 * 1_920);
+    }
+
+    /// The audio PES packets in `events`' TS bytes: (PTS, payload length).
+    fn audio_pes(events: &[SegmentEvent]) -> Vec<(u64, usize)> {
+        use mpeg2ts::pes::{PesPacketReader, ReadPesPacket};
+        use mpeg2ts::ts::TsPacketReader;
+        let ts: Vec<u8> = events
+            .iter()
+            .filter_map(|e| match e {
+                SegmentEvent::Bytes(b) => Some(b.as_slice()),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect();
+        let mut reader = PesPacketReader::new(TsPacketReader::new(&ts[..]));
+        let mut out = Vec::new();
+        while let Some(pes) = reader.read_pes_packet().unwrap() {
+            if pes.header.stream_id.is_audio() {
+                out.push((pes.header.pts.unwrap().as_u64(), pes.data.len()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn audio_with_a_frozen_timestamp_is_packed_into_bounded_pes() {
+        // A video stream whose audio timestamp stops advancing: before the
+        // bound every frame went into one PES until the next video frame,
+        // which here never comes.
+        let mut s = segmenter(2, 4);
+        s.expect_tracks(Tracks {
+            video: true,
+            audio: true,
+        });
+        let mut ev = Vec::new();
+        s.push(&video(0, true), &mut ev).unwrap();
+        let frame = audio(0);
+        let frames: usize = 10_000;
+        for _ in 0..frames {
+            s.push(&frame, &mut ev).unwrap();
+        }
+        s.finish(&mut ev).unwrap();
+        let pes = audio_pes(&ev);
+        let per_pes = AUDIO_PES_MAX_BYTES / frame.data.len();
+        assert_eq!(pes.len(), frames.div_ceil(per_pes), "{} PES", pes.len());
+        assert!(pes
+            .iter()
+            .all(|(_, len)| *len <= AUDIO_PES_MAX_BYTES && *len > 0));
+        let total: usize = pes.iter().map(|(_, len)| len).sum();
+        assert_eq!(total, frames * frame.data.len(), "no audio lost");
+        // Each PES carries the (frozen) timestamp of its first frame.
+        let pts = pes[0].0;
+        assert!(pes.iter().all(|(p, _)| *p == pts));
+    }
+
+    #[test]
+    fn audio_only_stream_with_a_frozen_timestamp_stays_bounded() {
+        let mut s = segmenter(1, 2);
+        let mut ev = Vec::new();
+        for _ in 0..5_000 {
+            s.push(&audio(1_920), &mut ev).unwrap();
+            // The buffer never holds more than one PES worth.
+            assert!(s.audio.len() <= AUDIO_PES_MAX_BYTES);
+        }
+        s.finish(&mut ev).unwrap();
+        let pes = audio_pes(&ev);
+        assert!(pes.iter().all(|(_, len)| *len <= AUDIO_PES_MAX_BYTES));
+        assert_eq!(pes.iter().map(|(_, len)| len).sum::<usize>(), 5_000 * 8);
+    }
+
+    #[test]
+    fn a_single_frame_larger_than_the_bound_gets_its_own_pes() {
+        let mut s = segmenter(1, 2);
+        let mut ev = Vec::new();
+        let big = MediaFrame {
+            data: Bytes::from(vec![0xaa; 5_000]),
+            ..audio(0)
+        };
+        s.push(&audio(0), &mut ev).unwrap();
+        s.push(&big, &mut ev).unwrap();
+        s.push(&audio(1_920), &mut ev).unwrap();
+        s.finish(&mut ev).unwrap();
+        let lens: Vec<usize> = audio_pes(&ev).iter().map(|(_, len)| *len).collect();
+        assert_eq!(lens, vec![8, 5_000, 8]);
+    }
+
+    /// Audio-only, `frames` AAC frames of `frame_ticks` each stamped in
+    /// whole milliseconds as RTMP carries them; (segments, real duration).
+    fn audio_only_at(frame_ticks: i64, frames: i64) -> (Vec<(i64, bool, i64)>, i64) {
+        let mut s = segmenter(1, 2);
+        s.set_audio_frame_duration(frame_ticks);
+        let mut ev = Vec::new();
+        // The exact start of frame i in 90 kHz ticks, then RTMP's rounding.
+        let ms = |i: i64| (i * frame_ticks + 45) / 90;
+        for i in 0..frames {
+            s.push(&audio(ms(i) * 90), &mut ev).unwrap();
+        }
+        s.finish(&mut ev).unwrap();
+        let last_start = ms(frames - 1) * 90;
+        (segments(&ev), last_start + frame_ticks)
+    }
+
+    #[test]
+    fn audio_at_44_1_khz_ends_on_the_real_frame_duration() {
+        let frame = crate::media::AacConfig::parse(&[0x12, 0x08])
+            .unwrap()
+            .frame_duration_90khz();
+        assert_eq!(frame, 2_089, "1024 samples at 44.1 kHz");
+        // One frame: the segment lasts one 44.1 kHz frame, not 48 kHz's 1920.
+        let (segs, _) = audio_only_at(frame, 1);
+        assert_eq!(segs, vec![(0, false, frame)]);
+        // 100 frames (2.3 s): the segments add up to the real duration; the
+        // last one ends one frame after the last frame's timestamp rather
+        // than one (rounded, 23 or 24 ms) timestamp step.
+        let (segs, total) = audio_only_at(frame, 100);
+        assert!(segs.len() >= 2, "{segs:?}");
+        assert_eq!(segs.iter().map(|s| s.2).sum::<i64>(), total);
+        assert!(
+            segs[..segs.len() - 1]
+                .iter()
+                .all(|(_, _, d)| (SEC - frame..SEC + frame).contains(d)),
+            "{segs:?}"
+        );
+    }
+
+    #[test]
+    fn he_aac_frames_last_1024_core_samples() {
+        // HE-AAC, 48 kHz out from a 24 kHz core: 2048 output samples per
+        // frame, 42.67 ms, twice an AAC-LC frame at 48 kHz.
+        let he = crate::media::AacConfig::parse(&[0x2b, 0x11, 0x88, 0x00]).unwrap();
+        assert!(he.sbr);
+        let frame = he.frame_duration_90khz();
+        assert_eq!(frame, 3_840);
+        let (segs, _) = audio_only_at(frame, 1);
+        assert_eq!(segs, vec![(0, false, frame)]);
+        let (segs, total) = audio_only_at(frame, 60);
+        assert_eq!(segs.iter().map(|s| s.2).sum::<i64>(), total);
+        // Cut on the frame within half a frame of 1 s: the 23rd, at 981 ms.
+        assert_eq!(segs[1].0, 981 * 90, "{segs:?}");
     }
 
     #[test]

@@ -194,12 +194,20 @@ fn write_pes(
     };
     let optional_len = 3 + 5 + if with_dts { 5 } else { 0 };
     let pes_header_len = 6 + optional_len;
-    // Video may exceed 64 KiB; 0 means "unbounded", allowed for video only.
+    // Video may exceed 64 KiB: 0 means "unbounded", which ISO/IEC 13818-1
+    // §2.4.3.7 allows in a transport stream for video only. Any other PES
+    // must fit the 16-bit length; the segmenter bounds audio PES so, and a
+    // longer one is refused rather than written with a length of 0.
     let total = optional_len + data.len();
-    let pes_packet_len = if stream_id.is_video() || total > usize::from(u16::MAX) {
+    let pes_packet_len = if stream_id.is_video() {
         0
     } else {
-        total as u16
+        u16::try_from(total).map_err(|_| {
+            MuxError(format!(
+                "{} bytes of non-video PES exceed the 16-bit PES_packet_length",
+                data.len()
+            ))
+        })?
     };
     let adaptation_field = match pcr_random_access {
         Some(random_access) => Some(AdaptationField {
@@ -281,6 +289,17 @@ mod tests {
         assert!(a.header.stream_id.is_audio());
         assert_eq!(a.data, audio);
         assert_eq!(a.header.dts, None);
+    }
+
+    #[test]
+    fn an_audio_pes_longer_than_its_16_bit_length_is_refused() {
+        let mut m = TsMuxer::default();
+        let mut out = Vec::new();
+        // PTS header (8 bytes) + payload must fit 65535.
+        m.write_audio(0, false, &vec![0; 65_527], &mut out).unwrap();
+        let written = out.len();
+        assert!(m.write_audio(0, false, &vec![0; 65_528], &mut out).is_err());
+        assert_eq!(out.len(), written, "nothing written for the refused PES");
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl AacConfig {
         let mut b = Bits { data: asc, pos: 0 };
         let truncated = MediaError::InvalidAacConfig("truncated AudioSpecificConfig");
         let mut object_type = b.object_type().ok_or(truncated.clone())?;
-        let mut sample_rate_index = b.sample_rate_index().ok_or(truncated.clone())?;
+        let sample_rate_index = b.sample_rate_index().ok_or(truncated.clone())?;
         let channel_config = b.take(4).ok_or(truncated.clone())? as u8;
         let mut sbr = false;
         if object_type == AOT_SBR || object_type == AOT_PS {
@@ -85,9 +85,6 @@ impl AacConfig {
             return Err(MediaError::UnsupportedAudio(format!(
                 "AAC object type {object_type} (only Main, LC, SSR, LTP cores fit ADTS)"
             )));
-        }
-        if object_type == 0 {
-            sample_rate_index = 0;
         }
         Ok(Self {
             object_type,

@@ -11,7 +11,6 @@ const START_CODE: [u8; 4] = [0, 0, 0, 1];
 const AUD: [u8; 2] = [0x09, 0xf0];
 
 const NAL_SPS: u8 = 7;
-const NAL_PPS: u8 = 8;
 const NAL_AUD: u8 = 9;
 
 /// The parts of an `AVCDecoderConfigurationRecord` (ISO/IEC 14496-15) that
@@ -103,24 +102,21 @@ pub fn avcc_to_annexb(
         data: access_unit,
         len_size: n,
     };
-    let mut has_sps = false;
-    for nal in nals.clone() {
-        let nal = nal?;
-        if nal.first().map(|b| b & 0x1f) == Some(NAL_SPS) {
-            has_sps = true;
-        }
-    }
+    // This pass also checks every NAL length, so the second one (over the
+    // same bytes) meets no errors.
+    let has_sps = nals.clone().try_fold(false, |has_sps, nal| {
+        nal.map(|nal| has_sps || nal.first().map(|b| b & 0x1f) == Some(NAL_SPS))
+    })?;
     if keyframe && !has_sps {
         for set in config.sps.iter().chain(config.pps.iter()) {
             out.put_slice(&START_CODE);
             out.put_slice(set);
         }
     }
-    for nal in nals {
-        let nal = nal?;
+    for nal in nals.flatten() {
         match nal.first().map(|b| b & 0x1f) {
             None | Some(NAL_AUD) => continue,
-            Some(NAL_PPS) | Some(_) => {
+            Some(_) => {
                 out.put_slice(&START_CODE);
                 out.put_slice(nal);
             }

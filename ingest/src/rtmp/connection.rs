@@ -86,14 +86,14 @@ struct Connection {
     coalesce_reads: bool,
 }
 
-/// Once a publisher streams, wake up only when this much media is buffered
-/// (or the peer closes): a 3 Mbit/s stream then costs ~12 reads per second
-/// instead of one per frame, which is most of the CPU an idle-ish ingest
-/// server spends. Commands before the publish are answered byte by byte.
 /// How often a publisher connection checks for idleness and drains reads
 /// below the low-water mark.
 const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Once a publisher streams, wake up only when this much media is buffered
+/// (or the peer closes): a 3 Mbit/s stream then costs ~12 reads per second
+/// instead of one per frame, which is most of the CPU an idle-ish ingest
+/// server spends. Commands before the publish are answered byte by byte.
 const PUBLISH_READ_LOW_WATER: libc::c_int = 32 * 1024;
 
 fn set_read_low_water(socket: &TcpStream, bytes: libc::c_int) -> std::io::Result<()> {

@@ -1,6 +1,8 @@
-//! RTMP ingest: accept connections, one task per connection (tokio's
-//! multi-threaded runtime spreads them over every core), handshake, session
-//! and publish/play decisions.
+//! RTMP ingest: accept connections, handshake, session and publish/play
+//! decisions. The listener runs on the server's runtime and hands each
+//! connection to one of the [`ConnectionWorkers`] (one thread per core,
+//! each a single-threaded runtime), where it stays as one task until it
+//! closes.
 
 pub mod amf;
 pub mod chunks;

@@ -1,7 +1,6 @@
 //! One publisher's media path: FLV tags → [`Remuxer`] → [`Segmenter`] →
 //! [`HlsOutput`], plus fan-out to RTMP players.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,7 +10,7 @@ use crate::hls::segmenter::SegmenterStats;
 use crate::hls::{SegmentEvent, Segmenter, SegmenterConfig, Tracks};
 use crate::live::{LiveGuard, LiveStream, PlayPacket};
 use crate::media::{MediaError, MediaFrame, Remuxer};
-use crate::metrics::Metrics;
+use crate::metrics::GaugeShare;
 use crate::ownership::StreamClaim;
 use crate::store::HlsOutput;
 
@@ -32,7 +31,7 @@ pub struct Publication {
     seen: SegmenterStats,
     /// The keyframe interval is longer than the fragment (counted in the
     /// metric while it is, warned about once).
-    long_keyframe_interval: LongKeyframeGauge,
+    long_keyframe_interval: GaugeShare,
     warned: bool,
 }
 
@@ -60,32 +59,6 @@ fn too_long(interval: i64, fragment: i64) -> bool {
     interval > fragment + 1_800
 }
 
-/// This publication's share of `publishers_long_keyframe_interval`,
-/// given back on drop (also on a panic), like the other publisher gauges in
-/// [`LiveGuard`].
-struct LongKeyframeGauge {
-    metrics: Arc<Metrics>,
-    counted: bool,
-}
-
-impl LongKeyframeGauge {
-    fn set(&mut self, long: bool) {
-        if long != self.counted {
-            self.counted = long;
-            let delta = if long { 1 } else { -1 };
-            self.metrics
-                .publishers_long_keyframe_interval
-                .fetch_add(delta, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for LongKeyframeGauge {
-    fn drop(&mut self) {
-        self.set(false);
-    }
-}
-
 impl Publication {
     pub fn new(
         slot: LiveGuard,
@@ -93,10 +66,9 @@ impl Publication {
         output: HlsOutput,
         config: SegmenterConfig,
     ) -> Self {
-        let long_keyframe_interval = LongKeyframeGauge {
-            metrics: slot.metrics().clone(),
-            counted: false,
-        };
+        let long_keyframe_interval = GaugeShare::new(slot.metrics().clone(), |m| {
+            &m.publishers_long_keyframe_interval
+        });
         Self {
             live: slot.live().clone(),
             slot,
@@ -158,6 +130,10 @@ impl Publication {
         }
         let result = self.remuxer.push_audio(timestamp, &data);
         let config = is_header.then(|| self.remuxer.audio_config()).flatten();
+        if let Some(config) = config {
+            self.segmenter
+                .set_audio_frame_duration(config.frame_duration_90khz());
+        }
         self.live.record_audio(timestamp, data.len(), config);
         if !is_header {
             self.live.send(PlayPacket::Audio { timestamp, data });

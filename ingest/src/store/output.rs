@@ -15,7 +15,7 @@ use oxcast_crds::{DatetimeMode, FragmentNaming, HlsSettings};
 use super::layout::PARTIAL_SUFFIX;
 use super::{write_atomically, CleanupQueue, Layout};
 use crate::hls::{PlaylistEntry, PlaylistWindow, SegmentEvent};
-use crate::metrics::Metrics;
+use crate::metrics::{GaugeShare, Metrics};
 use crate::ownership::Fence;
 use crate::stream_key::StreamKey;
 
@@ -34,7 +34,16 @@ struct OpenSegment {
     file: Option<File>,
     discontinuity: bool,
     program_date_time: i64,
-    started: Instant,
+    /// Time spent in storage calls for this segment so far.
+    storage_time: Duration,
+}
+
+/// Runs `io`, adding the time it took to `total`.
+fn timed<T>(total: &mut Duration, io: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let result = io();
+    *total += start.elapsed();
+    result
 }
 
 /// Writes one stream's HLS files for the duration of a publication.
@@ -54,6 +63,9 @@ pub struct HlsOutput {
     /// Checked before every write: without ownership, nothing is written.
     fence: Fence,
     fenced_logged: bool,
+    /// This publication's share of `live_streams`: counted from its first
+    /// listed segment until it ends or loses the stream's ownership.
+    live: GaugeShare,
 }
 
 fn now_unix_ms() -> i64 {
@@ -114,6 +126,7 @@ impl HlsOutput {
         };
         // Without forced cuts every segment starts on a keyframe.
         history.window.independent_segments = settings.max_fragment.is_none();
+        let live = GaugeShare::new(metrics.clone(), |m| &m.live_streams);
         Self {
             key,
             layout,
@@ -126,6 +139,7 @@ impl HlsOutput {
             continues_previous,
             fence,
             fenced_logged: false,
+            live,
         }
     }
 
@@ -134,18 +148,11 @@ impl HlsOutput {
         if self.fence.holds() {
             return true;
         }
+        self.live.set(false);
         if !std::mem::replace(&mut self.fenced_logged, true) {
             tracing::error!(stream = %self.key, "ownership lost (fenced): no more writes to this stream");
         }
         false
-    }
-
-    pub fn key(&self) -> &StreamKey {
-        &self.key
-    }
-
-    pub fn window(&self) -> &PlaylistWindow {
-        &self.history.window
     }
 
     pub fn handle(&mut self, event: SegmentEvent) {
@@ -193,8 +200,11 @@ impl HlsOutput {
         let mut part = final_path.clone().into_os_string();
         part.push(PARTIAL_SUFFIX);
         let part_path = PathBuf::from(part);
-        let file = std::fs::create_dir_all(self.layout.stream_dir(&self.key))
-            .and_then(|()| File::create(&part_path));
+        let mut storage_time = Duration::ZERO;
+        let file = timed(&mut storage_time, || {
+            std::fs::create_dir_all(self.layout.stream_dir(&self.key))
+                .and_then(|()| File::create(&part_path))
+        });
         let file = match file {
             Ok(f) => Some(f),
             Err(e) => {
@@ -211,7 +221,7 @@ impl HlsOutput {
             file,
             discontinuity,
             program_date_time,
-            started: Instant::now(),
+            storage_time,
         });
     }
 
@@ -225,7 +235,7 @@ impl HlsOutput {
         }
         let Some(open) = &mut self.open else { return };
         if let Some(f) = &mut open.file {
-            if let Err(e) = f.write_all(bytes) {
+            if let Err(e) = timed(&mut open.storage_time, || f.write_all(bytes)) {
                 self.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(stream = %self.key, path = %open.part_path.display(), error = %e, "segment write failed; this segment is dropped");
                 open.file = None;
@@ -246,14 +256,19 @@ impl HlsOutput {
             self.open = None;
             return;
         }
-        let Some(open) = self.open.take() else { return };
-        let Some(file) = open.file else {
+        let Some(mut open) = self.open.take() else {
+            return;
+        };
+        let Some(file) = open.file.take() else {
             let _ = std::fs::remove_file(&open.part_path);
             return;
         };
-        drop(file);
         let final_path = self.layout.segment_path(&self.key, &open.file_name);
-        if let Err(e) = std::fs::rename(&open.part_path, &final_path) {
+        let renamed = timed(&mut open.storage_time, || {
+            drop(file);
+            std::fs::rename(&open.part_path, &final_path)
+        });
+        if let Err(e) = renamed {
             self.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(stream = %self.key, path = %final_path.display(), error = %e, "cannot publish segment; it is dropped");
             let _ = std::fs::remove_file(&open.part_path);
@@ -278,16 +293,23 @@ impl HlsOutput {
                     .schedule(self.layout.segment_path(&self.key, &old.file_name), grace);
             }
         }
-        self.write_playlist();
+        let listed = timed(&mut open.storage_time, || self.write_playlist());
         self.metrics
             .segments_written
             .fetch_add(1, Ordering::Relaxed);
         self.metrics
             .segment_write_seconds
-            .observe(open.started.elapsed());
+            .observe(open.storage_time);
+        self.metrics
+            .segment_duration_seconds
+            .observe(Duration::from_micros(duration.max(0) as u64 * 100 / 9));
+        if listed {
+            self.live.set(true);
+        }
     }
 
-    fn write_playlist(&self) {
+    /// Writes the playlist; false when that failed (counted and logged).
+    fn write_playlist(&self) -> bool {
         let path = self.layout.playlist_path(&self.key);
         let text = self.history.window.render(&self.settings.base_url);
         if let Err(e) = std::fs::create_dir_all(self.layout.stream_dir(&self.key))
@@ -295,7 +317,9 @@ impl HlsOutput {
         {
             self.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(stream = %self.key, path = %path.display(), error = %e, "playlist write failed");
+            return false;
         }
+        true
     }
 
     /// The publication ended: drop an incomplete segment, mark the playlist
@@ -385,4 +409,95 @@ pub fn load_history(
         }
     }
     Some((StreamHistory { window, last_id }, unlisted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ownership::ReplicaClock;
+
+    fn output(dir: &std::path::Path, metrics: &Arc<Metrics>, fence: Fence) -> HlsOutput {
+        HlsOutput::start(
+            StreamKey::parse("k").unwrap(),
+            Layout::new(dir, true),
+            Arc::new(HlsSettings::default()),
+            Arc::new(CleanupQueue::default()),
+            metrics.clone(),
+            None,
+            fence,
+        )
+    }
+
+    fn segment(out: &mut HlsOutput, start: i64, duration: i64) {
+        out.handle(SegmentEvent::Begin {
+            start,
+            discontinuity: false,
+        });
+        out.handle(SegmentEvent::Bytes(vec![0x47; 188]));
+        out.handle(SegmentEvent::End { duration });
+    }
+
+    fn live(metrics: &Metrics) -> i64 {
+        metrics.live_streams.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_stream_is_live_from_its_first_listed_segment_until_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut out = output(dir.path(), &metrics, Fence::always());
+        out.handle(SegmentEvent::Begin {
+            start: 0,
+            discontinuity: false,
+        });
+        assert_eq!(live(&metrics), 0, "no segment listed yet");
+        out.handle(SegmentEvent::End { duration: 180_000 });
+        assert_eq!(live(&metrics), 1);
+        segment(&mut out, 180_000, 180_000);
+        assert_eq!(live(&metrics), 1);
+        out.finish();
+        assert_eq!(live(&metrics), 0);
+
+        // Dropped without finishing (a panicking publication): given back.
+        let mut out = output(dir.path(), &metrics, Fence::always());
+        segment(&mut out, 360_000, 180_000);
+        assert_eq!(live(&metrics), 1);
+        drop(out);
+        assert_eq!(live(&metrics), 0);
+    }
+
+    #[test]
+    fn a_fenced_stream_is_no_longer_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let clock = Arc::new(ReplicaClock::new(false));
+        clock.extend_to(Instant::now() + Duration::from_secs(60));
+        let mut out = output(
+            dir.path(),
+            &metrics,
+            Fence::new(clock.clone(), clock.generation()),
+        );
+        segment(&mut out, 0, 180_000);
+        assert_eq!(live(&metrics), 1);
+        clock.fence();
+        segment(&mut out, 180_000, 180_000);
+        assert_eq!(live(&metrics), 0);
+    }
+
+    #[test]
+    fn each_listed_segment_records_its_duration_and_its_storage_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut out = output(dir.path(), &metrics, Fence::always());
+        segment(&mut out, 0, 2 * 90_000 + 180);
+        segment(&mut out, 2 * 90_000 + 180, 9 * 90_000);
+        assert_eq!(metrics.segment_write_seconds.count(), 2);
+        assert_eq!(metrics.segment_duration_seconds.count(), 2);
+        // Bucketing and rendering are metrics.rs's tests; here the values.
+        let text = metrics.render();
+        assert!(text.contains("oxcast_segment_duration_seconds_sum 11.002\n"));
+        // Writing two tiny files to a temporary directory takes far less
+        // than the segments last: the write histogram measures the writes.
+        assert!(text.contains("oxcast_segment_write_seconds_bucket{le=\"1\"} 2\n"));
+    }
 }
