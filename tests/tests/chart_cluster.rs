@@ -387,7 +387,10 @@ const MANAGED_DENIALS: &[&[&str]] = &[
     &["create", "replicasets.apps"],
     &["create", "ingresses.networking.k8s.io"],
     &["create", "networkpolicies.networking.k8s.io"],
-    &["create", "serviceaccounts/token"],
+    // Tokens of any ServiceAccount (the ingest ones included): never.
+    // (`serviceaccounts/token` would ask about a ServiceAccount named
+    // "token".)
+    &["create", "serviceaccounts", "--subresource=token"],
     &["delete", "serviceaccounts"],
     &["update", "serviceaccounts"],
     &["delete", "roles.rbac.authorization.k8s.io"],
@@ -493,6 +496,10 @@ fn check_lease_rules(
 #[tokio::test]
 async fn cluster_wide_rbac_grants_what_the_operator_needs_and_nothing_else() {
     let ctx = context("chart-rbac").await;
+    // `kubectl auth can-i` resolves `liveapplications.live.oxcast.dev`
+    // through discovery: without the CRD the answer is always "no", and
+    // another test installing it first must not be what makes this pass.
+    install_live_application_crd(ctx.cluster);
     let release = "rbac";
     apply_chart(
         &ctx,
@@ -559,6 +566,10 @@ async fn cluster_wide_rbac_grants_what_the_operator_needs_and_nothing_else() {
 #[tokio::test]
 async fn namespaced_rbac_reaches_only_the_watched_namespaces() {
     let ctx = context("chart-rbac-ns").await;
+    // `kubectl auth can-i` resolves `liveapplications.live.oxcast.dev`
+    // through discovery: without the CRD the answer is always "no", and
+    // another test installing it first must not be what makes this pass.
+    install_live_application_crd(ctx.cluster);
     let team_a = namespace(ctx.cluster, "team-a").await;
     let team_b = namespace(ctx.cluster, "team-b").await;
     let other = namespace(ctx.cluster, "not-watched").await;
