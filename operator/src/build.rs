@@ -12,12 +12,16 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, Lifecycle, LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    SleepAction, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    DownwardAPIProjection, DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection,
+    ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount, VolumeProjection,
+    VolumeResourceRequirements,
 };
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -46,8 +50,20 @@ const SHUTDOWN_MARGIN_SECONDS: i64 = 10;
 const VOLUME_CONFIG: &str = "config";
 const VOLUME_HLS: &str = "hls";
 const VOLUME_KEYS: &str = "stream-keys";
+const VOLUME_API_ACCESS: &str = "kube-api-access";
 const PORT_RTMP: &str = "rtmp";
 const PORT_HTTP: &str = "http";
+const PORT_OPS: &str = "ops";
+/// The ingest container's `/healthz`, `/readyz` and `/metrics`
+/// (`--ops-listen`); not published by any Service.
+pub const OPS_CONTAINER_PORT: i32 = 9090;
+/// Where a pod's API credentials are expected (in-cluster client config).
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// What the ingest pods may do with coordination.k8s.io Leases in their own
+/// namespace (stream ownership, `ingest/src/ownership/leases.rs`): create,
+/// update (renew, take over) and delete their heartbeat and stream Leases,
+/// read one, list the group's. No watch, no patch.
+pub const INGEST_LEASE_VERBS: [&str; 5] = ["get", "list", "create", "update", "delete"];
 
 /// Operator-wide inputs to the build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +106,11 @@ pub struct Obsolete {
 #[derive(Debug, Clone)]
 pub struct Desired {
     pub config_map: ConfigMap,
+    /// The ingest pods' identity, and what it may do (stream-ownership
+    /// Leases in the application's namespace).
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
     /// The claim the operator creates (storage.persistentVolumeClaim only).
     pub pvc: Option<PersistentVolumeClaim>,
     /// The ingest Deployment first, then the HTTP one in deployment mode.
@@ -134,7 +155,9 @@ pub fn validate(spec: &LiveApplicationSpec) -> Result<(), InvalidSetting> {
             "more than one ingest replica needs a shared volume: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim",
         );
     }
-    render::validate(&render::ingest_config(spec))
+    // The Lease prefix (the application's name) is checked by `build`,
+    // which knows the name.
+    render::validate(&render::ingest_config(spec, "app"))
 }
 
 /// Whether several pods, on any nodes, can mount the HLS volume.
@@ -177,9 +200,14 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
             .unwrap_or_else(|| settings.default_image.clone()),
     };
 
-    let config_text = render::render(&render::ingest_config(spec))?;
+    let config = render::ingest_config(spec, name);
+    render::validate(&config)?;
+    let config_text = render::render(&config)?;
     let checksum = render::checksum(&config_text);
     let config_map = stamp(b.config_map(config_text))?;
+    let service_account = stamp(b.service_account())?;
+    let role = stamp(b.role())?;
+    let role_binding = stamp(b.role_binding())?;
     let pvc = spec
         .storage
         .persistent_volume_claim
@@ -208,6 +236,9 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
     }
     Ok(Desired {
         config_map,
+        service_account,
+        role,
+        role_binding,
         pvc,
         deployments,
         services,
@@ -250,6 +281,100 @@ impl Builder<'_> {
             metadata: self.meta(self.names.config_map(), Component::Application),
             data: Some(BTreeMap::from([(render::CONFIG_KEY.to_string(), text)])),
             ..ConfigMap::default()
+        }
+    }
+
+    /// The ingest pods' ServiceAccount. Its token is never mounted
+    /// automatically: only the ingest container gets one, and only when it
+    /// talks to the API server (see [`Builder::api_access_volume`]).
+    fn service_account(&self) -> ServiceAccount {
+        ServiceAccount {
+            metadata: self.meta(self.names.ingest_identity(), Component::Ingest),
+            automount_service_account_token: Some(false),
+            ..ServiceAccount::default()
+        }
+    }
+
+    /// Exactly what stream ownership calls, in this namespace. Lease names
+    /// are made per replica and per stream, so `resourceNames` cannot
+    /// narrow it (and `create` and `list` cannot be narrowed by name).
+    fn role(&self) -> Role {
+        Role {
+            metadata: self.meta(self.names.ingest_identity(), Component::Ingest),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec!["coordination.k8s.io".to_string()]),
+                resources: Some(vec!["leases".to_string()]),
+                verbs: INGEST_LEASE_VERBS.map(str::to_string).to_vec(),
+                ..PolicyRule::default()
+            }]),
+        }
+    }
+
+    fn role_binding(&self) -> RoleBinding {
+        RoleBinding {
+            metadata: self.meta(self.names.ingest_identity(), Component::Ingest),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".to_string(),
+                kind: "Role".to_string(),
+                name: self.names.ingest_identity(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".to_string(),
+                name: self.names.ingest_identity(),
+                namespace: Some(self.namespace.to_string()),
+                api_group: None,
+            }]),
+        }
+    }
+
+    /// Whether the ingest pods talk to the API server (Lease ownership).
+    fn leases(&self) -> bool {
+        render::uses_leases(&self.spec.storage)
+    }
+
+    /// The token, CA and namespace the in-cluster client reads, as the
+    /// ServiceAccount admission plugin would mount them, but into the
+    /// ingest container only: with `automountServiceAccountToken` (a pod
+    /// flag) an HTTP sidecar would get API credentials it never uses.
+    fn api_access_volume(&self) -> Volume {
+        Volume {
+            name: VOLUME_API_ACCESS.to_string(),
+            projected: Some(ProjectedVolumeSource {
+                default_mode: Some(0o444),
+                sources: Some(vec![
+                    VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            path: "token".to_string(),
+                            expiration_seconds: Some(3607),
+                            audience: None,
+                        }),
+                        ..VolumeProjection::default()
+                    },
+                    VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: "kube-root-ca.crt".to_string(),
+                            items: Some(vec![KeyToPath {
+                                key: "ca.crt".to_string(),
+                                path: "ca.crt".to_string(),
+                                mode: None,
+                            }]),
+                            optional: None,
+                        }),
+                        ..VolumeProjection::default()
+                    },
+                    VolumeProjection {
+                        downward_api: Some(DownwardAPIProjection {
+                            items: Some(vec![DownwardAPIVolumeFile {
+                                path: "namespace".to_string(),
+                                field_ref: Some(field_ref("metadata.namespace")),
+                                ..DownwardAPIVolumeFile::default()
+                            }]),
+                        }),
+                        ..VolumeProjection::default()
+                    },
+                ]),
+            }),
+            ..Volume::default()
         }
     }
 
@@ -299,6 +424,9 @@ impl Builder<'_> {
                 ..Volume::default()
             });
         }
+        if self.leases() {
+            volumes.push(self.api_access_volume());
+        }
         let grace = PRE_STOP_SLEEP_SECONDS
             + self
                 .spec
@@ -308,7 +436,7 @@ impl Builder<'_> {
                 .as_secs_f64()
                 .ceil() as i64
             + SHUTDOWN_MARGIN_SECONDS;
-        self.deployment(
+        let mut deployment = self.deployment(
             self.names.ingest_deployment(),
             Component::Ingest,
             self.spec.replicas,
@@ -317,7 +445,15 @@ impl Builder<'_> {
             containers,
             volumes,
             grace,
-        )
+        );
+        if let Some(pod) = deployment
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+        {
+            pod.service_account_name = Some(self.names.ingest_identity());
+        }
+        deployment
     }
 
     fn http_deployment(&self, checksum: &str) -> Deployment {
@@ -383,7 +519,8 @@ impl Builder<'_> {
                         volumes: Some(volumes),
                         security_context: Some(pod_security_context()),
                         termination_grace_period_seconds: Some(termination_grace_seconds),
-                        // The servers never talk to the Kubernetes API.
+                        // No API credentials in every container: the ingest
+                        // container gets its own when it needs them.
                         automount_service_account_token: Some(false),
                         // Service environment variables are noise to them.
                         enable_service_links: Some(false),
@@ -410,13 +547,14 @@ impl Builder<'_> {
                 ..VolumeMount::default()
             });
         }
-        let tcp = || Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::String(PORT_RTMP.to_string()),
-                host: None,
-            }),
-            ..Probe::default()
-        };
+        if self.leases() {
+            mounts.push(VolumeMount {
+                name: VOLUME_API_ACCESS.to_string(),
+                mount_path: SERVICE_ACCOUNT_DIR.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
         Container {
             name: "ingest".to_string(),
             image: Some(self.image.clone()),
@@ -431,6 +569,8 @@ impl Builder<'_> {
                     render::HLS_ROOT,
                     "--rtmp-listen",
                     &format!("0.0.0.0:{RTMP_CONTAINER_PORT}"),
+                    "--ops-listen",
+                    &format!("0.0.0.0:{OPS_CONTAINER_PORT}"),
                     // One JSON object per line: what log collectors parse.
                     "--log-format",
                     "json",
@@ -438,21 +578,37 @@ impl Builder<'_> {
                 .map(str::to_string)
                 .to_vec(),
             ),
-            ports: Some(vec![ContainerPort {
-                name: Some(PORT_RTMP.to_string()),
-                container_port: RTMP_CONTAINER_PORT,
-                protocol: Some("TCP".to_string()),
-                ..ContainerPort::default()
-            }]),
+            // Who this replica is (Lease holder, heartbeat name) and where its
+            // Leases live; read by `--replica-id` and `--lease-namespace`.
+            env: Some(vec![
+                field_env("POD_NAME", "metadata.name"),
+                field_env("POD_NAMESPACE", "metadata.namespace"),
+            ]),
+            ports: Some(vec![
+                ContainerPort {
+                    name: Some(PORT_RTMP.to_string()),
+                    container_port: RTMP_CONTAINER_PORT,
+                    protocol: Some("TCP".to_string()),
+                    ..ContainerPort::default()
+                },
+                ContainerPort {
+                    name: Some(PORT_OPS.to_string()),
+                    container_port: OPS_CONTAINER_PORT,
+                    protocol: Some("TCP".to_string()),
+                    ..ContainerPort::default()
+                },
+            ]),
+            // Ready only while the RTMP listener runs, the HLS volume is
+            // writable and (Leases) the replica can prove stream ownership.
             readiness_probe: Some(Probe {
                 period_seconds: Some(5),
                 failure_threshold: Some(2),
-                ..tcp()
+                ..http_get(PORT_OPS, "/readyz")
             }),
             liveness_probe: Some(Probe {
                 period_seconds: Some(10),
                 failure_threshold: Some(3),
-                ..tcp()
+                ..http_get(PORT_OPS, "/healthz")
             }),
             lifecycle: Some(pre_stop_sleep()),
             resources: self.spec.resources.clone(),
@@ -463,14 +619,7 @@ impl Builder<'_> {
     }
 
     fn http_container(&self) -> Container {
-        let get = |path: &str| Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some(path.to_string()),
-                port: IntOrString::String(PORT_HTTP.to_string()),
-                ..HTTPGetAction::default()
-            }),
-            ..Probe::default()
-        };
+        let get = |path: &str| http_get(PORT_HTTP, path);
         Container {
             name: "http".to_string(),
             image: Some(self.image.clone()),
@@ -627,6 +776,36 @@ impl Builder<'_> {
             }),
             ..Service::default()
         }
+    }
+}
+
+fn http_get(port: &str, path: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String(port.to_string()),
+            ..HTTPGetAction::default()
+        }),
+        ..Probe::default()
+    }
+}
+
+fn field_ref(path: &str) -> ObjectFieldSelector {
+    ObjectFieldSelector {
+        api_version: None,
+        field_path: path.to_string(),
+    }
+}
+
+/// An environment variable from the downward API.
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(field_ref(path)),
+            ..EnvVarSource::default()
+        }),
     }
 }
 

@@ -135,6 +135,109 @@ fn assert_owned(meta: &ObjectMeta, app: &LiveApplication) {
     );
 }
 
+/// The rendered config file, as the server reads it.
+fn ingest_config_of(d: &Desired) -> oxcast_crds::IngestConfig {
+    serde_yaml::from_str(&d.config_map.data.as_ref().expect("data")["config.yaml"]).expect("config")
+}
+
+/// Readiness and liveness on the ops listener (`--ops-listen`).
+fn assert_ops_probes(c: &Container) {
+    for (probe, path) in [
+        (&c.readiness_probe, "/readyz"),
+        (&c.liveness_probe, "/healthz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{}: an HTTP probe on {path}", c.name));
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.port, IntOrString::String("ops".to_string()));
+        assert!(probe.as_ref().and_then(|p| p.tcp_socket.as_ref()).is_none());
+    }
+}
+
+/// The ingest pods run as `<app>-ingest` and know their name and namespace
+/// (Lease holder and namespace).
+fn assert_replica_identity(ingest: &Deployment) {
+    let app = ingest.metadata.name.as_deref().expect("name");
+    assert_eq!(
+        pod(ingest).service_account_name,
+        Some(format!("{app}-ingest"))
+    );
+    let env: Vec<_> = container(ingest, "ingest")
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            (
+                e.name.as_str(),
+                e.value_from
+                    .as_ref()
+                    .and_then(|v| v.field_ref.as_ref())
+                    .map(|f| f.field_path.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("POD_NAME", Some("metadata.name")),
+            ("POD_NAMESPACE", Some("metadata.namespace"))
+        ]
+    );
+}
+
+/// API credentials: mounted into the ingest container alone (never through
+/// the pod-wide automount), and only when `leases`.
+fn assert_api_access(d: &Deployment, leases: bool) {
+    let pod = pod(d);
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "kube-api-access");
+    assert_eq!(volume.is_some(), leases, "{:?}", pod.volumes);
+    for c in &pod.containers {
+        let mounted: Vec<_> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.mount_path == SERVICE_ACCOUNT_DIR)
+            .collect();
+        let want = leases && c.name == "ingest";
+        assert_eq!(mounted.len(), usize::from(want), "{}", c.name);
+        if want {
+            assert_eq!(mounted[0].name, "kube-api-access");
+            assert_eq!(mounted[0].read_only, Some(true));
+        }
+    }
+    if let Some(volume) = volume {
+        let sources = volume
+            .projected
+            .as_ref()
+            .and_then(|p| p.sources.as_ref())
+            .expect("a projected volume");
+        let token = sources
+            .iter()
+            .find_map(|s| s.service_account_token.as_ref())
+            .expect("a token");
+        assert_eq!(token.path, "token");
+        assert!(token.audience.is_none(), "the API server's own audience");
+        let ca = sources
+            .iter()
+            .find_map(|s| s.config_map.as_ref())
+            .expect("the cluster CA");
+        assert_eq!(ca.name, "kube-root-ca.crt");
+        let ns = sources
+            .iter()
+            .find_map(|s| s.downward_api.as_ref())
+            .and_then(|d| d.items.as_ref())
+            .expect("the namespace file");
+        assert_eq!(ns[0].path, "namespace");
+    }
+}
+
 #[test]
 fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
     let app = minimal();
@@ -182,21 +285,26 @@ fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
             "/var/lib/oxcast/hls",
             "--rtmp-listen",
             "0.0.0.0:1935",
+            "--ops-listen",
+            "0.0.0.0:9090",
             "--log-format",
             "json"
         ]
     );
-    let port = &rtmp.ports.as_ref().expect("ports")[0];
-    assert_eq!(
-        (port.name.as_deref(), port.container_port),
-        (Some("rtmp"), 1935)
-    );
-    let probe = rtmp
-        .readiness_probe
-        .as_ref()
-        .and_then(|p| p.tcp_socket.as_ref())
-        .expect("tcp probe");
-    assert_eq!(probe.port, IntOrString::String("rtmp".to_string()));
+    let ports: Vec<_> = rtmp
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.as_deref(), p.container_port))
+        .collect();
+    assert_eq!(ports, [(Some("rtmp"), 1935), (Some("ops"), 9090)]);
+    assert_ops_probes(rtmp);
+    assert_replica_identity(ingest);
+    // An emptyDir is one pod's: ownership stays in-process, and the ingest
+    // container gets no API credentials.
+    assert_api_access(ingest, false);
+    let config = ingest_config_of(&d);
+    assert_eq!(config.ownership, oxcast_crds::OwnershipSettings::default());
 
     let http = container(ingest, "http");
     assert_eq!(
@@ -366,6 +474,18 @@ fn scale_out_example_shares_a_read_write_many_claim_with_an_http_deployment() {
         Some("256Mi")
     );
     assert!(pod(ingest).affinity.is_some());
+
+    // Several replicas on one volume: Lease ownership, named after the
+    // application, with credentials in the ingest containers only.
+    assert_ops_probes(container(ingest, "ingest"));
+    assert_replica_identity(ingest);
+    assert_api_access(ingest, true);
+    assert_api_access(http, false);
+    assert_eq!(pod(http).service_account_name, None);
+    assert!(container(http, "http").env.is_none());
+    let config = ingest_config_of(&d);
+    assert_eq!(config.ownership.mode, oxcast_crds::OwnershipMode::Leases);
+    assert_eq!(config.ownership.lease_prefix.as_deref(), Some("scale-out"));
 
     let rtmp_svc = d.services[0].spec.as_ref().expect("spec");
     assert_eq!(rtmp_svc.external_traffic_policy.as_deref(), Some("Local"));
@@ -542,6 +662,12 @@ fn existing_claims_are_mounted_but_never_created_or_deleted() {
             Some("shared-hls")
         );
     }
+    let ingest = &d.deployments[0];
+    assert_api_access(ingest, true);
+    assert_eq!(
+        ingest_config_of(&d).ownership.mode,
+        oxcast_crds::OwnershipMode::Leases
+    );
     // Only the operator's own claim name is ever considered for deletion.
     assert!(d
         .obsolete
@@ -589,4 +715,78 @@ fn invalid_specs_build_nothing_and_say_why() {
         build(&app, &settings()),
         Err(BuildError::MissingMetadata("uid"))
     ));
+}
+
+#[test]
+fn ingest_pods_get_a_service_account_allowed_exactly_the_lease_verbs() {
+    for app in [minimal(), scale_out()] {
+        let d = build(&app, &settings()).expect("build");
+        let name = format!("{}-ingest", app.metadata.name.as_deref().expect("name"));
+        assert_owned(&d.service_account.metadata, &app);
+        assert_owned(&d.role.metadata, &app);
+        assert_owned(&d.role_binding.metadata, &app);
+        for meta in [
+            &d.service_account.metadata,
+            &d.role.metadata,
+            &d.role_binding.metadata,
+        ] {
+            assert_eq!(meta.name.as_deref(), Some(name.as_str()));
+        }
+        assert_eq!(
+            d.service_account.automount_service_account_token,
+            Some(false),
+            "tokens are mounted per container, never pod-wide"
+        );
+        let rules = d.role.rules.as_ref().expect("rules");
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        let rule = &rules[0];
+        assert_eq!(
+            rule.api_groups.as_deref(),
+            Some(&["coordination.k8s.io".to_string()][..])
+        );
+        assert_eq!(rule.resources.as_deref(), Some(&["leases".to_string()][..]));
+        assert_eq!(rule.verbs, ["get", "list", "create", "update", "delete"]);
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+
+        let binding = &d.role_binding;
+        assert_eq!(binding.role_ref.kind, "Role");
+        assert_eq!(binding.role_ref.api_group, "rbac.authorization.k8s.io");
+        assert_eq!(binding.role_ref.name, name);
+        let subjects = binding.subjects.as_ref().expect("subjects");
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(subjects[0].name, name);
+        assert_eq!(subjects[0].namespace.as_deref(), Some("media"));
+
+        assert_eq!(
+            pod(&d.deployments[0]).service_account_name.as_deref(),
+            Some(name.as_str())
+        );
+    }
+}
+
+#[test]
+fn the_sidecar_layout_on_a_claim_mounts_credentials_into_the_ingest_container_only() {
+    let mut app = minimal();
+    app.spec.storage = StorageSpec {
+        empty_dir: None,
+        persistent_volume_claim: Some(oxcast_crds::live_application::PvcStorage {
+            access_modes: vec![AccessMode::ReadWriteOnce],
+            ..Default::default()
+        }),
+        existing_claim: None,
+    };
+    let d = build(&app, &settings()).expect("build");
+    let ingest = &d.deployments[0];
+    let names: Vec<_> = pod(ingest)
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["ingest", "http"]);
+    assert_api_access(ingest, true);
+    assert_ops_probes(container(ingest, "ingest"));
+    let config = ingest_config_of(&d);
+    assert_eq!(config.ownership.mode, oxcast_crds::OwnershipMode::Leases);
+    assert_eq!(config.ownership.lease_prefix.as_deref(), Some("live"));
 }

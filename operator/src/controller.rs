@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
@@ -72,6 +73,9 @@ struct Stores {
     config_maps: Store<ConfigMap>,
     pvcs: Store<PersistentVolumeClaim>,
     pods: Store<Pod>,
+    service_accounts: Store<ServiceAccount>,
+    roles: Store<Role>,
+    role_bindings: Store<RoleBinding>,
     /// True once every store above has its initial list.
     synced: watch::Receiver<bool>,
 }
@@ -96,18 +100,15 @@ impl Stores {
 /// a oneshot receiver that keeps only the last poller's waker, so with
 /// several concurrent waiters (parallel reconciles) all but one can sleep
 /// forever. So one task waits here and broadcasts through a watch channel.
-async fn wait_synced(
-    deployments: Store<Deployment>,
-    services: Store<Service>,
-    config_maps: Store<ConfigMap>,
-    pvcs: Store<PersistentVolumeClaim>,
-    pods: Store<Pod>,
-) -> bool {
-    deployments.wait_until_ready().await.is_ok()
-        && services.wait_until_ready().await.is_ok()
-        && config_maps.wait_until_ready().await.is_ok()
-        && pvcs.wait_until_ready().await.is_ok()
-        && pods.wait_until_ready().await.is_ok()
+async fn wait_synced(stores: Stores) -> bool {
+    stores.deployments.wait_until_ready().await.is_ok()
+        && stores.services.wait_until_ready().await.is_ok()
+        && stores.config_maps.wait_until_ready().await.is_ok()
+        && stores.pvcs.wait_until_ready().await.is_ok()
+        && stores.pods.wait_until_ready().await.is_ok()
+        && stores.service_accounts.wait_until_ready().await.is_ok()
+        && stores.roles.wait_until_ready().await.is_ok()
+        && stores.role_bindings.wait_until_ready().await.is_ok()
 }
 
 struct Context {
@@ -209,31 +210,29 @@ async fn run_scope(
     let (config_maps, config_map_events) = child_watch::<ConfigMap>(&client, scope_ref);
     let (pvcs, pvc_events) = child_watch::<PersistentVolumeClaim>(&client, scope_ref);
     let (pods, pod_events) = child_watch::<Pod>(&client, scope_ref);
+    let (service_accounts, service_account_events) =
+        child_watch::<ServiceAccount>(&client, scope_ref);
+    let (roles, role_events) = child_watch::<Role>(&client, scope_ref);
+    let (role_bindings, role_binding_events) = child_watch::<RoleBinding>(&client, scope_ref);
     let (synced_tx, synced) = watch::channel(false);
-    tokio::spawn(
-        wait_synced(
-            deployments.clone(),
-            services.clone(),
-            config_maps.clone(),
-            pvcs.clone(),
-            pods.clone(),
-        )
-        .then(move |ok| async move {
-            if ok {
-                // Ready (for /readyz) once the first scope has listed everything.
-                health.set_ready();
-                let _ = synced_tx.send(true);
-            }
-        }),
-    );
     let stores = Stores {
         deployments,
         services,
         config_maps,
         pvcs,
         pods,
+        service_accounts,
+        roles,
+        role_bindings,
         synced,
     };
+    tokio::spawn(wait_synced(stores.clone()).then(move |ok| async move {
+        if ok {
+            // Ready (for /readyz) once the first scope has listed everything.
+            health.set_ready();
+            let _ = synced_tx.send(true);
+        }
+    }));
     let apps = scoped::<LiveApplication>(&client, scope_ref);
     let config = ControllerConfig::default().concurrency(shared.settings.concurrency);
     let context = Arc::new(Context {
@@ -250,6 +249,9 @@ async fn run_scope(
         .owns_stream(service_events)
         .owns_stream(config_map_events)
         .owns_stream(pvc_events)
+        .owns_stream(service_account_events)
+        .owns_stream(role_events)
+        .owns_stream(role_binding_events)
         // Pods belong to ReplicaSets, not to the LiveApplication: map them
         // by label. Their states feed the Degraded condition.
         .watches_stream(pod_events, |pod: Pod| {
@@ -508,6 +510,17 @@ async fn apply_all(
 ) -> Result<Children, Error> {
     let stores = &ctx.stores;
     apply(ctx, &stores.config_maps, &desired.config_map, changes).await?;
+    // The ingest pods' identity before the pods that use it: a pod naming
+    // a ServiceAccount that does not exist yet is refused.
+    apply(
+        ctx,
+        &stores.service_accounts,
+        &desired.service_account,
+        changes,
+    )
+    .await?;
+    apply(ctx, &stores.roles, &desired.role, changes).await?;
+    apply(ctx, &stores.role_bindings, &desired.role_binding, changes).await?;
     let pvc = match &desired.pvc {
         Some(pvc) => Some(apply(ctx, &stores.pvcs, pvc, changes).await?),
         None => None,
@@ -601,6 +614,9 @@ fn static_kind(kind: &str) -> &'static str {
         "Service" => "Service",
         "ConfigMap" => "ConfigMap",
         "PersistentVolumeClaim" => "PersistentVolumeClaim",
+        "ServiceAccount" => "ServiceAccount",
+        "Role" => "Role",
+        "RoleBinding" => "RoleBinding",
         _ => "Other",
     }
 }

@@ -81,6 +81,12 @@ impl Names {
         format!("{}-http", self.app)
     }
 
+    /// The ingest pods' ServiceAccount, and the Role and RoleBinding that
+    /// let it hold stream-ownership Leases (one name for all three).
+    pub fn ingest_identity(&self) -> String {
+        format!("{}-ingest", self.app)
+    }
+
     /// The PersistentVolumeClaim the operator creates (storage.persistentVolumeClaim).
     pub fn pvc(&self) -> String {
         format!("{}-hls", self.app)
@@ -124,6 +130,7 @@ mod tests {
             ["live-config", "live", "live-rtmp", "live-http", "live-hls"]
         );
         assert_eq!(n.http_deployment(), "live-http");
+        assert_eq!(n.ingest_identity(), "live-ingest");
     }
 
     #[test]

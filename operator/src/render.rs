@@ -4,8 +4,8 @@
 //! spec embeds the same settings types, so rendering is a copy plus the one
 //! thing only the operator knows: where it mounted the stream-keys Secret.
 
-use oxcast_crds::live_application::LiveApplicationSpec;
-use oxcast_crds::{AuthMode, IngestConfig, InvalidSetting};
+use oxcast_crds::live_application::{LiveApplicationSpec, StorageSpec};
+use oxcast_crds::{AuthMode, IngestConfig, InvalidSetting, OwnershipMode};
 use sha2::{Digest, Sha256};
 
 /// Where the ConfigMap is mounted in every container.
@@ -23,13 +23,29 @@ pub fn config_path() -> String {
     format!("{CONFIG_DIR}/{CONFIG_KEY}")
 }
 
-/// The config the pods run with.
-pub fn ingest_config(spec: &LiveApplicationSpec) -> IngestConfig {
+/// Whether the ingest pods prove stream ownership through Leases: the HLS
+/// tree is on a claim (`storage.persistentVolumeClaim` or
+/// `storage.existingClaim`), which outlives pods and can be mounted by
+/// several of them at once (ReadWriteMany on any nodes, ReadWriteOnce by
+/// every pod on one node, and old and new pods during a rollout). An
+/// `emptyDir` belongs to one pod, so ownership stays in-process.
+pub fn uses_leases(storage: &StorageSpec) -> bool {
+    storage.persistent_volume_claim.is_some() || storage.existing_claim.is_some()
+}
+
+/// The config the pods of the LiveApplication `app` run with.
+pub fn ingest_config(spec: &LiveApplicationSpec, app: &str) -> IngestConfig {
     let mut config = spec.ingest_config();
     if let Some(keys) = config.rtmp.auth.keys.as_mut() {
         if keys.secret_name.is_some() {
             keys.path = Some(KEYS_DIR.to_string());
         }
+    }
+    if uses_leases(&spec.storage) {
+        // One Lease group per LiveApplication: two applications in one
+        // namespace never share a stream.
+        config.ownership.mode = OwnershipMode::Leases;
+        config.ownership.lease_prefix = Some(app.to_string());
     }
     config
 }
@@ -75,7 +91,7 @@ mod tests {
     #[test]
     fn the_rendered_file_is_what_the_server_reads() {
         let spec = LiveApplicationSpec::default();
-        let text = render(&ingest_config(&spec)).expect("render");
+        let text = render(&ingest_config(&spec, "live")).expect("render");
         let back: IngestConfig = serde_yaml::from_str(&text).expect("the server can parse it");
         assert_eq!(back, IngestConfig::default());
         assert!(validate(&back).is_ok());
@@ -92,7 +108,7 @@ mod tests {
             }),
             webhook: None,
         };
-        let config = ingest_config(&spec);
+        let config = ingest_config(&spec, "live");
         assert_eq!(
             config
                 .rtmp
@@ -112,7 +128,7 @@ mod tests {
         spec.http.settings.path_prefix = "/hls".into();
         spec.http.settings.cors_allow_origin = "https://player.example".into();
         spec.http.settings.cache_size_mib = 16;
-        let config = ingest_config(&spec);
+        let config = ingest_config(&spec, "live");
         assert_eq!(config.http, spec.http.settings);
         let text = render(&config).expect("render");
         assert!(
@@ -120,6 +136,39 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cacheSizeMib: 16"), "{text}");
+    }
+
+    #[test]
+    fn claims_get_lease_ownership_named_after_the_application() {
+        let spec = LiveApplicationSpec::default();
+        assert!(
+            spec.storage.empty_dir.is_some(),
+            "the default is an emptyDir"
+        );
+        let config = ingest_config(&spec, "live");
+        assert_eq!(config.ownership, oxcast_crds::OwnershipSettings::default());
+        let text = render(&config).expect("render");
+        assert!(
+            !text.contains("ownership"),
+            "in-process stays implicit: {text}"
+        );
+
+        let mut shared = spec.clone();
+        shared.storage = serde_json::from_value(serde_json::json!({
+            "existingClaim": {"claimName": "hls"}
+        }))
+        .expect("storage");
+        let config = ingest_config(&shared, "live");
+        assert_eq!(config.ownership.mode, OwnershipMode::Leases);
+        assert_eq!(config.ownership.lease_prefix.as_deref(), Some("live"));
+        assert!(validate(&config).is_ok(), "the server accepts it");
+        let text = render(&config).expect("render");
+        assert!(
+            text.contains("ownership:\n  mode: leases\n  leasePrefix: live\n"),
+            "{text}"
+        );
+        let back: IngestConfig = serde_yaml::from_str(&text).expect("the server can parse it");
+        assert_eq!(back, config);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::ListParams;
 use kube::Api;
 use oxcast_crds::live_application::LiveApplication;
@@ -337,6 +338,27 @@ const MANAGED_GRANTS: &[&[&str]] = &[
     &["watch", "pods"],
     &["create", "events.events.k8s.io"],
     &["patch", "events.events.k8s.io"],
+    // The ingest pods' ServiceAccount, Role and RoleBinding per
+    // LiveApplication, and the Lease verbs that Role grants (RBAC lets it
+    // grant only what it holds).
+    &["get", "serviceaccounts"],
+    &["list", "serviceaccounts"],
+    &["watch", "serviceaccounts"],
+    &["create", "serviceaccounts"],
+    &["patch", "serviceaccounts"],
+    &["list", "roles.rbac.authorization.k8s.io"],
+    &["watch", "roles.rbac.authorization.k8s.io"],
+    &["create", "roles.rbac.authorization.k8s.io"],
+    &["patch", "roles.rbac.authorization.k8s.io"],
+    &["list", "rolebindings.rbac.authorization.k8s.io"],
+    &["watch", "rolebindings.rbac.authorization.k8s.io"],
+    &["create", "rolebindings.rbac.authorization.k8s.io"],
+    &["patch", "rolebindings.rbac.authorization.k8s.io"],
+    &["get", "leases.coordination.k8s.io"],
+    &["list", "leases.coordination.k8s.io"],
+    &["create", "leases.coordination.k8s.io"],
+    &["update", "leases.coordination.k8s.io"],
+    &["delete", "leases.coordination.k8s.io"],
 ];
 
 /// What it must never do, anywhere it manages LiveApplications.
@@ -365,11 +387,19 @@ const MANAGED_DENIALS: &[&[&str]] = &[
     &["create", "replicasets.apps"],
     &["create", "ingresses.networking.k8s.io"],
     &["create", "networkpolicies.networking.k8s.io"],
-    &["create", "roles.rbac.authorization.k8s.io"],
-    &["create", "rolebindings.rbac.authorization.k8s.io"],
-    &["create", "serviceaccounts"],
-    &["create", "serviceaccounts/token"],
-    &["update", "leases.coordination.k8s.io"],
+    // Tokens of any ServiceAccount (the ingest ones included): never.
+    // (`serviceaccounts/token` would ask about a ServiceAccount named
+    // "token".)
+    &["create", "serviceaccounts", "--subresource=token"],
+    &["delete", "serviceaccounts"],
+    &["update", "serviceaccounts"],
+    &["delete", "roles.rbac.authorization.k8s.io"],
+    &["update", "roles.rbac.authorization.k8s.io"],
+    &["escalate", "roles.rbac.authorization.k8s.io"],
+    &["bind", "roles.rbac.authorization.k8s.io"],
+    &["delete", "rolebindings.rbac.authorization.k8s.io"],
+    &["patch", "leases.coordination.k8s.io"],
+    &["watch", "leases.coordination.k8s.io"],
 ];
 
 /// Never, cluster-wide.
@@ -408,8 +438,17 @@ fn check_all(cluster: &TestCluster, user: &str, checks: &[&[&str]], ns: Option<&
     );
 }
 
-/// Leader election: its own Lease in the release namespace, nothing else.
-fn check_lease_rules(cluster: &TestCluster, user: &str, release_ns: &str, elsewhere: &str) {
+/// Leader election: its own Lease in the release namespace. Where it does
+/// not manage LiveApplications (`managed_everywhere` false: the release
+/// namespace and `elsewhere` are not watched), nothing else; a cluster-wide
+/// install holds the ingest Roles' Lease verbs everywhere (MANAGED_GRANTS).
+fn check_lease_rules(
+    cluster: &TestCluster,
+    user: &str,
+    release_ns: &str,
+    elsewhere: &str,
+    managed_everywhere: bool,
+) {
     let allowed: &[&[&str]] = &[
         &["create", "leases.coordination.k8s.io", "-n", release_ns],
         &[
@@ -426,6 +465,9 @@ fn check_lease_rules(cluster: &TestCluster, user: &str, release_ns: &str, elsewh
         ],
     ];
     check_all(cluster, user, allowed, None, true);
+    if managed_everywhere {
+        return;
+    }
     let denied: &[&[&str]] = &[
         &[
             "update",
@@ -454,6 +496,10 @@ fn check_lease_rules(cluster: &TestCluster, user: &str, release_ns: &str, elsewh
 #[tokio::test]
 async fn cluster_wide_rbac_grants_what_the_operator_needs_and_nothing_else() {
     let ctx = context("chart-rbac").await;
+    // `kubectl auth can-i` resolves `liveapplications.live.oxcast.dev`
+    // through discovery: without the CRD the answer is always "no", and
+    // another test installing it first must not be what makes this pass.
+    install_live_application_crd(ctx.cluster);
     let release = "rbac";
     apply_chart(
         &ctx,
@@ -496,7 +542,7 @@ async fn cluster_wide_rbac_grants_what_the_operator_needs_and_nothing_else() {
         true,
     );
     check_all(ctx.cluster, &user, CLUSTER_DENIALS, None, false);
-    check_lease_rules(ctx.cluster, &user, ctx.ns(), elsewhere.name());
+    check_lease_rules(ctx.cluster, &user, ctx.ns(), elsewhere.name(), true);
 
     // The same answers for a real token of that ServiceAccount, as the pod
     // would present it.
@@ -520,6 +566,10 @@ async fn cluster_wide_rbac_grants_what_the_operator_needs_and_nothing_else() {
 #[tokio::test]
 async fn namespaced_rbac_reaches_only_the_watched_namespaces() {
     let ctx = context("chart-rbac-ns").await;
+    // `kubectl auth can-i` resolves `liveapplications.live.oxcast.dev`
+    // through discovery: without the CRD the answer is always "no", and
+    // another test installing it first must not be what makes this pass.
+    install_live_application_crd(ctx.cluster);
     let team_a = namespace(ctx.cluster, "team-a").await;
     let team_b = namespace(ctx.cluster, "team-b").await;
     let other = namespace(ctx.cluster, "not-watched").await;
@@ -577,7 +627,7 @@ async fn namespaced_rbac_reaches_only_the_watched_namespaces() {
         false,
     );
     check_all(ctx.cluster, &user, CLUSTER_DENIALS, None, false);
-    check_lease_rules(ctx.cluster, &user, ctx.ns(), other.name());
+    check_lease_rules(ctx.cluster, &user, ctx.ns(), other.name(), false);
 }
 
 /// A `kubectl -l` selector from a LabelSelector (matchLabels and `In`
@@ -752,6 +802,25 @@ async fn operator_reconciles_as_the_chart_service_account(namespaced: bool) {
         .get_opt("oxcast-operator")
         .await
         .expect("read the Lease");
+    // The ingest pods' Role and RoleBinding: creating them needs the Lease
+    // verbs they grant (RBAC escalation prevention), so their existence
+    // proves the chart gives the operator those too.
+    let ingest_role = cluster::eventually("the ingest Role and RoleBinding", TIMEOUT, || {
+        let roles: Api<Role> = Api::namespaced(client.clone(), apps_ns.name());
+        let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), apps_ns.name());
+        async move {
+            let role = roles
+                .get_opt("live-ingest")
+                .await
+                .map_err(|e| e.to_string())?;
+            let binding = bindings
+                .get_opt("live-ingest")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(role.zip(binding))
+        }
+    })
+    .await;
 
     // The chart's NetworkPolicy selects exactly the pods the operator
     // made, and admits the ports they listen on.
@@ -795,6 +864,12 @@ async fn operator_reconciles_as_the_chart_service_account(namespaced: bool) {
     assert!(deployment.is_some(), "no Deployment live\n{log}");
     assert!(rtmp.is_some() && http.is_some(), "Services missing\n{log}");
     assert!(config.is_some(), "no ConfigMap live-config\n{log}");
+    let (role, _) = ingest_role
+        .unwrap_or_else(|e| panic!("no ingest Role/RoleBinding live-ingest: {e}\n{log}"));
+    assert_eq!(
+        role.rules.unwrap_or_default()[0].verbs,
+        oxcast_operator::build::INGEST_LEASE_VERBS
+    );
     let holder = lease
         .and_then(|l| l.spec)
         .and_then(|s| s.holder_identity)

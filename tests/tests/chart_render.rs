@@ -249,9 +249,39 @@ fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
             "namespaces",
             "nodes",
             "clusterroles",
-            "roles",
+            "clusterrolebindings",
+            "serviceaccounts/token",
         ] {
             assert!(!resources.contains(&forbidden.to_string()), "{rule:?}");
+        }
+        // The ingest pods' ServiceAccount, Role and RoleBinding: applied,
+        // never deleted (the garbage collector does), no escalate or bind.
+        if resources
+            .iter()
+            .any(|r| ["serviceaccounts", "roles", "rolebindings"].contains(&r.as_str()))
+        {
+            assert_eq!(
+                verbs,
+                ["get", "list", "watch", "create", "patch"],
+                "{rule:?}"
+            );
+        }
+        if resources.contains(&"roles".to_string())
+            || resources.contains(&"rolebindings".to_string())
+        {
+            assert_eq!(groups, ["rbac.authorization.k8s.io"], "{rule:?}");
+            assert_eq!(resources, ["roles", "rolebindings"], "{rule:?}");
+        }
+        // Leases: exactly the verbs the Role it creates for the ingest pods
+        // grants (RBAC lets it grant only what it holds).
+        if resources.contains(&"leases".to_string()) {
+            assert_eq!(resources, ["leases"], "{rule:?}");
+            assert_eq!(groups, ["coordination.k8s.io"], "{rule:?}");
+            assert_eq!(
+                verbs,
+                oxcast_operator::build::INGEST_LEASE_VERBS,
+                "{rule:?}"
+            );
         }
         // Pods are only watched (their states feed the Degraded condition).
         if resources.contains(&"pods".to_string()) {
@@ -260,7 +290,10 @@ fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
         }
         // Nothing it never calls: no update on its children (server-side
         // apply patches) and no deleting of Services or ConfigMaps.
-        if resources.iter().any(|r| r != "liveapplications/finalizers") {
+        if resources
+            .iter()
+            .any(|r| r != "liveapplications/finalizers" && r != "leases")
+        {
             assert!(!verbs.contains(&"update".to_string()), "{rule:?}");
         }
         if resources.contains(&"services".to_string()) {
@@ -268,8 +301,17 @@ fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
         }
         assert!(!verbs.contains(&"*".to_string()), "{rule:?}");
         assert!(!verbs.contains(&"escalate".to_string()), "{rule:?}");
+        assert!(!verbs.contains(&"bind".to_string()), "{rule:?}");
         assert!(!verbs.contains(&"impersonate".to_string()), "{rule:?}");
         assert!(!groups.contains(&"*".to_string()), "{rule:?}");
+    }
+    let granted = |resource: &str| {
+        rules
+            .iter()
+            .any(|r| strings(&r["resources"]).contains(&resource.to_string()))
+    };
+    for needed in ["serviceaccounts", "roles", "rolebindings", "leases"] {
+        assert!(granted(needed), "{needed} missing from {rules:?}");
     }
     let binding = r.one("ClusterRoleBinding");
     assert_eq!(binding["roleRef"]["name"].as_str(), Some("rel-oxcast"));
@@ -322,6 +364,12 @@ fn watch_namespaces_switch_to_namespaced_roles_only() {
         .filter(|o| name(o) == "rel-oxcast")
         .collect();
     assert_eq!(bindings.len(), 2);
+    // The same rules as the cluster-wide install, Lease verbs included
+    // (each watched namespace gets ingest Roles).
+    let cluster_wide = Helm::V4.render("rel", NS, &[]);
+    for role in r.of_kind("Role").filter(|o| name(o) == "rel-oxcast") {
+        assert_eq!(role["rules"], cluster_wide.one("ClusterRole")["rules"]);
+    }
     for b in bindings {
         assert_eq!(b["subjects"][0]["namespace"].as_str(), Some(NS));
     }
@@ -425,7 +473,11 @@ fn production_values_add_monitoring_disruption_budget_and_network_policies() {
     ports.sort();
     assert_eq!(
         ports,
-        [(1935, "TCP".to_string()), (8080, "TCP".to_string())]
+        [
+            (1935, "TCP".to_string()),
+            (8080, "TCP".to_string()),
+            (9090, "TCP".to_string())
+        ]
     );
     // RTMP from anywhere (no `from`), HTTP only from the ingress controller.
     let rules = ingest["spec"]["ingress"].as_sequence().expect("rules");
@@ -434,6 +486,13 @@ fn production_values_add_monitoring_disruption_budget_and_network_policies() {
         rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
             .as_str(),
         Some("ingress-nginx")
+    );
+    // The ingest ops port (metrics) to whoever may scrape metrics.
+    assert_eq!(
+        rules[2]["ports"][0]["port"].as_u64(),
+        Some(u64::from(
+            oxcast_operator::build::OPS_CONTAINER_PORT.unsigned_abs()
+        ))
     );
     assert!(r
         .of_kind("NetworkPolicy")

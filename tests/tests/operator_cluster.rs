@@ -14,8 +14,10 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, ResourceQuota, Service,
+    ServiceAccount,
 };
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::conditions;
 use kube::{Resource, ResourceExt};
@@ -226,6 +228,30 @@ async fn minimal_example_comes_up_restricted_ready_and_then_writes_nothing() {
     for name in ["live-rtmp", "live-http"] {
         assert_controlled_by(&wait_exists(&services, name).await, &app);
     }
+    // The ingest pods' identity and its Lease permissions.
+    let sa = wait_exists(&ctx.api::<ServiceAccount>(), "live-ingest").await;
+    assert_controlled_by(&sa, &app);
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    let role = wait_exists(&ctx.api::<Role>(), "live-ingest").await;
+    assert_controlled_by(&role, &app);
+    let rules = role.rules.clone().unwrap_or_default();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0].resources, Some(vec!["leases".to_string()]));
+    assert_eq!(
+        rules[0].verbs,
+        ["get", "list", "create", "update", "delete"]
+    );
+    let binding = wait_exists(&ctx.api::<RoleBinding>(), "live-ingest").await;
+    assert_controlled_by(&binding, &app);
+    assert_eq!(binding.role_ref.name, "live-ingest");
+    assert_eq!(
+        deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.service_account_name.as_deref()),
+        Some("live-ingest")
+    );
     let rtmp = services.get("live-rtmp").await.expect("rtmp service");
     assert_eq!(
         rtmp.spec.as_ref().and_then(|s| s.type_.as_deref()),
@@ -458,6 +484,59 @@ async fn deleted_or_hand_edited_children_are_restored() {
         s.uid() != svc_uid
     })
     .await;
+    // The ingest pods' ServiceAccount, Role and RoleBinding too.
+    let roles: Api<Role> = ctx.api();
+    let role_uid = wait_exists(&roles, "heal-ingest").await.uid();
+    roles
+        .delete("heal-ingest", &DeleteParams::default())
+        .await
+        .expect("delete the Role");
+    wait_until(&roles, "heal-ingest", "recreated", move |r: &Role| {
+        r.uid() != role_uid
+    })
+    .await;
+    let bindings: Api<RoleBinding> = ctx.api();
+    let binding_uid = wait_exists(&bindings, "heal-ingest").await.uid();
+    bindings
+        .delete("heal-ingest", &DeleteParams::default())
+        .await
+        .expect("delete the RoleBinding");
+    wait_until(
+        &bindings,
+        "heal-ingest",
+        "recreated",
+        move |b: &RoleBinding| b.uid() != binding_uid,
+    )
+    .await;
+    let accounts: Api<ServiceAccount> = ctx.api();
+    let account_uid = wait_exists(&accounts, "heal-ingest").await.uid();
+    accounts
+        .delete("heal-ingest", &DeleteParams::default())
+        .await
+        .expect("delete the ServiceAccount");
+    wait_until(
+        &accounts,
+        "heal-ingest",
+        "recreated",
+        move |a: &ServiceAccount| a.uid() != account_uid,
+    )
+    .await;
+    // A verb added by hand is taken away again.
+    let edit = serde_json::json!({"rules": [{
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "list", "create", "update", "delete", "watch", "patch"],
+    }]});
+    roles
+        .patch("heal-ingest", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .expect("widen the Role by hand");
+    wait_until(&roles, "heal-ingest", "rules restored", |r: &Role| {
+        r.rules.as_ref().is_some_and(|rules| {
+            rules.len() == 1 && rules[0].verbs == ["get", "list", "create", "update", "delete"]
+        })
+    })
+    .await;
 
     // Hand edits of managed fields are reverted; fields nobody manages
     // (a label someone adds) are left alone.
@@ -557,6 +636,8 @@ async fn deleting_the_application_garbage_collects_its_children() {
         .await
         .uid()
         .expect("uid");
+    let roles: Api<Role> = ctx.api();
+    let role_uid = wait_exists(&roles, "gone-ingest").await.uid().expect("uid");
 
     ctx.api::<LiveApplication>()
         .delete("gone", &DeleteParams::background())
@@ -582,6 +663,14 @@ async fn deleting_the_application_garbage_collects_its_children() {
     )
     .await
     .expect("the ConfigMap is garbage-collected");
+    cluster::wait_for_condition(
+        roles,
+        "gone-ingest",
+        TIMEOUT,
+        conditions::is_deleted(&role_uid),
+    )
+    .await
+    .expect("the ingest Role is garbage-collected");
     op.stop().await.expect("graceful stop");
 }
 
@@ -739,6 +828,18 @@ async fn the_examples_apply_cleanly_and_come_up() {
     let status = ready.status.expect("status");
     assert_eq!(status.ready_replicas, Some(3));
     assert_eq!(status.http_ready_replicas, Some(2));
+    // Several replicas on one volume: stream ownership through Leases,
+    // named after the application.
+    let config_map = ctx
+        .api::<ConfigMap>()
+        .get("scale-out-config")
+        .await
+        .expect("config map");
+    let config: IngestConfig =
+        serde_yaml::from_str(&config_map.data.as_ref().expect("data")["config.yaml"])
+            .expect("the config the server reads");
+    assert_eq!(config.ownership.mode, oxcast_crds::OwnershipMode::Leases);
+    assert_eq!(config.ownership.lease_prefix.as_deref(), Some("scale-out"));
     assert!(has_condition_in(&status, "Degraded", "False"));
     let _ = pvs.delete(&pv_name, &DeleteParams::default()).await;
     op.stop().await.expect("graceful stop");

@@ -102,6 +102,20 @@ Role). Keep in step with operator/rbac.md, the operator's own list.
 - apiGroups: [""]
   resources: [services, configmaps]
   verbs: [get, list, watch, create, patch]
+# The ingest pods' identity per LiveApplication: a ServiceAccount, and a Role
+# and RoleBinding for their stream-ownership Leases (operator/rbac.md).
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, list, watch, create, patch]
+# RBAC lets it grant only what it holds itself (escalation prevention): the
+# Lease verbs of that Role, and nothing more. The operator never calls them
+# here (its leader election has its own, name-limited Role).
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, list, create, update, delete]
 # Pod states feed the Degraded condition: read-only.
 - apiGroups: [""]
   resources: [pods]
