@@ -593,6 +593,69 @@ spec:
         "the publish is not in the logs:\n{logs}"
     );
 
+    // The shared volume makes the operator turn on Lease ownership: the
+    // stream's Lease names this pod's heartbeat, visible with kubectl.
+    let leases = kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "get",
+            "leases",
+            "-l",
+            &format!("oxcast.io/lease-group={app}"),
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.holderIdentity}{\"\\n\"}{end}",
+        ],
+    );
+    assert!(
+        leases
+            .lines()
+            .any(|l| l.starts_with(&format!("{app}-stream-{key}-"))),
+        "no Lease for stream {key}:\n{leases}"
+    );
+    assert!(
+        leases
+            .lines()
+            .any(|l| l.starts_with(&format!("{app}-replica-")) && l.contains(&pod)),
+        "no heartbeat Lease held by {pod}:\n{leases}"
+    );
+
+    // Readiness tells the truth: an HLS root the server cannot write takes
+    // the ingest pod out of its Service, and it comes back when fixed.
+    let pod_ready = |want: &str| {
+        jsonpath(
+            setup,
+            ns,
+            &format!("pod/{pod}"),
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+        ) == want
+    };
+    std::fs::set_permissions(
+        volume.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("make the volume unwritable for the pod");
+    wait_or_dump(
+        setup,
+        ns,
+        "the ingest pod to turn unready with an unwritable HLS root",
+        Duration::from_secs(60),
+        || pod_ready("False").then_some(()),
+    );
+    std::fs::set_permissions(
+        volume.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .expect("make the volume writable again");
+    wait_or_dump(
+        setup,
+        ns,
+        "the ingest pod to be ready again",
+        Duration::from_secs(60),
+        || pod_ready("True").then_some(()),
+    );
+
     // SIGTERM with a live publisher: the pod's own server ends the playlist
     // within the grace period, and the publisher is cut.
     let grace: u64 = jsonpath(
