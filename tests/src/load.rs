@@ -143,12 +143,10 @@ impl Capture {
             let data = &bytes[start..end];
             pos = end + 4;
             match kind {
-                TAG_SCRIPT => {
-                    if metadata.is_none() {
-                        let mut payload = amf0::string("@setDataFrame");
-                        payload.extend_from_slice(data);
-                        metadata = Some(payload);
-                    }
+                TAG_SCRIPT if metadata.is_none() => {
+                    let mut payload = amf0::string("@setDataFrame");
+                    payload.extend_from_slice(data);
+                    metadata = Some(payload);
                 }
                 TAG_AUDIO | TAG_VIDEO if data.is_empty() => {}
                 TAG_AUDIO | TAG_VIDEO if is_sequence_header(kind, data) => {
