@@ -536,6 +536,9 @@ pub struct ConnectionPlan {
     /// How much media time it sends.
     pub duration: Duration,
     pub connect_timeout: Duration,
+    /// Messages due within this window of the one being sent go out in the
+    /// same write (zero: one write per due time, as an encoder sends).
+    pub batch: Duration,
 }
 
 /// What one connection did.
@@ -547,6 +550,8 @@ pub struct ConnectionResult {
     pub published: bool,
     pub bytes_sent: u64,
     pub messages_sent: u64,
+    /// Socket writes (messages already due go out together).
+    pub writes: u64,
     /// How late each message went out against its due time (media
     /// timestamp on the wall clock since publish start): the connection's
     /// send lag, whoever caused it.
@@ -637,26 +642,44 @@ async fn send_media(
     let t0 = Instant::now();
     let end_ms = u64::try_from(plan.duration.as_millis()).unwrap_or(u64::MAX);
     let mut prev_write_end = t0;
-    let mut loop_index: u64 = 0;
-    'outer: loop {
-        for tag in &capture.tags {
-            let media_ms = loop_index * u64::from(capture.loop_ms) + u64::from(tag.timestamp);
+    let per_loop = capture.tags.len() as u64;
+    // Message k of the endless replay: loop k / len, tag k % len.
+    let nth = |k: u64| {
+        let tag = &capture.tags[(k % per_loop) as usize];
+        let media_ms = k / per_loop * u64::from(capture.loop_ms) + u64::from(tag.timestamp);
+        (media_ms, tag)
+    };
+    let mut next: u64 = 0;
+    loop {
+        let (media_ms, _) = nth(next);
+        if media_ms >= end_ms {
+            break;
+        }
+        let due = t0 + Duration::from_millis(media_ms);
+        if Instant::now() < due {
+            tokio::time::sleep_until(due).await;
+        }
+        if drain.is_finished() {
+            return Err("the server closed the connection".to_string());
+        }
+        let start = Instant::now();
+        // This message, and with it every later one already due (or due
+        // within the batch window), in one write.
+        buf.clear();
+        let mut batched = 0u64;
+        loop {
+            let (media_ms, tag) = nth(next);
             if media_ms >= end_ms {
-                break 'outer;
+                break;
             }
             let due = t0 + Duration::from_millis(media_ms);
-            if Instant::now() < due {
-                tokio::time::sleep_until(due).await;
+            if batched > 0 && due > start + plan.batch {
+                break;
             }
-            if drain.is_finished() {
-                return Err("the server closed the connection".to_string());
-            }
-            let start = Instant::now();
             result.lag.record(start.saturating_duration_since(due));
             result
                 .generator_lag
                 .record(start.saturating_duration_since(due.max(prev_write_end)));
-            buf.clear();
             let csid = if tag.kind == TAG_VIDEO {
                 CSID_VIDEO
             } else {
@@ -667,30 +690,56 @@ async fn send_media(
             write_message(
                 &mut buf, csid, ts, tag.kind, stream_id, &tag.data, CHUNK_SIZE,
             );
-            writer.write_all(&buf).await.map_err(write_err)?;
-            prev_write_end = Instant::now();
-            result.blocked += prev_write_end - start;
-            result.bytes_sent += buf.len() as u64;
-            result.messages_sent += 1;
+            next += 1;
+            batched += 1;
         }
-        loop_index += 1;
+        writer.write_all(&buf).await.map_err(write_err)?;
+        prev_write_end = Instant::now();
+        result.blocked += prev_write_end - start;
+        result.bytes_sent += buf.len() as u64;
+        result.messages_sent += batched;
+        result.writes += 1;
     }
     Ok(())
 }
 
-/// Processor time this process has used so far (user + system).
-pub fn process_cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct we pass.
+/// Processor time of this process (user and system).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTime {
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
+
+    /// `self − earlier`, per field.
+    pub fn since(&self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+/// Processor time this process has used so far (`getrusage`).
+pub fn process_cpu_time() -> CpuTime {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a valid pointer.
+    // SAFETY: RUSAGE_SELF with a valid pointer; getrusage only writes it.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     if rc != 0 {
-        return Duration::ZERO;
+        return CpuTime::default();
     }
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
     };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    CpuTime {
+        user: tv(usage.ru_utime),
+        system: tv(usage.ru_stime),
+    }
 }
 
 /// The generator's own CPU use.
@@ -698,6 +747,9 @@ pub fn process_cpu_time() -> Duration {
 pub struct CpuReport {
     /// User + system CPU seconds of this process while the connections ran.
     pub seconds: f64,
+    pub user_seconds: f64,
+    /// System time includes the loopback TCP stack's work on sends.
+    pub system_seconds: f64,
     /// Of one core, over the run's wall time.
     pub percent: f64,
     /// `percent` divided by the streams that published.
@@ -727,6 +779,7 @@ pub struct Report {
     pub failed: Vec<Failure>,
     pub bytes_sent: u64,
     pub messages_sent: u64,
+    pub writes: u64,
     /// Sent kbit/s per published stream, over its media duration.
     pub kbps_per_stream: f64,
     /// Send lag of every message of every connection.
@@ -754,7 +807,7 @@ pub struct RunInfo {
     pub prefix: String,
     pub duration: Duration,
     pub wall: Duration,
-    pub cpu: Duration,
+    pub cpu: CpuTime,
     pub max_lag: Duration,
 }
 
@@ -787,7 +840,7 @@ pub fn summarize(capture: &Capture, info: &RunInfo, results: &[ConnectionResult]
     let published = results.iter().filter(|r| r.published).count();
     let bytes_sent = results.iter().map(|r| r.bytes_sent).sum();
     let wall = info.wall.as_secs_f64().max(1e-9);
-    let percent = info.cpu.as_secs_f64() / wall * 100.0;
+    let percent = info.cpu.total().as_secs_f64() / wall * 100.0;
     let round3 = |v: f64| (v * 1000.0).round() / 1000.0;
     let (valid, invalid_reason) = if generator_lag.max() > info.max_lag {
         (
@@ -814,6 +867,7 @@ pub fn summarize(capture: &Capture, info: &RunInfo, results: &[ConnectionResult]
         failed,
         bytes_sent,
         messages_sent: results.iter().map(|r| r.messages_sent).sum(),
+        writes: results.iter().map(|r| r.writes).sum(),
         kbps_per_stream: if published == 0 {
             0.0
         } else {
@@ -830,7 +884,9 @@ pub fn summarize(capture: &Capture, info: &RunInfo, results: &[ConnectionResult]
         connections_behind: behind,
         blocked_seconds: round3(blocked.as_secs_f64()),
         cpu: CpuReport {
-            seconds: round3(info.cpu.as_secs_f64()),
+            seconds: round3(info.cpu.total().as_secs_f64()),
+            user_seconds: round3(info.cpu.user.as_secs_f64()),
+            system_seconds: round3(info.cpu.system.as_secs_f64()),
             percent: round3(percent),
             percent_per_stream: if published == 0 {
                 0.0

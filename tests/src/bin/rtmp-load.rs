@@ -75,6 +75,10 @@ struct Args {
     /// Connections start spread evenly over this many seconds.
     #[arg(long, default_value_t = 2.0)]
     ramp: f64,
+    /// Send messages due within this many ms of each other in one write
+    /// (0: one write per due time, as an encoder sends).
+    #[arg(long, default_value_t = 0)]
+    batch_ms: u64,
     /// Runtime worker threads (1: a single-threaded runtime, the cheapest).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -160,6 +164,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
                     start: begin + step * u32::try_from(i).unwrap_or(u32::MAX),
                     duration,
                     connect_timeout,
+                    batch: Duration::from_millis(args.batch_ms),
                 };
                 tokio::spawn(run_connection(capture.clone(), plan))
             })
@@ -177,7 +182,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         }
         (results, begin.elapsed())
     });
-    let cpu = process_cpu_time().saturating_sub(cpu_before);
+    let cpu = process_cpu_time().since(cpu_before);
     drop(runtime);
 
     let report = summarize(
