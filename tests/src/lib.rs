@@ -3,6 +3,7 @@
 pub mod chart;
 pub mod cluster;
 pub mod images;
+pub mod load;
 pub mod media;
 pub mod operator;
 pub mod rtmp_client;
