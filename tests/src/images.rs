@@ -5,7 +5,7 @@
 //! builds the static binaries with `docker/build-static.sh` (what the
 //! Dockerfile runs), lays out each image's file tree from the stage's own
 //! `COPY` lines ([`stage_layer`]) and writes the images as OCI image-layout
-//! tars ([`build_oci_images`], [`write_oci_image`]) that
+//! tars ([`build_oci_images`], [`write_oci_layers`]) that
 //! `ctr -n k8s.io images import` loads under the chart's image names.
 //! `tests/tests/chart_images.rs` runs the same trees under `chroot`;
 //! `tests/tests/images_oci.rs` proves the tars and the Dockerfile agree.
@@ -49,7 +49,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -692,61 +692,6 @@ impl Layer {
         Ok(())
     }
 
-    /// A directory tree as a layer, ownership and modes as on disk (what
-    /// `tar` would record): for a tree made on disk for one image.
-    pub fn from_dir(root: &Path) -> Result<Layer, Error> {
-        let mut layer = Layer::new();
-        fn walk(layer: &mut Layer, dir: &Path, prefix: &str) -> Result<(), Error> {
-            let mut children: Vec<_> = fs::read_dir(dir)
-                .map_err(io_err(dir))?
-                .collect::<Result<_, _>>()
-                .map_err(io_err(dir))?;
-            children.sort_by_key(|e| e.file_name());
-            for child in children {
-                let path = child.path();
-                let name = child.file_name();
-                let name = name
-                    .to_str()
-                    .ok_or_else(|| Error::Invalid(format!("{}: not UTF-8", path.display())))?;
-                let rel_path = if prefix.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{prefix}/{name}")
-                };
-                let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-                let kind = if meta.file_type().is_symlink() {
-                    let target = fs::read_link(&path).map_err(io_err(&path))?;
-                    EntryKind::Symlink(utf8(&target)?.to_string())
-                } else if meta.is_dir() {
-                    EntryKind::Dir
-                } else if meta.is_file() {
-                    EntryKind::File(path.clone())
-                } else {
-                    return Err(Error::Invalid(format!(
-                        "{}: not a file, directory or symlink",
-                        path.display()
-                    )));
-                };
-                let is_dir = kind == EntryKind::Dir;
-                layer.entries.insert(
-                    rel_path.clone(),
-                    Entry {
-                        kind,
-                        mode: meta.mode() & 0o7777,
-                        uid: meta.uid(),
-                        gid: meta.gid(),
-                    },
-                );
-                if is_dir {
-                    walk(layer, &path, &rel_path)?;
-                }
-            }
-            Ok(())
-        }
-        walk(&mut layer, root, "")?;
-        Ok(layer)
-    }
-
     /// The layer as a sorted listing (sizes read from disk for files).
     pub fn listing(&self) -> Result<Vec<Listed>, Error> {
         self.entries
@@ -1222,26 +1167,6 @@ pub fn build_oci_images(out_dir: &Path) -> Result<Vec<OciImage>, Error> {
         images.push(image);
     }
     Ok(images)
-}
-
-/// Writes the directory `tree_dir` as a one-layer image named `name`
-/// (a full reference, `registry/repo:tag`) with configuration `config`,
-/// as an OCI image-layout tar at `out_tar`. Ownership and modes are as on
-/// disk. (The real node's pause and busybox images are built as
-/// [`Layer`]s and written with [`write_oci_layers`]: `cluster::node`.)
-pub fn write_oci_image(
-    tree_dir: &Path,
-    config: &ImageConfig,
-    name: &str,
-    out_tar: &Path,
-) -> Result<OciImage, Error> {
-    let layer = Layer::from_dir(tree_dir)?;
-    write_oci_layers(
-        &[(layer, format!("files of {}", tree_dir.display()))],
-        config,
-        name,
-        out_tar,
-    )
 }
 
 /// The OCI/Go name of this machine's architecture.
