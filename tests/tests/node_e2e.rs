@@ -349,6 +349,28 @@ fn diagnostics(setup: &Setup, ns: &str) -> String {
     out
 }
 
+/// Waits (a minute at most) until the playlist at `path`, fetched through
+/// the HTTP Service at `addr`, is served (200) and contains `needle`.
+fn wait_for_playlist(
+    setup: &Setup,
+    ns: &str,
+    addr: std::net::SocketAddr,
+    path: &str,
+    needle: &str,
+) {
+    wait_or_dump(
+        setup,
+        ns,
+        &format!("{needle} in {path} over the HTTP Service"),
+        Duration::from_secs(60),
+        || {
+            oxcast_tests::media::http::get(addr, path)
+                .ok()
+                .filter(|r| r.status == 200 && r.text().contains(needle))
+        },
+    );
+}
+
 /// Starts a real-time ffmpeg publisher (the fixture looped for minutes) and
 /// returns it once it has stayed connected for 2 s; retries for a minute (a
 /// LoadBalancer address whose endpoints are not programmed yet refuses),
@@ -559,17 +581,7 @@ spec:
     let media = require(Fixture::Av14s);
     let mut publisher = start_publisher(setup, ns, media, &format!("{rtmp_url}/{key}"));
     let playlist_path = format!("/live/{key}/index.m3u8");
-    wait_or_dump(
-        setup,
-        ns,
-        "the live playlist over the HTTP Service",
-        Duration::from_secs(60),
-        || {
-            http::get(http_addr, &playlist_path)
-                .ok()
-                .filter(|r| r.status == 200 && r.text().contains("#EXTINF:"))
-        },
-    );
+    wait_for_playlist(setup, ns, http_addr, &playlist_path, "#EXTINF:");
     let on_disk = volume.path().join(key).join("index.m3u8");
     let segment = std::fs::read_dir(volume.path().join(key))
         .expect("the stream's directory on the volume")
@@ -721,17 +733,7 @@ spec:
     let second_key = "rollout";
     let mut publisher = start_publisher(setup, ns, media, &format!("{rtmp_url}/{second_key}"));
     let second_playlist = format!("/live/{second_key}/index.m3u8");
-    wait_or_dump(
-        setup,
-        ns,
-        "the second live playlist",
-        Duration::from_secs(60),
-        || {
-            http::get(http_addr, &second_playlist)
-                .ok()
-                .filter(|r| r.status == 200 && r.text().contains("#EXTINF:"))
-        },
-    );
+    wait_for_playlist(setup, ns, http_addr, &second_playlist, "#EXTINF:");
     kubectl(
         setup,
         &[
@@ -751,17 +753,7 @@ spec:
         Duration::from_secs(120),
         || (!publisher.is_running()).then_some(()),
     );
-    wait_or_dump(
-        setup,
-        ns,
-        "ENDLIST after the rollout",
-        Duration::from_secs(60),
-        || {
-            http::get(http_addr, &second_playlist)
-                .ok()
-                .filter(|r| r.text().contains("#EXT-X-ENDLIST"))
-        },
-    );
+    wait_for_playlist(setup, ns, http_addr, &second_playlist, "#EXT-X-ENDLIST");
     kubectl(
         setup,
         &[
