@@ -67,10 +67,40 @@ pub struct RtmpArgs {
     /// Allow RTMP playback of live streams [default: false].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub allow_play: Option<bool>,
+    /// RTMP worker threads (event loops; each serves its share of the
+    /// connections) [default: one per core].
+    #[arg(long, env = "OXCAST_RTMP_WORKERS")]
+    pub rtmp_workers: Option<usize>,
+    /// Per-stream limit of segment data waiting for a slow or stalled
+    /// volume, e.g. `16MiB`; beyond it whole segments are dropped (logged,
+    /// counted in oxcast_segments_dropped_total, the next one marked
+    /// EXT-X-DISCONTINUITY) [default: 16MiB].
+    #[arg(long, env = "OXCAST_STORAGE_BACKLOG", value_parser = parse_bytes)]
+    pub storage_backlog: Option<u64>,
     #[command(flatten)]
     pub hls: HlsFlags,
     #[command(flatten)]
     pub ownership: OwnershipFlags,
+}
+
+/// A byte count: `1048576`, `512KiB`, `16MiB`, `1GiB` (also `K`/`M`/`G`).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 16MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (B, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(scale)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{text:?} is not a usable size"))
 }
 
 /// The `ownership` section as flags, plus who this replica is.

@@ -1,6 +1,10 @@
 //! The table of streams this server knows: live ones (a publisher is
 //! connected; a second publisher on the key is refused) and idle ones whose
 //! playlist history waits for a republish [hls_continuous] or for expiry.
+//!
+//! The table's lock guards the map only: no file is read, written or
+//! deleted while it is held (the janitor lists expired streams, deletes
+//! their files on the blocking pool, then forgets them).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -401,25 +405,6 @@ impl LiveStreams {
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
     }
-
-    /// Forgets idle streams older than `ttl`, calling `remove_files` for each
-    /// while the table is locked, so a new publisher on the same key cannot
-    /// start writing before the old files are gone.
-    pub fn expire(
-        &self,
-        now: Instant,
-        ttl: Duration,
-        mut remove_files: impl FnMut(&StreamKey, &StreamHistory),
-    ) {
-        let mut slots = self.lock();
-        slots.retain(|key, slot| match slot {
-            Slot::Idle { history, since, .. } if now.duration_since(*since) >= ttl => {
-                remove_files(key, history);
-                false
-            }
-            _ => true,
-        });
-    }
 }
 
 /// A live slot in the table, released on drop: back to idle with the
@@ -542,23 +527,22 @@ mod tests {
     }
 
     #[test]
-    fn expiry_removes_only_old_idle_streams() {
+    fn expiry_lists_only_old_idle_streams() {
         let streams = LiveStreams::default();
         let a = StreamKey::parse("a").unwrap();
         let b = StreamKey::parse("b").unwrap();
         streams.insert_idle(a.clone(), history());
         let _live_b = streams.claim(&b, 10).unwrap();
-        let mut removed = Vec::new();
-        streams.expire(Instant::now(), Duration::from_secs(3600), |k, _| {
-            removed.push(k.clone())
-        });
-        assert!(removed.is_empty());
-        streams.expire(
-            Instant::now() + Duration::from_secs(3601),
-            Duration::from_secs(3600),
-            |k, _| removed.push(k.clone()),
+        let ttl = Duration::from_secs(3600);
+        assert!(streams.idle_expired(Instant::now(), ttl).is_empty());
+        let expired = streams.idle_expired(Instant::now() + Duration::from_secs(3601), ttl);
+        assert_eq!(
+            expired.into_iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            vec![a.clone()]
         );
-        assert_eq!(removed, vec![a]);
+        // The janitor deletes the files (off the table's lock), then:
+        streams.forget_idle(&a);
+        assert!(!streams.knows(&a));
         assert!(streams.live(&b).is_some());
     }
 

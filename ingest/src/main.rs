@@ -32,6 +32,8 @@ fn main() -> anyhow::Result<()> {
         .as_ref()
         .and_then(|r| r.ownership.lease_namespace.clone());
     let replica_id = rtmp.as_ref().and_then(|r| r.ownership.replica_id.clone());
+    let rtmp_workers = rtmp.as_ref().and_then(|r| r.rtmp_workers);
+    let storage_backlog = rtmp.as_ref().and_then(|r| r.storage_backlog);
     if let Some(r) = rtmp {
         r.apply(&mut config);
     }
@@ -63,6 +65,8 @@ fn main() -> anyhow::Result<()> {
         player_assets,
         lease_namespace,
         replica_id,
+        rtmp_workers,
+        storage_backlog: storage_backlog.unwrap_or(oxcast_ingest::store::writer::DEFAULT_BACKLOG),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

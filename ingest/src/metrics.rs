@@ -154,6 +154,11 @@ pub struct Metrics {
     pub ownership_api_requests: LabeledCounter,
     /// Times this replica lost its proof of ownership and stopped writing.
     pub ownership_fenced: AtomicU64,
+    /// Segment bytes (plus bookkeeping) queued for storage, all streams.
+    pub storage_backlog_bytes: AtomicI64,
+    /// Segments produced but not written, by reason (`storage_backlog`:
+    /// storage fell behind by more than the stream's backlog limit).
+    pub segments_dropped: LabeledCounter,
 }
 
 /// One holder's share (0 or 1) of a gauge, such as a publication's of
@@ -222,6 +227,11 @@ impl Metrics {
                 "Connected publishers whose keyframe interval is longer than hls.fragment (segments as long as their keyframe interval).",
                 &self.publishers_long_keyframe_interval,
             ),
+            (
+                "oxcast_storage_backlog_bytes",
+                "Segment bytes queued for storage and not yet written, all streams.",
+                &self.storage_backlog_bytes,
+            ),
         ];
         for (name, help, v) in gauges {
             header(&mut s, name, "gauge", help);
@@ -281,6 +291,12 @@ impl Metrics {
                 "Kubernetes API requests for stream ownership (Leases).",
                 "verb",
                 &self.ownership_api_requests,
+            ),
+            (
+                "oxcast_segments_dropped_total",
+                "Segments produced but not written, by reason.",
+                "reason",
+                &self.segments_dropped,
             ),
         ];
         for (name, help, label, counter) in labeled {

@@ -1,9 +1,10 @@
 //! Assembles the roles: listeners, the stream table recovered from disk, the
 //! janitor, and an orderly shutdown.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oxcast_crds::{IngestConfig, OwnershipMode};
@@ -16,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::ownership::{LeaseOptions, LeaseOwnership, Refusal, StreamOwnership};
 use crate::rtmp::{self, RtmpContext};
 use crate::store::output::{load_history, recover};
-use crate::store::{CleanupQueue, Layout};
+use crate::store::{CleanupQueue, Layout, StorageWriters};
 use crate::stream_key::StreamKey;
 
 /// Start-up failures; the process reports them and exits.
@@ -66,6 +67,10 @@ pub struct ServerOptions {
     pub lease_namespace: Option<String>,
     /// This replica's identity in Leases (default: the host name).
     pub replica_id: Option<String>,
+    /// RTMP worker threads (event loops); `None`: one per core.
+    pub rtmp_workers: Option<usize>,
+    /// Per-stream limit of segment bytes queued for storage.
+    pub storage_backlog: u64,
 }
 
 fn host_name() -> String {
@@ -137,6 +142,7 @@ pub async fn run(
             layout: layout.clone(),
             hls: hls.clone(),
             ownership: ownership.clone(),
+            removing: Arc::default(),
         };
         // Before listening: streams left by an earlier run (or by a dead
         // replica) are ended and adopted; live replicas' streams are left alone.
@@ -161,6 +167,11 @@ pub async fn run(
             metrics: metrics.clone(),
             auth: Arc::new(Authorizer::from_settings(&config.rtmp.auth)?),
             ownership: ownership.clone(),
+            writers: Arc::new(StorageWriters::new(
+                options.storage_backlog,
+                metrics.clone(),
+            )),
+            workers: options.rtmp_workers,
         });
         tracing::info!(addr = %local, app = %config.rtmp.app, "rtmp listening");
         if options.announce {
@@ -274,6 +285,7 @@ struct Keeper {
     layout: Layout,
     hls: Arc<oxcast_crds::HlsSettings>,
     ownership: StreamOwnership,
+    removing: Arc<Removing>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
@@ -357,9 +369,16 @@ impl Keeper {
     /// Removes the files of idle streams whose `playlist_length` is over,
     /// as their owner (a claim); with shared ownership only if nobody wrote
     /// the stream since it went idle here.
-    async fn expire_idle(&self, now: Instant) {
+    ///
+    /// Returns the removals it started (they run on their own; the janitor
+    /// does not wait for them).
+    async fn expire_idle(&self, now: Instant) -> Vec<tokio::task::JoinHandle<()>> {
         let ttl = self.hls.playlist_length.get();
+        let mut started = Vec::new();
         for (key, idle_since) in self.streams.idle_expired(now, ttl) {
+            if self.removing.busy(&key) {
+                continue;
+            }
             if self.ownership.is_shared() {
                 let path = self.layout.playlist_path(&key);
                 let modified =
@@ -392,12 +411,61 @@ impl Keeper {
                     continue;
                 }
             };
+            // The deletion runs on its own: a stream directory on a stalled
+            // volume holds back only itself. The claim is held until its
+            // files are gone, so nobody republishes the key meanwhile.
+            if !self.removing.start(&key) {
+                continue;
+            }
             tracing::info!(stream = %key, "removing files of ended stream");
-            let (layout, k) = (self.layout.clone(), key.clone());
-            blocking(move || remove_stream_files(&layout, &k)).await;
-            self.streams.forget_idle(&key);
-            drop(claim);
+            let (layout, streams, removing) = (
+                self.layout.clone(),
+                self.streams.clone(),
+                self.removing.clone(),
+            );
+            started.push(tokio::spawn(async move {
+                let done = Removing::guard(removing, key.clone());
+                let k = key.clone();
+                blocking(move || remove_stream_files(&layout, &k)).await;
+                streams.forget_idle(&key);
+                drop(claim);
+                drop(done);
+            }));
         }
+        started
+    }
+}
+
+/// Streams whose files are being removed (so the janitor does not start
+/// the same removal twice while a slow volume works on it).
+#[derive(Debug, Default)]
+struct Removing(Mutex<HashSet<StreamKey>>);
+
+/// Takes a key out of [`Removing`] on drop.
+struct RemovingGuard(Arc<Removing>, StreamKey);
+
+impl Drop for RemovingGuard {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
+}
+
+impl Removing {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<StreamKey>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn busy(&self, key: &StreamKey) -> bool {
+        self.lock().contains(key)
+    }
+
+    /// Marks `key` as being removed; false when it already is.
+    fn start(&self, key: &StreamKey) -> bool {
+        self.lock().insert(key.clone())
+    }
+
+    fn guard(this: Arc<Self>, key: StreamKey) -> RemovingGuard {
+        RemovingGuard(this, key)
     }
 }
 
@@ -431,8 +499,9 @@ async fn janitor(
             _ = shutdown.changed() => return,
         }
         let now = Instant::now();
-        let cleanup = keeper.cleanup.clone();
-        blocking(move || cleanup.run_due(now)).await;
+        // Deletions run on the blocking pool, a batch per directory; the
+        // janitor does not wait for them.
+        keeper.cleanup.spawn_due(now);
         if let Some(every) = sweep_every {
             if now.duration_since(last_sweep) >= every && keeper.ownership.available() {
                 last_sweep = now;
@@ -462,6 +531,7 @@ mod tests {
             layout: Layout::new(root, true),
             hls: Arc::new(hls),
             ownership: StreamOwnership::in_process(),
+            removing: Arc::default(),
         }
     }
 
@@ -496,10 +566,13 @@ mod tests {
 
         // While someone owns the key (a publish in flight), nothing is deleted.
         let held = k.ownership.try_claim_now(&key).unwrap().unwrap();
-        k.expire_idle(Instant::now() + Duration::from_secs(1)).await;
+        let started = k.expire_idle(Instant::now() + Duration::from_secs(1)).await;
+        assert!(started.is_empty());
         assert!(k.layout.playlist_path(&key).exists());
         drop(held);
-        k.expire_idle(Instant::now() + Duration::from_secs(1)).await;
+        for removal in k.expire_idle(Instant::now() + Duration::from_secs(1)).await {
+            removal.await.unwrap();
+        }
         assert!(!k.layout.stream_dir(&key).exists());
         assert!(!k.streams.knows(&key));
         // The claim taken for the cleanup was released.

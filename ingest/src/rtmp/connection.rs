@@ -633,6 +633,18 @@ impl Connection {
             previous,
             claim.fence(),
         );
+        let output = match self.ctx.writers.start(key.clone(), output) {
+            Ok(writer) => writer,
+            Err(e) => {
+                tracing::error!(%peer, stream = %key, error = %e, "publish rejected");
+                self.ctx.metrics.publish_rejections.inc("storage_writer");
+                return self.reject(
+                    request_id,
+                    "NetStream.Publish.BadName",
+                    "storage unavailable",
+                );
+            }
+        };
         self.role = Role::Publishing(Box::new(Publication::new(slot, claim, output, config)));
         if key.as_str() == request.name {
             tracing::info!(%peer, stream = %key, "publish started");

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use crate::auth::Authorizer;
 use crate::live::LiveStreams;
 use crate::metrics::Metrics;
-use crate::store::{CleanupQueue, Layout};
+use crate::store::{CleanupQueue, Layout, StorageWriters};
 
 /// Everything a connection needs, shared by all of them.
 pub struct RtmpContext {
@@ -35,6 +35,10 @@ pub struct RtmpContext {
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authorizer>,
     pub ownership: crate::ownership::StreamOwnership,
+    /// Each publication's storage writer thread (off the event loops).
+    pub writers: Arc<StorageWriters>,
+    /// RTMP worker threads (event loops); `None`: one per core.
+    pub workers: Option<usize>,
 }
 
 /// One of the `maxConnections` slots, counted when a connection is
@@ -93,6 +97,18 @@ pub async fn serve(
     }
     drop(listener);
     let _ = tokio::task::spawn_blocking(move || workers.join()).await;
+    // Every connection has handed its publication's last writes over; wait
+    // for them (ENDLIST, the history, the claim's release).
+    let writers = ctx.writers.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        while !writers.wait_idle(Duration::from_secs(5)) {
+            tracing::warn!(
+                streams = writers.running(),
+                "shutdown waits for storage: streams still writing their last segments"
+            );
+        }
+    })
+    .await;
 }
 
 /// One thread per core, each running its own single-threaded runtime, like
@@ -109,7 +125,10 @@ pub struct ConnectionWorkers {
 
 impl ConnectionWorkers {
     pub fn start(ctx: Arc<RtmpContext>, shutdown: watch::Receiver<bool>) -> Self {
-        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let count = ctx
+            .workers
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let mut senders = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {

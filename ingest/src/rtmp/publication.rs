@@ -1,5 +1,6 @@
 //! One publisher's media path: FLV tags → [`Remuxer`] → [`Segmenter`] →
-//! [`HlsOutput`], plus fan-out to RTMP players.
+//! [`StorageWriter`] (the stream's writer thread, which drives its
+//! `HlsOutput`), plus fan-out to RTMP players. Nothing here waits for storage.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use crate::live::{LiveGuard, LiveStream, PlayPacket};
 use crate::media::{MediaError, MediaFrame, Remuxer};
 use crate::metrics::GaugeShare;
 use crate::ownership::StreamClaim;
-use crate::store::HlsOutput;
+use crate::store::StorageWriter;
 
 /// A publication holds its stream twice, both released on drop (also on a
 /// panic): the slot in this server's table, then the stream's ownership.
@@ -23,7 +24,7 @@ pub struct Publication {
     claim: StreamClaim,
     remuxer: Remuxer,
     segmenter: Segmenter,
-    output: HlsOutput,
+    output: StorageWriter,
     events: Vec<SegmentEvent>,
     media_errors: u64,
     fragment: i64,
@@ -63,7 +64,7 @@ impl Publication {
     pub fn new(
         slot: LiveGuard,
         claim: StreamClaim,
-        output: HlsOutput,
+        output: StorageWriter,
         config: SegmenterConfig,
     ) -> Self {
         let long_keyframe_interval = GaugeShare::new(slot.metrics().clone(), |m| {
@@ -198,7 +199,7 @@ impl Publication {
 
     fn drain(&mut self) {
         for event in self.events.drain(..) {
-            self.output.handle(event);
+            self.output.submit(event);
         }
     }
 
@@ -207,17 +208,28 @@ impl Publication {
         self.claim.holds()
     }
 
-    /// The publisher left: complete the last segment, end the playlist and
-    /// hand the history back to the stream table; then the ownership goes.
+    /// The publisher left: complete the last segment and hand the slot and
+    /// the claim to the writer, which (after the queued writes) ends the
+    /// playlist, gives the history back to the stream table and then lets
+    /// the ownership go. The event loop does not wait for any of it.
     pub fn finish(mut self) {
         if let Err(e) = self.segmenter.finish(&mut self.events) {
             tracing::error!(stream = %self.live.key, error = %e, "muxing failed");
         }
         self.drain();
-        let history = self.output.finish();
-        tracing::info!(stream = %self.live.key, segments = history.window.entries.len(), "publish ended");
-        self.slot.finish(history);
-        drop(self.claim);
+        let Publication {
+            live,
+            slot,
+            claim,
+            output,
+            ..
+        } = self;
+        let key = live.key.clone();
+        output.finish(Box::new(move |history| {
+            tracing::info!(stream = %key, segments = history.window.entries.len(), "publish ended");
+            slot.finish(history);
+            drop(claim);
+        }));
     }
 }
 

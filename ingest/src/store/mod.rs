@@ -1,9 +1,13 @@
 //! Where segments and playlists live: the file layout, atomic writes,
-//! segment naming and cleanup. The only part of the HLS path that does IO.
+//! segment naming and cleanup. The only part of the HLS path that does IO,
+//! and none of it on an event loop: segment and playlist writes run on each
+//! publication's writer thread ([`writer`]), deletions on the blocking pool
+//! ([`cleanup`]).
 
 pub mod cleanup;
 pub mod layout;
 pub mod output;
+pub mod writer;
 
 use std::io::Write;
 use std::path::Path;
@@ -11,6 +15,7 @@ use std::path::Path;
 pub use cleanup::CleanupQueue;
 pub use layout::Layout;
 pub use output::{HlsOutput, StreamHistory};
+pub use writer::{StorageWriter, StorageWriters};
 
 /// Writes `contents` to `path` so that readers see either the old file or
 /// the new one, never a torn write: a temp file in the same directory, then

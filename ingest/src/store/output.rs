@@ -2,6 +2,9 @@
 //! segment is written, renamed when complete, then listed in the playlist,
 //! which is replaced atomically. Naming [hls_fragment_naming], date-times
 //! [hls_datetime], continuity [hls_continuous] and cleanup are decided here.
+//!
+//! Everything here blocks on storage: an [`HlsOutput`] runs on its
+//! publication's writer thread ([`super::writer`]), never on an event loop.
 
 use std::fs::File;
 use std::io::Write;
@@ -156,11 +159,18 @@ impl HlsOutput {
     }
 
     pub fn handle(&mut self, event: SegmentEvent) {
+        self.handle_at(event, now_unix_ms());
+    }
+
+    /// Handles `event`, produced when the wall clock read `wall_ms` (Unix
+    /// ms): date-times and system ids follow the media, not the time the
+    /// write got to storage.
+    pub fn handle_at(&mut self, event: SegmentEvent, wall_ms: i64) {
         match event {
             SegmentEvent::Begin {
                 start,
                 discontinuity,
-            } => self.begin(start, discontinuity),
+            } => self.begin(start, discontinuity, wall_ms),
             SegmentEvent::Bytes(bytes) => self.write(&bytes),
             SegmentEvent::End { duration } => self.end(duration),
         }
@@ -180,7 +190,7 @@ impl HlsOutput {
         }
     }
 
-    fn begin(&mut self, start: i64, discontinuity: bool) {
+    fn begin(&mut self, start: i64, discontinuity: bool, wall_ms: i64) {
         if self.open.is_some() {
             self.discard_open();
         }
@@ -189,7 +199,7 @@ impl HlsOutput {
         }
         let anchor = match self.anchor {
             Some(a) if !discontinuity => a,
-            _ => (start, now_unix_ms()),
+            _ => (start, wall_ms),
         };
         self.anchor = Some(anchor);
         let program_date_time = anchor.1 + ticks_to_ms(start - anchor.0);
@@ -241,6 +251,12 @@ impl HlsOutput {
                 open.file = None;
             }
         }
+    }
+
+    /// The open segment will not be completed (it was dropped before its
+    /// end reached storage): remove its partial file.
+    pub fn abort_segment(&mut self) {
+        self.discard_open();
     }
 
     fn discard_open(&mut self) {
