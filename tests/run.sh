@@ -20,6 +20,9 @@ need_apt=()
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# bindfs (FUSE) gives tests/tests/storage_stall.rs a directory whose storage
+# calls hang while the bindfs process is stopped (a stalled NFS volume).
+command -v bindfs >/dev/null 2>&1 || need_apt+=(bindfs)
 # The shellcheck linter checks the scripts below; musl-gcc builds the static binaries
 # the container images ship (tests/tests/chart_images.rs, docker/).
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)

@@ -27,7 +27,7 @@ use crate::live::PlayPacket;
 use crate::live::{ClaimError, LiveGuard};
 use crate::ownership::{Refusal, StreamClaim, StreamOwnership};
 use crate::store::output::load_history;
-use crate::store::{HlsOutput, Layout, StreamHistory};
+use crate::store::{HlsOutput, Layout, StorageWriters, StreamHistory};
 use crate::stream_key::StreamKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +248,18 @@ async fn claim_stream(
     key: StreamKey,
     layout: Layout,
     hls: Arc<oxcast_crds::HlsSettings>,
+    writers: Arc<StorageWriters>,
 ) -> PublishOutcome {
+    // A republish continues from the previous publication's final history:
+    // wait (without blocking the loop) until its storage writer is done.
+    if !writers.wait_drained(&key, REPUBLISH_DRAIN_WAIT).await {
+        return PublishOutcome::Refused(
+            key,
+            Refusal::Unavailable(
+                "the previous publication is still writing to storage (slow volume)".into(),
+            ),
+        );
+    }
     let claim = match ownership.claim(&key).await {
         Ok(c) => c,
         Err(e) => return PublishOutcome::Refused(key, e),
@@ -268,6 +279,9 @@ async fn claim_stream(
         from_volume,
     }
 }
+
+/// How long a republish waits for the previous publication's last writes.
+const REPUBLISH_DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 static NEXT_CLIENT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -523,9 +537,17 @@ impl Connection {
         let ownership = self.ctx.ownership.clone();
         let layout = self.ctx.layout.clone();
         let hls = self.ctx.hls.clone();
+        let writers = self.ctx.writers.clone();
         match self.ctx.auth.decide_now(&request) {
             Some(Decision::Reject(reason)) => {
                 self.finish_publish(request_id, request, PublishOutcome::Unauthorized(reason))
+            }
+            Some(Decision::Accept(key)) if writers.is_draining(&key) => {
+                self.pending_auth = Some(Box::pin(async move {
+                    let outcome = claim_stream(ownership, key, layout, hls, writers).await;
+                    (request_id, request, outcome)
+                }));
+                Ok(())
             }
             Some(Decision::Accept(key)) => match ownership.try_claim_now(&key) {
                 Some(Ok(claim)) => self.finish_publish(
@@ -542,7 +564,7 @@ impl Connection {
                 }
                 None => {
                     self.pending_auth = Some(Box::pin(async move {
-                        let outcome = claim_stream(ownership, key, layout, hls).await;
+                        let outcome = claim_stream(ownership, key, layout, hls, writers).await;
                         (request_id, request, outcome)
                     }));
                     Ok(())
@@ -553,7 +575,9 @@ impl Connection {
                 self.pending_auth = Some(Box::pin(async move {
                     let outcome = match auth.authorize(&request).await {
                         Decision::Reject(reason) => PublishOutcome::Unauthorized(reason),
-                        Decision::Accept(key) => claim_stream(ownership, key, layout, hls).await,
+                        Decision::Accept(key) => {
+                            claim_stream(ownership, key, layout, hls, writers).await
+                        }
                     };
                     (request_id, request, outcome)
                 }));

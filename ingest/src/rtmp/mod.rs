@@ -146,6 +146,11 @@ impl ConnectionWorkers {
                 Err(e) => tracing::error!(error = %e, "cannot start rtmp worker thread"),
             }
         }
+        tracing::info!(
+            workers = threads.len(),
+            storage_backlog_bytes = ctx.writers.backlog_limit(),
+            "rtmp workers started"
+        );
         Self {
             senders,
             threads,

@@ -63,7 +63,7 @@
 //! Fencing stays where the writes are: [`HlsOutput`] checks the stream's
 //! ownership before every write it makes, at the time it makes it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -156,7 +156,12 @@ pub struct StorageWriters {
     backlog_limit: u64,
     metrics: Arc<Metrics>,
     running: Arc<Running>,
+    /// Streams whose publication ended and whose writer is still working
+    /// through its queue; the sender is dropped when it is done.
+    draining: Arc<Mutex<Draining>>,
 }
+
+type Draining = HashMap<StreamKey, Arc<tokio::sync::watch::Sender<()>>>;
 
 /// Held by a writer thread; counts it out on drop (also on a panic) and
 /// gives its remaining backlog back to the gauge.
@@ -189,7 +194,38 @@ impl StorageWriters {
             backlog_limit: backlog_limit.max(COMMAND_OVERHEAD * 4),
             metrics,
             running: Arc::default(),
+            draining: Arc::default(),
         }
+    }
+
+    /// Waits (at most `timeout`) until the previous publication of `key`
+    /// has written everything and handed its history back; true when it
+    /// has (or there was none). A republish calls this before its claim so
+    /// it continues from the final history. Does not block the thread.
+    pub async fn wait_drained(&self, key: &StreamKey, timeout: Duration) -> bool {
+        let pending = self
+            .draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .map(|tx| tx.subscribe());
+        let Some(mut done) = pending else {
+            return true;
+        };
+        tokio::time::timeout(
+            timeout,
+            async move { while done.changed().await.is_ok() {} },
+        )
+        .await
+        .is_ok()
+    }
+
+    /// Is a finished publication of `key` still writing?
+    pub fn is_draining(&self, key: &StreamKey) -> bool {
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
     }
 
     pub fn backlog_limit(&self) -> u64 {
@@ -217,6 +253,7 @@ impl StorageWriters {
         };
         let writer = StorageWriter {
             key,
+            draining: self.draining.clone(),
             shared,
             limit: self.backlog_limit,
             state: Flow::Open,
@@ -327,6 +364,7 @@ struct Episode {
 /// (a panicking publication) stops the writer after its current write.
 pub struct StorageWriter {
     key: StreamKey,
+    draining: Arc<Mutex<Draining>>,
     shared: Arc<Shared>,
     limit: u64,
     state: Flow,
@@ -496,8 +534,42 @@ impl StorageWriter {
     /// playlist and calls `done` with the stream's history, on its thread.
     /// If the writer is gone, `done` is dropped unrun (its guards release).
     pub fn finish(mut self, done: OnFinish) {
-        self.push_control(Command::Finish(done));
+        // Republishes of the key wait for this (see `wait_drained`).
+        let marker = Arc::new(tokio::sync::watch::channel(()).0);
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.key.clone(), marker.clone());
+        let mark = DrainMark {
+            draining: self.draining.clone(),
+            key: self.key.clone(),
+            marker,
+        };
+        self.push_control(Command::Finish(Box::new(move |history| {
+            done(history);
+            drop(mark);
+        })));
         self.finished = true;
+    }
+}
+
+/// A finished publication's entry in the draining map, removed on drop:
+/// after its history was handed back, or when its finish could not run.
+struct DrainMark {
+    draining: Arc<Mutex<Draining>>,
+    key: StreamKey,
+    marker: Arc<tokio::sync::watch::Sender<()>>,
+}
+
+impl Drop for DrainMark {
+    fn drop(&mut self) {
+        let mut map = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(&self.key)
+            .is_some_and(|m| Arc::ptr_eq(m, &self.marker))
+        {
+            map.remove(&self.key);
+        }
     }
 }
 
@@ -721,5 +793,28 @@ mod tests {
         w.finish(Box::new(move |_| drop(guard)));
         assert_eq!(rx.recv_timeout(Duration::from_secs(1)), Ok("released"));
         assert_eq!(writers.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_republish_waits_until_the_previous_writes_are_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let writers = StorageWriters::new(DEFAULT_BACKLOG, metrics.clone());
+        assert!(writers.wait_drained(&key(), Duration::ZERO).await);
+        let (mut w, ticket) = writers.prepare(key());
+        segment(&mut w, 0, 1_000);
+        let done = finish(w);
+        assert!(writers.is_draining(&key()));
+        // Storage is stalled: the wait times out (the loop is not blocked).
+        assert!(
+            !writers
+                .wait_drained(&key(), Duration::from_millis(50))
+                .await
+        );
+        spawn_writer(key(), output(dir.path(), &metrics, Fence::always()), ticket).unwrap();
+        assert!(writers.wait_drained(&key(), Duration::from_secs(10)).await);
+        assert!(!writers.is_draining(&key()));
+        // The history was handed back before the wait ended.
+        assert_eq!(done.try_recv().unwrap().window.entries.len(), 1);
     }
 }
