@@ -222,12 +222,16 @@ impl Publication {
             slot,
             claim,
             output,
+            long_keyframe_interval,
             ..
         } = self;
         let key = live.key.clone();
+        // The publisher's gauges, like its slot, count until the playlist
+        // is ended (as when this ran on the connection).
         output.finish(Box::new(move |history| {
             tracing::info!(stream = %key, segments = history.window.entries.len(), "publish ended");
             slot.finish(history);
+            drop(long_keyframe_interval);
             drop(claim);
         }));
     }

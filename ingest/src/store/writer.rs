@@ -534,6 +534,15 @@ impl StorageWriter {
     /// playlist and calls `done` with the stream's history, on its thread.
     /// If the writer is gone, `done` is dropped unrun (its guards release).
     pub fn finish(mut self, done: OnFinish) {
+        if let Some(episode) = self.episode.take() {
+            tracing::warn!(
+                stream = %self.key,
+                dropped_segments = episode.segments,
+                dropped_seconds = episode.media_ticks as f64 / 90_000.0,
+                reason = DROP_STORAGE_BACKLOG,
+                "publication ended while storage was behind: its last segments were dropped"
+            );
+        }
         // Republishes of the key wait for this (see `wait_drained`).
         let marker = Arc::new(tokio::sync::watch::channel(()).0);
         self.draining
