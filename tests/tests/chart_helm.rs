@@ -35,13 +35,9 @@ async fn ready_replicas(client: &kube::Client, ns: &str, name: &str) -> Option<i
 
 #[tokio::test]
 async fn helm_4_and_helm_3_install_upgrade_and_uninstall_the_chart() {
-    let ctx = cluster::test_context("chart-helm")
-        .await
-        .unwrap_or_else(|e| panic!("test cluster: {e}"));
-    if !ctx.cluster.is_local() {
-        eprintln!("skipped: installs cluster-scoped objects; runs on the local control plane only");
-        return;
-    }
+    let ctx = cluster::expect_test_context("chart-helm").await;
+    ctx.cluster
+        .expect_local("it installs cluster-scoped objects");
     let chart_dir = chart::chart_dir();
     let chart_path = chart_dir.to_str().expect("UTF-8 path");
     let ns = ctx.ns().to_string();

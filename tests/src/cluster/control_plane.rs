@@ -265,7 +265,8 @@ pub(crate) fn node_is_ready(node: &Node) -> bool {
         })
 }
 
-/// Polls `probe` until it yields `Some`, failing early when a component dies.
+/// Polls `probe` until it yields `Some`, failing early when a component dies
+/// ([`crate::wait::eventually`], with a dead component as a final value).
 async fn poll<T, F, Fut>(
     procs: &mut Processes,
     what: &str,
@@ -276,28 +277,19 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>, Error>>,
 {
-    let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(50);
-    let mut last_error = None;
-    loop {
-        procs.check_running()?;
-        match probe().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            // Not ready yet often shows as an error (connection refused,
-            // 403 while RBAC bootstraps); remember it for the time-out message.
-            Err(e) => last_error = Some(e.to_string()),
+    crate::wait::eventually(what, timeout, || {
+        let alive = procs.check_running();
+        let attempt = probe();
+        async move {
+            match alive {
+                Err(dead) => Ok(Some(Err(dead))),
+                // Not ready yet often shows as an error (connection refused,
+                // 403 while RBAC bootstraps): eventually reports the last.
+                Ok(()) => attempt.await.map(|found| found.map(Ok)),
+            }
         }
-        if Instant::now() >= deadline {
-            let what = match last_error {
-                Some(e) => format!("{what} (last error: {e})"),
-                None => what.to_string(),
-            };
-            return Err(Error::Timeout { what, timeout });
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
-    }
+    })
+    .await?
 }
 
 fn path_arg(flag: &str, path: &Path) -> String {
