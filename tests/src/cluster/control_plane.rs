@@ -411,31 +411,38 @@ fn controller_manager_args(
     pki: &Pki,
     kubeconfig: &Path,
 ) -> Vec<String> {
-    vec![
-        path_arg("kubeconfig", kubeconfig),
-        path_arg("authentication-kubeconfig", kubeconfig),
-        path_arg("authorization-kubeconfig", kubeconfig),
-        "--bind-address=127.0.0.1".into(),
-        format!("--secure-port={}", ports.controller_manager),
-        path_arg("cert-dir", &run_dir.join("controller-manager")),
-        "--leader-elect=false".into(),
+    let mut args = component_args(
+        "controller-manager",
+        ports.controller_manager,
+        run_dir,
+        kubeconfig,
+    );
+    args.extend([
         "--cluster-name=oxcast-test".into(),
         path_arg("root-ca-file", &pki.ca_cert),
         path_arg("service-account-private-key-file", &pki.service_account_key),
         // Each controller acts as its own ServiceAccount, as in kubeadm
         // clusters, so RBAC gaps show up here too.
         "--use-service-account-credentials=true".into(),
-    ]
+    ]);
+    args
 }
 
 fn scheduler_args(run_dir: &Path, ports: &Ports, kubeconfig: &Path) -> Vec<String> {
+    component_args("scheduler", ports.scheduler, run_dir, kubeconfig)
+}
+
+/// What the controller manager and the scheduler share: `kubeconfig` for
+/// the API and for delegated authn/authz, loopback on `port`, certificates
+/// in `run_dir/name`, no leader election (one of each).
+fn component_args(name: &str, port: u16, run_dir: &Path, kubeconfig: &Path) -> Vec<String> {
     vec![
         path_arg("kubeconfig", kubeconfig),
         path_arg("authentication-kubeconfig", kubeconfig),
         path_arg("authorization-kubeconfig", kubeconfig),
         "--bind-address=127.0.0.1".into(),
-        format!("--secure-port={}", ports.scheduler),
-        path_arg("cert-dir", &run_dir.join("scheduler")),
+        format!("--secure-port={port}"),
+        path_arg("cert-dir", &run_dir.join(name)),
         "--leader-elect=false".into(),
     ]
 }

@@ -11,6 +11,14 @@ use oxcast_tests::media::{
 
 use crate::{check_playlist, check_segments_exist, now_ms, start};
 
+/// A 3 s window of 1 s sequential segments: it slides over 14 s of media.
+fn sliding_window() -> ServerBuilder {
+    Server::builder()
+        .hls("fragment", "1s")
+        .hls("playlist-length", "3s")
+        .hls("fragment-naming", "sequential")
+}
+
 /// A 2 s window of 1 s sequential segments, cleanup off: the window slides
 /// over 8 s of media and every segment stays on disk.
 fn short_window_without_cleanup() -> ServerBuilder {
@@ -23,13 +31,7 @@ fn short_window_without_cleanup() -> ServerBuilder {
 
 #[test]
 fn program_date_time_steps_and_survives_the_sliding_window() {
-    let (mut server, media) = start(
-        Server::builder()
-            .hls("fragment", "1s")
-            .hls("playlist-length", "3s")
-            .hls("fragment-naming", "sequential"),
-        Fixture::Av14s,
-    );
+    let (mut server, media) = start(sliding_window(), Fixture::Av14s);
     let t0 = now_ms() as f64;
     let mut pdt_by_uri: BTreeMap<String, String> = BTreeMap::new();
     let mut max_sequence = 0;
@@ -95,13 +97,7 @@ fn program_date_time_steps_and_survives_the_sliding_window() {
 
 #[test]
 fn window_is_bounded_and_old_segments_are_cleaned_up() {
-    let (mut server, media) = start(
-        Server::builder()
-            .hls("fragment", "1s")
-            .hls("playlist-length", "3s")
-            .hls("fragment-naming", "sequential"),
-        Fixture::Av14s,
-    );
+    let (mut server, media) = start(sliding_window(), Fixture::Av14s);
     let key = "win1";
     let path = server.playlist_path(key);
     let mut publisher = Publisher::start(media, &server.rtmp_url(key));
