@@ -14,48 +14,89 @@ cd "$repo"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/oxcast/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-# Debian packages the tests drive for real: ffmpeg/ffprobe publish and
-# verify media; curl for HTTP checks in scripts.
+# Every tool a test needs is installed here, and checked after: a tool
+# still missing fails the run at once (a test never skips for lack of one,
+# so a green run means every test ran).
+#
+# `need CHECK PACKAGE...`: CHECK is a command on PATH, or an absolute path
+# that must exist; the Debian PACKAGEs provide it. `install_needed` installs
+# what is missing with apt-get, then fails unless every CHECK passes.
 need_apt=()
-command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
-command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
-command -v curl >/dev/null 2>&1 || need_apt+=(curl)
-# bindfs (FUSE) gives tests/tests/storage_stall.rs a directory whose storage
-# calls hang while the bindfs process is stopped (a stalled NFS volume).
-command -v bindfs >/dev/null 2>&1 || need_apt+=(bindfs)
+need_checks=()
+have() {
+    case $1 in
+    /*) [ -e "$1" ] ;;
+    *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
+}
+need() {
+    local check=$1
+    shift
+    need_checks+=("$check")
+    have "$check" || need_apt+=("$@")
+}
+install_needed() {
+    if ((${#need_apt[@]})); then
+        local sudo_cmd=()
+        if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+        echo "tests/run.sh: installing ${need_apt[*]} with apt-get" >&2
+        "${sudo_cmd[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    fi
+    local missing=() check
+    for check in "${need_checks[@]}"; do
+        have "$check" || missing+=("$check")
+    done
+    if ((${#missing[@]})); then
+        echo "tests/run.sh: still missing after apt-get install: ${missing[*]}" >&2
+        exit 1
+    fi
+    need_apt=()
+    need_checks=()
+}
+
+# Debian packages the tests drive for real: ffmpeg/ffprobe publish and
+# verify media; curl for HTTP checks in scripts; python3 for tests/tools.sh.
+need ffmpeg ffmpeg
+need ffprobe ffmpeg
+need curl curl
+need python3 python3
 # The shellcheck linter checks the scripts below; musl-gcc builds the static binaries
 # the container images ship (tests/tests/chart_images.rs, docker/).
-command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
-command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
-command -v readelf >/dev/null 2>&1 || need_apt+=(binutils)
-# The real node (tests/src/cluster/node.rs): containerd, runc and the CNI
-# plugins run the pods; iptables and conntrack serve kube-proxy; iproute2
-# (ip), util-linux (unshare, nsenter) build its network; busybox-static is
-# the test pods' image; gcc builds the pause image.
-command -v containerd >/dev/null 2>&1 || need_apt+=(containerd)
-command -v runc >/dev/null 2>&1 || need_apt+=(runc)
-[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
-command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
-command -v conntrack >/dev/null 2>&1 || need_apt+=(conntrack)
-command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
-command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
-[ -x /bin/busybox ] || need_apt+=(busybox-static)
-command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+need shellcheck shellcheck
+need musl-gcc musl-tools
+need readelf binutils
+# The real node (tests/src/cluster/node.rs): containerd (and its ctr), runc
+# and the CNI plugins run the pods; iptables and conntrack serve
+# kube-proxy; iproute2 (ip), util-linux (unshare, nsenter) build its
+# network; busybox-static is the test pods' image; gcc builds the pause image.
+need containerd containerd
+need ctr containerd
+need runc runc
+need /usr/lib/cni/bridge containernetworking-plugins
+need iptables iptables
+need conntrack conntrack
+need ip iproute2
+need nsenter util-linux
+need unshare util-linux
+need /bin/busybox busybox-static
+need gcc gcc libc6-dev
 # skopeo reads the OCI image tars back; the images carry the host's CA bundle
 # (tests/tests/images_oci.rs, tests/src/images.rs).
-command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
-[ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
+need skopeo skopeo
+need /etc/ssl/certs/ca-certificates.crt ca-certificates
+# The storage fault tests (tests/tests/storage_faults.rs) mount a small
+# tmpfs and make files immutable.
+need mount mount
+need chattr e2fsprogs
+# bindfs (FUSE) gives tests/tests/storage_stall.rs a directory whose storage
+# calls hang while the bindfs process is stopped (a stalled NFS volume).
+need bindfs bindfs
 # Real OBS Studio publishes in tests/tests/obs_e2e.rs, headless under Xvfb
 # with Mesa's software GL (llvmpipe, in libgl1-mesa-dri).
-command -v obs >/dev/null 2>&1 || need_apt+=(obs-studio libgl1-mesa-dri)
-command -v Xvfb >/dev/null 2>&1 || need_apt+=(xvfb)
-if ((${#need_apt[@]})); then
-    sudo_cmd=()
-    if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
-    echo "tests/run.sh: installing ${need_apt[*]} with apt-get" >&2
-    "${sudo_cmd[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+need obs obs-studio libgl1-mesa-dri
+need Xvfb xvfb
+install_needed
 
 # Kubernetes control plane for the cluster tests (skips what is cached).
 if [ -x tests/cluster/build.sh ]; then
@@ -83,17 +124,10 @@ shellcheck -e SC1091 tests/*.sh tests/kind/*.sh tests/cluster/*.sh docker/*.sh .
 # browser here), plays a live stream through the page and hls.js. npm
 # packages are installed once per lockfile under ~/.cache/oxcast/npm and
 # linked into the tree; player/dist is what `--player-assets` serves.
-browser_apt=()
-command -v chromium >/dev/null 2>&1 || browser_apt+=(chromium)
-command -v node >/dev/null 2>&1 || browser_apt+=(nodejs)
-command -v npm >/dev/null 2>&1 || browser_apt+=(npm)
-if ((${#browser_apt[@]})); then
-    sudo_cmd=()
-    if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
-    echo "tests/run.sh: installing ${browser_apt[*]} with apt-get" >&2
-    "${sudo_cmd[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${browser_apt[@]}" >/dev/null
-fi
+need chromium chromium
+need node nodejs
+need npm npm
+install_needed
 if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
     echo "tests/run.sh: the browser test needs Node.js >= 20 (playwright-core); found $(node --version)" >&2
     exit 1

@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
+use crate::media::fixtures::{aac_args, lavfi_audio, lavfi_video, video_args, FFMPEG_QUIET};
 use crate::rtmp_client::publisher::{self, RtmpUrl, CHUNK_SIZE, CSID_AUDIO, CSID_DATA, CSID_VIDEO};
 use crate::rtmp_client::{amf0, write_message, AMF0_DATA};
 
@@ -296,69 +297,37 @@ impl EncodeSpec {
     /// a broadcaster's CBR setting (the same recipe as bench/ingest.sh).
     pub fn ffmpeg_args(&self) -> Vec<String> {
         let video = self.kbps.saturating_sub(self.audio_kbps()).max(50);
-        let gop = (self.fps * self.gop_seconds).to_string();
+        let size = format!("{}x{}", self.width, self.height);
         let v = format!("{video}k");
-        [
-            "-nostdin",
-            "-hide_banner",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            &format!(
-                "testsrc2=size={}x{}:rate={}",
-                self.width, self.height, self.fps
-            ),
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:beep_factor=4:sample_rate=48000",
-            "-t",
-            &self.seconds.to_string(),
-            "-vf",
-            "noise=alls=12:allf=t",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-profile:v",
-            "high",
-            "-bf",
-            "2",
-            "-g",
-            &gop,
-            "-keyint_min",
-            &gop,
-            "-sc_threshold",
-            "0",
-            "-pix_fmt",
-            "yuv420p",
-            "-b:v",
-            &v,
-            "-minrate",
-            &v,
-            "-maxrate",
-            &v,
-            "-bufsize",
-            &v,
-            "-x264-params",
-            "nal-hrd=cbr",
-            "-c:a",
-            "aac",
-            "-ac",
-            "2",
-            "-ar",
-            "48000",
-            "-b:a",
-            &format!("{}k", self.audio_kbps()),
-            "-f",
-            "flv",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut args: Vec<String> = FFMPEG_QUIET.iter().map(|s| s.to_string()).collect();
+        args.extend(lavfi_video(&size, self.fps));
+        args.extend(lavfi_audio(48_000));
+        let seconds = self.seconds.to_string();
+        args.extend(
+            ["-t", &seconds, "-vf", "noise=alls=12:allf=t"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        args.extend(video_args(&size, self.fps * self.gop_seconds));
+        args.extend(
+            [
+                "-b:v",
+                &v,
+                "-minrate",
+                &v,
+                "-maxrate",
+                &v,
+                "-bufsize",
+                &v,
+                "-x264-params",
+                "nal-hrd=cbr",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend(aac_args("aac_low", 2, 48_000, self.audio_kbps()));
+        args.extend(["-f".to_string(), "flv".to_string()]);
+        args
     }
 
     /// The cache file name, keyed by the parameters and the exact recipe.

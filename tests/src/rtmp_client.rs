@@ -31,6 +31,18 @@ pub mod amf0 {
         vec![0x05]
     }
 
+    /// A command message payload as clients send it: the command's name,
+    /// its transaction id, a null command object, then `args`.
+    pub fn command(name: &str, transaction: f64, args: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = string(name);
+        out.extend(number(transaction));
+        out.extend(null());
+        for arg in args {
+            out.extend_from_slice(arg);
+        }
+        out
+    }
+
     /// An object with string properties.
     pub fn object(props: &[(&str, &str)]) -> Vec<u8> {
         let mut out = vec![0x03];
@@ -384,15 +396,10 @@ pub mod publisher {
 
         out.clear();
         for (i, name) in ["releaseStream", "FCPublish"].iter().enumerate() {
-            let mut p = amf0::string(name);
-            p.extend(amf0::number(2.0 + i as f64));
-            p.extend(amf0::null());
-            p.extend(amf0::string(key));
+            let p = amf0::command(name, 2.0 + i as f64, &[amf0::string(key)]);
             write_message(&mut out, CSID_COMMAND, 0, AMF0_COMMAND, 0, &p, CHUNK_SIZE);
         }
-        let mut p = amf0::string("createStream");
-        p.extend(amf0::number(4.0));
-        p.extend(amf0::null());
+        let p = amf0::command("createStream", 4.0, &[]);
         write_message(&mut out, CSID_COMMAND, 0, AMF0_COMMAND, 0, &p, CHUNK_SIZE);
         conn.stream.write_all(&out).await?;
         let reply = within(
@@ -410,11 +417,7 @@ pub mod publisher {
         };
 
         out.clear();
-        let mut p = amf0::string("publish");
-        p.extend(amf0::number(5.0));
-        p.extend(amf0::null());
-        p.extend(amf0::string(key));
-        p.extend(amf0::string("live"));
+        let p = amf0::command("publish", 5.0, &[amf0::string(key), amf0::string("live")]);
         write_message(
             &mut out,
             CSID_DATA,
@@ -447,15 +450,10 @@ pub mod publisher {
     /// `FCUnpublish` + `deleteStream`, what FFmpeg sends when it stops.
     pub fn unpublish_messages(key: &str, stream_id: u32) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut p = amf0::string("FCUnpublish");
-        p.extend(amf0::number(6.0));
-        p.extend(amf0::null());
-        p.extend(amf0::string(key));
+        let p = amf0::command("FCUnpublish", 6.0, &[amf0::string(key)]);
         write_message(&mut out, CSID_COMMAND, 0, AMF0_COMMAND, 0, &p, CHUNK_SIZE);
-        let mut p = amf0::string("deleteStream");
-        p.extend(amf0::number(7.0));
-        p.extend(amf0::null());
-        p.extend(amf0::number(f64::from(stream_id)));
+        let stream = amf0::number(f64::from(stream_id));
+        let p = amf0::command("deleteStream", 7.0, &[stream]);
         write_message(&mut out, CSID_COMMAND, 0, AMF0_COMMAND, 0, &p, CHUNK_SIZE);
         out
     }

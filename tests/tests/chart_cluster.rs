@@ -25,9 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 const FIELD_MANAGER: &str = "oxcast-chart-tests";
 
 async fn context(prefix: &str) -> TestContext {
-    cluster::test_context(prefix)
-        .await
-        .unwrap_or_else(|e| panic!("test cluster: {e}"))
+    cluster::expect_test_context(prefix).await
 }
 
 async fn namespace(cluster: &TestCluster, prefix: &str) -> TestNamespace {
@@ -693,10 +691,8 @@ async fn operator_reconciles_as_the_chart_service_account(namespaced: bool) {
         "chart-op"
     })
     .await;
-    if !ctx.cluster.is_local() {
-        eprintln!("skipped: needs the local control plane (runs the operator binary against it)");
-        return;
-    }
+    ctx.cluster
+        .expect_local("it runs the operator binary against the control plane");
     let bin = chart::operator_binary().unwrap_or_else(|e| panic!("build oxcast-operator: {e}"));
     install_live_application_crd(ctx.cluster);
     let apps_ns = namespace(ctx.cluster, "live-apps").await;

@@ -22,13 +22,10 @@ const RELEASE_NAMESPACE: &str = "oxcast-system";
 
 #[tokio::test]
 async fn install_dump_and_cleanup_stages_work_on_a_real_api_server() {
-    let ctx = cluster::test_context("e2e-install")
-        .await
-        .unwrap_or_else(|e| panic!("test cluster: {e}"));
-    let Some(bin_dir) = ctx.cluster.bin_dir() else {
-        eprintln!("skipped: installs cluster-scoped objects; runs on the local control plane only");
-        return;
-    };
+    let ctx = cluster::expect_test_context("e2e-install").await;
+    let bin_dir = ctx
+        .cluster
+        .expect_local("it installs cluster-scoped objects");
     let apps = ctx
         .cluster
         .namespace("e2e-apps")

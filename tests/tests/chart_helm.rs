@@ -17,6 +17,52 @@ fn helm(helm: Helm, cluster: &TestCluster, args: &[&str]) -> Result<String, Stri
     chart::run_helm(cmd)
 }
 
+/// Release `name` of the chart in namespace `ns`, driven by one Helm major.
+struct Release<'a> {
+    helm: Helm,
+    cluster: &'a TestCluster,
+    name: &'a str,
+    ns: &'a str,
+}
+
+impl Release<'_> {
+    /// `helm VERB NAME [CHART] --namespace NS [--wait --timeout T] [--set S]...`
+    fn run(&self, verb: &str, chart: bool, wait: bool, sets: &[&str]) -> Result<String, String> {
+        let chart_dir = chart::chart_dir();
+        let timeout = format!("{}s", TIMEOUT.as_secs());
+        let mut args = vec![verb, self.name];
+        if chart {
+            args.push(chart_dir.to_str().expect("UTF-8 path"));
+        }
+        args.extend(["--namespace", self.ns]);
+        if wait {
+            args.extend(["--wait", "--timeout", &timeout]);
+        }
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        helm(self.helm, self.cluster, &args)
+    }
+
+    /// `helm install --wait`, panicking on failure; returns Helm's output.
+    fn install(&self, sets: &[&str]) -> String {
+        self.run("install", true, true, sets)
+            .unwrap_or_else(|e| panic!("{:?} install {}: {e}", self.helm, self.name))
+    }
+
+    /// `helm upgrade --wait`, panicking on failure.
+    fn upgrade(&self, sets: &[&str]) {
+        self.run("upgrade", true, true, sets)
+            .unwrap_or_else(|e| panic!("{:?} upgrade {}: {e}", self.helm, self.name));
+    }
+
+    /// `helm uninstall --wait`, panicking on failure.
+    fn uninstall(&self) {
+        self.run("uninstall", false, true, &[])
+            .unwrap_or_else(|e| panic!("{:?} uninstall {}: {e}", self.helm, self.name));
+    }
+}
+
 fn kubectl(cluster: &TestCluster, args: &[&str]) -> Result<String, String> {
     let mut cmd = cluster.kubectl();
     cmd.args(args);
@@ -35,34 +81,19 @@ async fn ready_replicas(client: &kube::Client, ns: &str, name: &str) -> Option<i
 
 #[tokio::test]
 async fn helm_4_and_helm_3_install_upgrade_and_uninstall_the_chart() {
-    let ctx = cluster::test_context("chart-helm")
-        .await
-        .unwrap_or_else(|e| panic!("test cluster: {e}"));
-    if !ctx.cluster.is_local() {
-        eprintln!("skipped: installs cluster-scoped objects; runs on the local control plane only");
-        return;
-    }
-    let chart_dir = chart::chart_dir();
-    let chart_path = chart_dir.to_str().expect("UTF-8 path");
+    let ctx = cluster::expect_test_context("chart-helm").await;
+    ctx.cluster
+        .expect_local("it installs cluster-scoped objects");
     let ns = ctx.ns().to_string();
-    let wait = format!("{}s", TIMEOUT.as_secs());
 
     // Helm 4: the default install, CRD included.
-    let out = helm(
-        Helm::V4,
-        ctx.cluster,
-        &[
-            "install",
-            "h4",
-            chart_path,
-            "--namespace",
-            &ns,
-            "--wait",
-            "--timeout",
-            &wait,
-        ],
-    )
-    .unwrap_or_else(|e| panic!("helm 4 install: {e}"));
+    let h4 = Release {
+        helm: Helm::V4,
+        cluster: ctx.cluster,
+        name: "h4",
+        ns: &ns,
+    };
+    let out = h4.install(&[]);
     chart::assert_notes_explain_the_workflow(&out, "h4", "");
     assert_eq!(ready_replicas(&ctx.client, &ns, "h4-oxcast").await, Some(1));
     kubectl(
@@ -73,56 +104,16 @@ async fn helm_4_and_helm_3_install_upgrade_and_uninstall_the_chart() {
 
     // An upgrade changes what it should (two replicas, leader election
     // keeps them safe) ...
-    helm(
-        Helm::V4,
-        ctx.cluster,
-        &[
-            "upgrade",
-            "h4",
-            chart_path,
-            "--namespace",
-            &ns,
-            "--wait",
-            "--timeout",
-            &wait,
-            "--set",
-            "operator.replicas=2",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("helm 4 upgrade: {e}"));
+    h4.upgrade(&["operator.replicas=2"]);
     assert_eq!(ready_replicas(&ctx.client, &ns, "h4-oxcast").await, Some(2));
     // ... and a wrongly typed value is refused before anything changes.
-    let refused = helm(
-        Helm::V4,
-        ctx.cluster,
-        &[
-            "upgrade",
-            "h4",
-            chart_path,
-            "--namespace",
-            &ns,
-            "--set",
-            "operator.replicas=many",
-        ],
-    )
-    .expect_err("a string for operator.replicas must be refused");
+    let refused = h4
+        .run("upgrade", true, false, &["operator.replicas=many"])
+        .expect_err("a string for operator.replicas must be refused");
     assert!(refused.contains("/operator/replicas"), "{refused}");
 
     // Uninstall removes the operator but keeps the CRD (crds.keep).
-    helm(
-        Helm::V4,
-        ctx.cluster,
-        &[
-            "uninstall",
-            "h4",
-            "--namespace",
-            &ns,
-            "--wait",
-            "--timeout",
-            &wait,
-        ],
-    )
-    .unwrap_or_else(|e| panic!("helm 4 uninstall: {e}"));
+    h4.uninstall();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     assert!(deployments
         .get_opt("h4-oxcast")
@@ -146,25 +137,13 @@ async fn helm_4_and_helm_3_install_upgrade_and_uninstall_the_chart() {
         .await
         .expect("a namespace to watch");
     let watch = format!("watchNamespaces={{{}}}", apps.name());
-    let out = helm(
-        Helm::V3,
-        ctx.cluster,
-        &[
-            "install",
-            "h3",
-            chart_path,
-            "--namespace",
-            &ns,
-            "--wait",
-            "--timeout",
-            &wait,
-            "--set",
-            "crds.enabled=false",
-            "--set",
-            &watch,
-        ],
-    )
-    .unwrap_or_else(|e| panic!("helm 3 install: {e}"));
+    let h3 = Release {
+        helm: Helm::V3,
+        cluster: ctx.cluster,
+        name: "h3",
+        ns: &ns,
+    };
+    let out = h3.install(&["crds.enabled=false", &watch]);
     chart::assert_notes_explain_the_workflow(&out, "h3", apps.name());
     assert_eq!(ready_replicas(&ctx.client, &ns, "h3-oxcast").await, Some(1));
     kubectl(
@@ -176,18 +155,5 @@ async fn helm_4_and_helm_3_install_upgrade_and_uninstall_the_chart() {
     let status =
         helm(Helm::V3, ctx.cluster, &["status", "h3", "--namespace", &ns]).expect("helm 3 status");
     assert!(status.contains("STATUS: deployed"), "{status}");
-    helm(
-        Helm::V3,
-        ctx.cluster,
-        &[
-            "uninstall",
-            "h3",
-            "--namespace",
-            &ns,
-            "--wait",
-            "--timeout",
-            &wait,
-        ],
-    )
-    .unwrap_or_else(|e| panic!("helm 3 uninstall: {e}"));
+    h3.uninstall();
 }

@@ -19,9 +19,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use oxcast_tests::http;
 use oxcast_tests::images::{self, Stage};
 use oxcast_tests::media::process::{run, run_ok};
-use oxcast_tests::media::{self, http, workspace_root, Fixture, Publisher};
+use oxcast_tests::media::{self, workspace_root, Fixture, Publisher};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -89,13 +90,17 @@ fn in_image(root: &Path, stage: &Stage, args: &[&str]) -> Command {
     cmd
 }
 
-/// Commands run as the image would; `None` (with a note) without root.
-fn stages_or_skip() -> Option<BTreeMap<String, Stage>> {
-    if !is_root() {
-        eprintln!("skipped: chroot needs root (CI and tests/run.sh run as root)");
-        return None;
-    }
-    Some(dockerfile_stages())
+/// The stages, for tests that run commands as the image would: chroot(2)
+/// needs root, which CI and tests/run.sh have; without it the test fails
+/// (it does not pass untested).
+#[track_caller]
+fn stages_as_root() -> BTreeMap<String, Stage> {
+    assert!(
+        is_root(),
+        "running the image needs chroot, so root (CI and tests/run.sh run as root; \
+         skip this test by name elsewhere)"
+    );
+    dockerfile_stages()
 }
 
 #[test]
@@ -185,9 +190,7 @@ fn static_binaries_have_no_dynamic_loader() {
 
 #[test]
 fn operator_image_runs_from_an_empty_root_as_non_root() {
-    let Some(stages) = stages_or_skip() else {
-        return;
-    };
+    let stages = stages_as_root();
     let stage = &stages["oxcast-operator"];
     let root = image_root("oxcast-operator", stage);
     let help = run(in_image(root.path(), stage, &["--help"]), TIMEOUT).expect("run --help");
@@ -277,9 +280,7 @@ fn start_in_image(root: &Path, stage: &Stage, args: &[&str]) -> ImageServer {
 
 #[test]
 fn ingest_image_serves_a_live_stream_from_an_empty_root_as_non_root() {
-    let Some(stages) = stages_or_skip() else {
-        return;
-    };
+    let stages = stages_as_root();
     let stage = &stages["oxcast-ingest"];
     let root = image_root("oxcast-ingest", stage);
 
@@ -313,9 +314,7 @@ fn ingest_image_serves_a_live_stream_from_an_empty_root_as_non_root() {
     assert_eq!(health.status, 200);
     assert_eq!(health.text().trim(), "ok");
 
-    if !media::have_ffmpeg() {
-        panic!("ffmpeg is needed (tests/run.sh installs it)");
-    }
+    media::need_ffmpeg();
     let fixture = media::require(Fixture::Av8s);
     let publisher = Publisher::start(fixture, &format!("rtmp://{}/app/image", server.rtmp));
     let playlist = media::wait_for("the playlist over HTTP", TIMEOUT, || {

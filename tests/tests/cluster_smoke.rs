@@ -27,19 +27,8 @@ const FIELD_MANAGER: &str = "oxcast-tests";
 /// A real image, so the same test also passes on a cluster with real nodes.
 const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 async fn context(prefix: &str) -> TestContext {
-    init_tracing();
-    match cluster::test_context(prefix).await {
-        Ok(ctx) => ctx,
-        Err(e) => panic!("no test cluster: {e}"),
-    }
+    cluster::expect_test_context(prefix).await
 }
 
 /// Installs the checked-in CRD manifest (the artifact users apply, not just

@@ -2,16 +2,14 @@
 //! fields come from the publisher's media path (codecs from the sequence
 //! headers, resolution from the SPS, measured frame rate and bitrate).
 
-mod http_common;
-
 use std::time::Duration;
 
-use http_common::get;
-use oxcast_tests::media::{have_ffmpeg, require, wait_for, Fixture, Publisher, Server};
+use oxcast_tests::http::fetch;
+use oxcast_tests::media::{need_ffmpeg, require, wait_for, Fixture, Publisher, Server};
 use serde_json::Value;
 
 fn streams(addr: std::net::SocketAddr) -> Option<Vec<Value>> {
-    let r = get(addr, "/api/streams", &[]);
+    let r = fetch(addr, "/api/streams", &[]);
     assert_eq!(r.status, 200);
     let json: Value = serde_json::from_slice(&r.body).ok()?;
     json["streams"].as_array().cloned()
@@ -19,10 +17,7 @@ fn streams(addr: std::net::SocketAddr) -> Option<Vec<Value>> {
 
 #[test]
 fn live_streams_report_what_the_publisher_sends() {
-    if !have_ffmpeg() {
-        eprintln!("skipped: ffmpeg/ffprobe not installed");
-        return;
-    }
+    need_ffmpeg();
     // 14 s of 320x240 25 fps H.264 High + AAC-LC 48 kHz stereo.
     let media = require(Fixture::Av14s);
     let server = Server::builder().hls("fragment", "1s").start();
@@ -71,7 +66,7 @@ fn live_streams_report_what_the_publisher_sends() {
         "started {started:?}"
     );
     // The URL it gives is served.
-    let playlist = get(addr, "/live/cam/index.m3u8", &[]);
+    let playlist = fetch(addr, "/live/cam/index.m3u8", &[]);
     assert_eq!(playlist.status, 200);
     assert!(playlist.text().starts_with("#EXTM3U"));
 

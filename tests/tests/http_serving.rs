@@ -4,12 +4,10 @@
 //! Each test starts `oxcast-ingest http` on port 0 over a temporary root it
 //! fills by hand, and talks raw HTTP/1.1 to it.
 
-mod http_common;
-
 use std::time::{Duration, SystemTime};
 
-use http_common::{get, http_date, http_server, metric, mtime_secs, request, write_aged, Reply};
-use oxcast_tests::media::{wait_for, wait_until, Role, Server};
+use oxcast_tests::http::{fetch, http_date, metric, request, Response};
+use oxcast_tests::media::{mtime_secs, wait_for, wait_until, write_aged, Role, Server};
 
 const PLAYLIST: &str = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:7\n#EXTINF:2.000,\n7.ts\n";
 const AGE: Duration = Duration::from_secs(30);
@@ -32,7 +30,7 @@ fn now_secs() -> i64 {
 }
 
 #[track_caller]
-fn assert_validators(r: &Reply, mtime: i64) {
+fn assert_validators(r: &Response, mtime: i64) {
     let etag = r.expect_header("etag");
     assert!(
         etag.starts_with('"') && etag.ends_with('"') && etag.len() > 2,
@@ -44,9 +42,9 @@ fn assert_validators(r: &Reply, mtime: i64) {
 #[test]
 fn playlists_are_revalidated_every_time() {
     let (dir, _) = tree();
-    let server = http_server(dir.path(), &[]);
+    let server = Server::http_only(dir.path(), &[]);
     let addr = server.http.expect("http");
-    let r = get(addr, "/live/cam/index.m3u8", &[]);
+    let r = fetch(addr, "/live/cam/index.m3u8", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), PLAYLIST);
     assert_eq!(
@@ -72,9 +70,9 @@ fn playlists_are_revalidated_every_time() {
 #[test]
 fn segments_are_cached_for_a_year() {
     let (dir, segment) = tree();
-    let server = http_server(dir.path(), &[]);
+    let server = Server::http_only(dir.path(), &[]);
     let addr = server.http.expect("http");
-    let r = get(addr, "/live/cam/7.ts", &[]);
+    let r = fetch(addr, "/live/cam/7.ts", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.body, segment);
     assert_eq!(r.expect_header("content-type"), "video/mp2t");
@@ -95,10 +93,10 @@ fn segments_are_cached_for_a_year() {
 #[test]
 fn head_has_the_headers_of_get_and_no_body() {
     let (dir, segment) = tree();
-    let server = http_server(dir.path(), &[]);
+    let server = Server::http_only(dir.path(), &[]);
     let addr = server.http.expect("http");
     for path in ["/live/cam/7.ts", "/live/cam/index.m3u8"] {
-        let g = get(addr, path, &[]);
+        let g = fetch(addr, path, &[]);
         let h = request(addr, "HEAD", path, &[]).expect("HEAD");
         assert_eq!(h.status, 200);
         assert!(h.body.is_empty());
@@ -120,14 +118,14 @@ fn head_has_the_headers_of_get_and_no_body() {
 #[test]
 fn conditional_requests_answer_304_and_412() {
     let (dir, _) = tree();
-    let server = http_server(dir.path(), &[]);
+    let server = Server::http_only(dir.path(), &[]);
     let addr = server.http.expect("http");
     for path in ["/live/cam/7.ts", "/live/cam/index.m3u8"] {
-        let first = get(addr, path, &[]);
+        let first = fetch(addr, path, &[]);
         let etag = first.expect_header("etag").to_string();
         let last_modified = first.expect_header("last-modified").to_string();
 
-        let r = get(addr, path, &[("If-None-Match", &etag)]);
+        let r = fetch(addr, path, &[("If-None-Match", &etag)]);
         assert_eq!(r.status, 304, "{path} If-None-Match current");
         assert!(r.body.is_empty());
         assert_eq!(r.header("etag"), Some(etag.as_str()));
@@ -137,30 +135,30 @@ fn conditional_requests_answer_304_and_412() {
 
         let weak = format!("W/{etag}");
         let list = format!("\"nope\", {etag}");
-        assert_eq!(get(addr, path, &[("If-None-Match", &weak)]).status, 304);
-        assert_eq!(get(addr, path, &[("If-None-Match", &list)]).status, 304);
-        assert_eq!(get(addr, path, &[("If-None-Match", "*")]).status, 304);
-        let r = get(addr, path, &[("If-None-Match", "\"stale\"")]);
+        assert_eq!(fetch(addr, path, &[("If-None-Match", &weak)]).status, 304);
+        assert_eq!(fetch(addr, path, &[("If-None-Match", &list)]).status, 304);
+        assert_eq!(fetch(addr, path, &[("If-None-Match", "*")]).status, 304);
+        let r = fetch(addr, path, &[("If-None-Match", "\"stale\"")]);
         assert_eq!(r.status, 200, "{path} If-None-Match stale");
         assert!(!r.body.is_empty());
 
         assert_eq!(
-            get(addr, path, &[("If-Modified-Since", &last_modified)]).status,
+            fetch(addr, path, &[("If-Modified-Since", &last_modified)]).status,
             304
         );
         let earlier = httpdate::fmt_http_date(
             SystemTime::UNIX_EPOCH + Duration::from_secs((http_date(&last_modified) - 1) as u64),
         );
         assert_eq!(
-            get(addr, path, &[("If-Modified-Since", &earlier)]).status,
+            fetch(addr, path, &[("If-Modified-Since", &earlier)]).status,
             200
         );
         assert_eq!(
-            get(addr, path, &[("If-Modified-Since", "yesterday")]).status,
+            fetch(addr, path, &[("If-Modified-Since", "yesterday")]).status,
             200
         );
         // If-None-Match wins over If-Modified-Since (RFC 7232 §6).
-        let both = get(
+        let both = fetch(
             addr,
             path,
             &[
@@ -170,10 +168,10 @@ fn conditional_requests_answer_304_and_412() {
         );
         assert_eq!(both.status, 200);
 
-        assert_eq!(get(addr, path, &[("If-Match", &etag)]).status, 200);
-        assert_eq!(get(addr, path, &[("If-Match", "\"stale\"")]).status, 412);
+        assert_eq!(fetch(addr, path, &[("If-Match", &etag)]).status, 200);
+        assert_eq!(fetch(addr, path, &[("If-Match", "\"stale\"")]).status, 412);
         assert_eq!(
-            get(addr, path, &[("If-Unmodified-Since", &earlier)]).status,
+            fetch(addr, path, &[("If-Unmodified-Since", &earlier)]).status,
             412
         );
         // HEAD follows the same rules.
@@ -185,13 +183,13 @@ fn conditional_requests_answer_304_and_412() {
 #[test]
 fn a_playlist_replaced_by_rename_is_served_fresh() {
     let (dir, _) = tree();
-    let server = http_server(dir.path(), &[]);
+    let server = Server::http_only(dir.path(), &[]);
     let addr = server.http.expect("http");
     let path = "/live/cam/index.m3u8";
-    let v1 = get(addr, path, &[]);
+    let v1 = fetch(addr, path, &[]);
     let etag1 = v1.expect_header("etag").to_string();
     assert_eq!(
-        get(addr, path, &[]).body,
+        fetch(addr, path, &[]).body,
         v1.body,
         "served again (from memory)"
     );
@@ -202,7 +200,7 @@ fn a_playlist_replaced_by_rename_is_served_fresh() {
     let tmp = dir.path().join("cam/.index.m3u8.tmp");
     std::fs::write(&tmp, &v2_text).expect("write");
     std::fs::rename(&tmp, dir.path().join("cam/index.m3u8")).expect("rename");
-    let v2 = get(addr, path, &[("If-None-Match", &etag1)]);
+    let v2 = fetch(addr, path, &[("If-None-Match", &etag1)]);
     assert_eq!(v2.status, 200, "the old ETag no longer matches");
     assert_eq!(v2.text(), v2_text);
     assert_ne!(v2.expect_header("etag"), etag1);
@@ -217,7 +215,7 @@ fn a_playlist_replaced_by_rename_is_served_fresh() {
 #[test]
 fn ranges_answer_206_and_416() {
     let (dir, segment) = tree();
-    let server = http_server(dir.path(), &[]);
+    let server = Server::http_only(dir.path(), &[]);
     let addr = server.http.expect("http");
     let path = "/live/cam/7.ts";
     let len = segment.len();
@@ -229,7 +227,7 @@ fn ranges_answer_206_and_416() {
         ("bytes=990-5000", 990, len - 1),
     ];
     for (range, first, last) in cases {
-        let r = get(addr, path, &[("Range", range)]);
+        let r = fetch(addr, path, &[("Range", range)]);
         assert_eq!(r.status, 206, "{range}");
         assert_eq!(
             r.expect_header("content-range"),
@@ -241,28 +239,28 @@ fn ranges_answer_206_and_416() {
         assert!(r.header("etag").is_some() && r.header("cache-control").is_some());
     }
     for range in ["bytes=1000-", "bytes=5000-6000", "bytes=-0"] {
-        let r = get(addr, path, &[("Range", range)]);
+        let r = fetch(addr, path, &[("Range", range)]);
         assert_eq!(r.status, 416, "{range}");
         assert_eq!(r.expect_header("content-range"), format!("bytes */{len}"));
         assert!(r.body.is_empty());
     }
     // Ignored: other units, bad syntax, several ranges → the whole file.
     for range in ["items=0-1", "bytes=9-1", "bytes=0-1,5-6"] {
-        let r = get(addr, path, &[("Range", range)]);
+        let r = fetch(addr, path, &[("Range", range)]);
         assert_eq!(r.status, 200, "{range}");
         assert_eq!(r.body, segment);
     }
-    let etag = get(addr, path, &[]).expect_header("etag").to_string();
-    let r = get(addr, path, &[("Range", "bytes=0-9"), ("If-Range", &etag)]);
+    let etag = fetch(addr, path, &[]).expect_header("etag").to_string();
+    let r = fetch(addr, path, &[("Range", "bytes=0-9"), ("If-Range", &etag)]);
     assert_eq!(r.status, 206, "If-Range current");
-    let r = get(
+    let r = fetch(
         addr,
         path,
         &[("Range", "bytes=0-9"), ("If-Range", "\"old\"")],
     );
     assert_eq!((r.status, r.body.len()), (200, len), "If-Range stale");
     // A range on a playlist works the same way.
-    let r = get(addr, "/live/cam/index.m3u8", &[("Range", "bytes=0-6")]);
+    let r = fetch(addr, "/live/cam/index.m3u8", &[("Range", "bytes=0-6")]);
     assert_eq!((r.status, r.text().as_str()), (206, "#EXTM3U"));
 }
 
@@ -272,41 +270,41 @@ fn files_larger_than_the_cache_admits_are_streamed() {
     // 1 MiB cache → files over 128 KiB are read from disk per request.
     let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     write_aged(&dir.path().join("cam/1.ts"), &big, AGE);
-    let server = http_server(dir.path(), &["--http-cache-size-mib", "1"]);
+    let server = Server::http_only(dir.path(), &["--http-cache-size-mib", "1"]);
     let addr = server.http.expect("http");
-    let r = get(addr, "/live/cam/1.ts", &[]);
+    let r = fetch(addr, "/live/cam/1.ts", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.body, big);
     assert_eq!(r.expect_header("content-length"), big.len().to_string());
     assert_eq!(r.expect_header("content-type"), "video/mp2t");
-    let r = get(addr, "/live/cam/1.ts", &[("Range", "bytes=150000-150099")]);
+    let r = fetch(addr, "/live/cam/1.ts", &[("Range", "bytes=150000-150099")]);
     assert_eq!(r.status, 206);
     assert_eq!(r.body, &big[150_000..150_100]);
     let h = request(addr, "HEAD", "/live/cam/1.ts", &[]).expect("HEAD");
     assert_eq!(h.expect_header("content-length"), big.len().to_string());
     let etag = r.expect_header("etag").to_string();
     assert_eq!(
-        get(addr, "/live/cam/1.ts", &[("If-None-Match", &etag)]).status,
+        fetch(addr, "/live/cam/1.ts", &[("If-None-Match", &etag)]).status,
         304
     );
     // With the cache off entirely, small files are streamed too.
-    let server = http_server(dir.path(), &["--http-cache-size-mib", "0"]);
-    let r = get(server.http.expect("http"), "/live/cam/1.ts", &[]);
+    let server = Server::http_only(dir.path(), &["--http-cache-size-mib", "0"]);
+    let r = fetch(server.http.expect("http"), "/live/cam/1.ts", &[]);
     assert_eq!((r.status, r.body.len()), (200, big.len()));
 }
 
 #[test]
 fn cors_default_preflight_and_configured_origins() {
     let (dir, _) = tree();
-    let server = http_server(dir.path(), &[]);
+    let server = Server::http_only(dir.path(), &[]);
     let addr = server.http.expect("http");
     let origin = [("Origin", "https://player.example")];
-    let r = get(addr, "/live/cam/7.ts", &origin);
+    let r = fetch(addr, "/live/cam/7.ts", &origin);
     assert_eq!(r.expect_header("access-control-allow-origin"), "*");
     let exposed = r.expect_header("access-control-expose-headers");
     assert!(exposed.contains("Content-Range") && exposed.contains("ETag"));
     // Errors carry it too, so a cross-origin player sees the real status.
-    let r = get(addr, "/live/cam/404.ts", &origin);
+    let r = fetch(addr, "/live/cam/404.ts", &origin);
     assert_eq!(r.status, 404);
     assert_eq!(r.expect_header("access-control-allow-origin"), "*");
 
@@ -344,18 +342,18 @@ fn cors_default_preflight_and_configured_origins() {
     assert_eq!(api.status, 204);
     assert_eq!(api.expect_header("access-control-allow-origin"), "*");
 
-    let listed = http_server(
+    let listed = Server::http_only(
         dir.path(),
         &["--http-cors-origin", "https://a.example, https://b.example"],
     );
     let addr = listed.http.expect("http");
-    let r = get(addr, "/live/cam/7.ts", &[("Origin", "https://b.example")]);
+    let r = fetch(addr, "/live/cam/7.ts", &[("Origin", "https://b.example")]);
     assert_eq!(
         r.expect_header("access-control-allow-origin"),
         "https://b.example"
     );
     assert!(r.headers_named("vary").iter().any(|v| v.contains("Origin")));
-    let r = get(
+    let r = fetch(
         addr,
         "/live/cam/7.ts",
         &[("Origin", "https://evil.example")],
@@ -364,8 +362,8 @@ fn cors_default_preflight_and_configured_origins() {
     assert!(r.header("access-control-allow-origin").is_none());
     assert!(r.headers_named("vary").iter().any(|v| v.contains("Origin")));
 
-    let off = http_server(dir.path(), &["--http-cors-origin", ""]);
-    let r = get(off.http.expect("http"), "/live/cam/7.ts", &origin);
+    let off = Server::http_only(dir.path(), &["--http-cors-origin", ""]);
+    let r = fetch(off.http.expect("http"), "/live/cam/7.ts", &origin);
     assert_eq!(r.status, 200);
     assert!(r.header("access-control-allow-origin").is_none());
 }
@@ -386,7 +384,7 @@ fn only_hls_files_are_served() {
         write_aged(&root.join(name), b"not for you", AGE);
     }
     std::fs::create_dir_all(root.join("dir.ts")).expect("mkdir");
-    let server = http_server(root, &[]);
+    let server = Server::http_only(root, &[]);
     let addr = server.http.expect("http");
     for path in [
         "/live/cam/8.ts.part",
@@ -408,7 +406,7 @@ fn only_hls_files_are_served() {
         "/index.m3u8",
         "/favicon.ico",
     ] {
-        let r = get(addr, path, &[]);
+        let r = fetch(addr, path, &[]);
         assert_eq!(r.status, 404, "{path}");
         assert!(!r.text().contains("not for you"), "{path}");
     }
@@ -418,17 +416,17 @@ fn only_hls_files_are_served() {
         assert!(r.expect_header("allow").contains("GET"));
     }
     // A query string does not change what is served.
-    assert_eq!(get(addr, "/live/cam/7.ts?token=abc", &[]).status, 200);
+    assert_eq!(fetch(addr, "/live/cam/7.ts?token=abc", &[]).status, 200);
 }
 
 #[test]
 fn another_path_prefix_moves_the_tree() {
     let (dir, _) = tree();
-    let server = http_server(dir.path(), &["--http-path-prefix", "/hls/v1"]);
+    let server = Server::http_only(dir.path(), &["--http-path-prefix", "/hls/v1"]);
     let addr = server.http.expect("http");
-    assert_eq!(get(addr, "/hls/v1/cam/7.ts", &[]).status, 200);
-    assert_eq!(get(addr, "/live/cam/7.ts", &[]).status, 404);
-    assert_eq!(get(addr, "/hls/cam/7.ts", &[]).status, 404);
+    assert_eq!(fetch(addr, "/hls/v1/cam/7.ts", &[]).status, 200);
+    assert_eq!(fetch(addr, "/live/cam/7.ts", &[]).status, 404);
+    assert_eq!(fetch(addr, "/hls/cam/7.ts", &[]).status, 404);
 }
 
 #[test]
@@ -436,29 +434,29 @@ fn probes_report_liveness_and_readiness() {
     let base = tempfile::tempdir().expect("tempdir");
     let root = base.path().join("hls");
     std::fs::create_dir(&root).expect("mkdir");
-    let server = http_server(&root, &[]);
+    let server = Server::http_only(&root, &[]);
     let addr = server.http.expect("http");
-    let r = get(addr, "/healthz", &[]);
+    let r = fetch(addr, "/healthz", &[]);
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
-    let r = get(addr, "/readyz", &[]);
+    let r = fetch(addr, "/readyz", &[]);
     assert_eq!((r.status, r.text().as_str()), (200, "ready\n"));
     // The shared volume goes away: not ready, but still alive.
     std::fs::remove_dir(&root).expect("rmdir");
-    let r = get(addr, "/readyz", &[]);
+    let r = fetch(addr, "/readyz", &[]);
     assert_eq!(r.status, 503);
     assert!(r.text().contains("HLS root"), "{}", r.text());
-    assert_eq!(get(addr, "/healthz", &[]).status, 200);
+    assert_eq!(fetch(addr, "/healthz", &[]).status, 200);
     // It comes back (a new directory, so the server must re-open it).
     std::fs::create_dir(&root).expect("mkdir");
     write_aged(&root.join("cam/7.ts"), b"back", AGE);
-    assert_eq!(get(addr, "/readyz", &[]).status, 200);
-    assert_eq!(get(addr, "/live/cam/7.ts", &[]).text(), "back");
+    assert_eq!(fetch(addr, "/readyz", &[]).status, 200);
+    assert_eq!(fetch(addr, "/live/cam/7.ts", &[]).text(), "back");
 
     // The all-in-one role is ready once RTMP listens and the root is writable.
     let all = Server::builder().role(Role::All).start();
     let addr = all.http.expect("http");
     wait_until("run role ready", Duration::from_secs(10), || {
-        get(addr, "/readyz", &[]).status == 200
+        fetch(addr, "/readyz", &[]).status == 200
     });
     assert!(
         all.root().read_dir().expect("root").all(|e| {
@@ -474,17 +472,17 @@ fn probes_report_liveness_and_readiness() {
 #[test]
 fn metrics_count_responses_by_status_class() {
     let (dir, _) = tree();
-    let server = http_server(dir.path(), &[]);
+    let server = Server::http_only(dir.path(), &[]);
     let addr = server.http.expect("http");
-    let etag = get(addr, "/live/cam/7.ts", &[])
+    let etag = fetch(addr, "/live/cam/7.ts", &[])
         .expect_header("etag")
         .to_string();
-    get(addr, "/live/cam/index.m3u8", &[]);
-    get(addr, "/live/cam/7.ts", &[("If-None-Match", &etag)]);
-    get(addr, "/live/cam/none.ts", &[]);
-    get(addr, "/live/cam/7.ts", &[("Range", "bytes=9999-")]);
-    get(addr, "/live/../etc/passwd", &[]);
-    let r = get(addr, "/metrics", &[]);
+    fetch(addr, "/live/cam/index.m3u8", &[]);
+    fetch(addr, "/live/cam/7.ts", &[("If-None-Match", &etag)]);
+    fetch(addr, "/live/cam/none.ts", &[]);
+    fetch(addr, "/live/cam/7.ts", &[("Range", "bytes=9999-")]);
+    fetch(addr, "/live/../etc/passwd", &[]);
+    let r = fetch(addr, "/metrics", &[]);
     assert_eq!(r.status, 200);
     assert!(r
         .expect_header("content-type")
@@ -502,7 +500,7 @@ fn metrics_count_responses_by_status_class() {
         (2, 1, 3, 0)
     );
     // The scrape itself is counted once it is answered.
-    let text = get(addr, "/metrics", &[]).text();
+    let text = fetch(addr, "/metrics", &[]).text();
     assert_eq!(
         metric(&text, "oxcast_http_responses_total{class=\"2xx\"}"),
         3
@@ -512,12 +510,12 @@ fn metrics_count_responses_by_status_class() {
 #[test]
 fn the_player_page_and_its_assets() {
     let (dir, _) = tree();
-    let server = http_server(
+    let server = Server::http_only(
         dir.path(),
         &["--player-assets", "/nonexistent/oxcast-assets"],
     );
     let addr = server.http.expect("http");
-    let page = get(addr, "/", &[]);
+    let page = fetch(addr, "/", &[]);
     assert_eq!(page.status, 200);
     assert_eq!(
         page.expect_header("content-type"),
@@ -529,26 +527,26 @@ fn the_player_page_and_its_assets() {
     let csp = page.expect_header("content-security-policy");
     assert!(csp.contains("script-src 'self'"), "{csp}");
     let etag = page.expect_header("etag").to_string();
-    assert_eq!(get(addr, "/", &[("If-None-Match", &etag)]).status, 304);
-    let js = get(addr, "/player/app.js", &[]);
+    assert_eq!(fetch(addr, "/", &[("If-None-Match", &etag)]).status, 304);
+    let js = fetch(addr, "/player/app.js", &[]);
     assert_eq!(js.status, 200);
     assert_eq!(
         js.expect_header("content-type"),
         "text/javascript; charset=utf-8"
     );
     assert!(js.text().contains("/api/streams"));
-    assert_eq!(get(addr, "/player/style.css", &[]).status, 200);
+    assert_eq!(fetch(addr, "/player/style.css", &[]).status, 200);
     // No assets directory: hls.js is absent, the page falls back to native HLS.
-    assert_eq!(get(addr, "/player/hls.min.js", &[]).status, 404);
+    assert_eq!(fetch(addr, "/player/hls.min.js", &[]).status, 404);
 
     let assets = tempfile::tempdir().expect("tempdir");
     write_aged(&assets.path().join("hls.min.js"), b"/* hls */", AGE);
     write_aged(&assets.path().join("secret.html"), b"<html>", AGE);
     std::fs::write(dir.path().join("outside.js"), b"/* outside */").expect("write");
     let assets_arg = assets.path().to_str().expect("utf-8 path");
-    let server = http_server(dir.path(), &["--player-assets", assets_arg]);
+    let server = Server::http_only(dir.path(), &["--player-assets", assets_arg]);
     let addr = server.http.expect("http");
-    let r = get(addr, "/player/hls.min.js", &[]);
+    let r = fetch(addr, "/player/hls.min.js", &[]);
     assert_eq!((r.status, r.text().as_str()), (200, "/* hls */"));
     assert_eq!(
         r.expect_header("content-type"),
@@ -563,7 +561,7 @@ fn the_player_page_and_its_assets() {
         "/player/sub/hls.min.js",
         "/player/",
     ] {
-        assert_eq!(get(addr, path, &[]).status, 404, "{path}");
+        assert_eq!(fetch(addr, path, &[]).status, 404, "{path}");
     }
 }
 
@@ -596,9 +594,9 @@ fn the_streams_api_reads_the_tree_in_the_http_role() {
         live.as_bytes(),
         Duration::from_secs(600),
     );
-    let server = http_server(root, &["--http-path-prefix", "/hls"]);
+    let server = Server::http_only(root, &["--http-path-prefix", "/hls"]);
     let addr = server.http.expect("http");
-    let r = get(addr, "/api/streams", &[("Origin", "https://dash.example")]);
+    let r = fetch(addr, "/api/streams", &[("Origin", "https://dash.example")]);
     assert_eq!(r.status, 200);
     assert_eq!(r.expect_header("content-type"), "application/json");
     assert_eq!(r.expect_header("access-control-allow-origin"), "*");
@@ -620,7 +618,7 @@ fn the_streams_api_reads_the_tree_in_the_http_role() {
     }
     assert_eq!(streams[1]["playlistUrl"], "/hls/flat.m3u8");
     // The playlist URL it gives is served.
-    assert_eq!(get(addr, "/hls/cam/index.m3u8", &[]).status, 200);
+    assert_eq!(fetch(addr, "/hls/cam/index.m3u8", &[]).status, 200);
     // Once the playlist stops being rewritten (3 target durations, at least
     // 10 s), the stream is no longer listed.
     let f = std::fs::File::options()
@@ -631,7 +629,7 @@ fn the_streams_api_reads_the_tree_in_the_http_role() {
         .expect("mtime");
     let names = wait_for("cam to drop out", Duration::from_secs(5), || {
         let json: serde_json::Value =
-            serde_json::from_slice(&get(addr, "/api/streams", &[]).body).ok()?;
+            serde_json::from_slice(&fetch(addr, "/api/streams", &[]).body).ok()?;
         let names: Vec<String> = json["streams"]
             .as_array()?
             .iter()
@@ -647,7 +645,7 @@ fn concurrent_first_requests_all_get_the_new_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
     let segment: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
     write_aged(&dir.path().join("cam/9.ts"), &segment, AGE);
-    let server = http_server(dir.path(), &[]);
+    let server = Server::http_only(dir.path(), &[]);
     let addr = server.http.expect("http");
     // A new segment at the live edge: every viewer asks at once, and the
     // server reads it once for all of them (see the unit tests of
@@ -661,9 +659,9 @@ fn concurrent_first_requests_all_get_the_new_segment() {
                 barrier.wait();
                 let range = format!("bytes={}-", i * 1000);
                 if i % 2 == 0 {
-                    (i, get(addr, "/live/cam/9.ts", &[]))
+                    (i, fetch(addr, "/live/cam/9.ts", &[]))
                 } else {
-                    (i, get(addr, "/live/cam/9.ts", &[("Range", &range)]))
+                    (i, fetch(addr, "/live/cam/9.ts", &[("Range", &range)]))
                 }
             })
         })

@@ -4,12 +4,11 @@
 //! slashes, backslashes, absolute paths, NUL, overlong names, and symlinks
 //! placed inside the root that point out of it.
 
-mod http_common;
-
 use std::os::unix::fs::symlink;
 use std::time::Duration;
 
-use http_common::{get, http_server, send_raw, write_aged};
+use oxcast_tests::http::{fetch, send_raw};
+use oxcast_tests::media::{write_aged, Server};
 
 /// Every file outside the root contains this; no response may.
 const SECRET: &str = "OXCAST-SECRET-7f3a";
@@ -36,11 +35,11 @@ fn no_request_reads_outside_the_root() {
     // Inside the root, a symlink that stays inside is harmless.
     symlink("1.ts", root.join("cam/in-link.ts")).expect("symlink");
 
-    let server = http_server(&root, &[]);
+    let server = Server::http_only(&root, &[]);
     let addr = server.http.expect("http listener");
 
     // The control: a legitimate file is served.
-    let ok = get(addr, "/live/cam/1.ts", &[]);
+    let ok = fetch(addr, "/live/cam/1.ts", &[]);
     assert_eq!((ok.status, ok.text().as_str()), (200, "inside segment"));
 
     let abs = b.join("secret.ts");
@@ -139,7 +138,7 @@ fn no_request_reads_outside_the_root() {
 
     // A symlink that stays inside the root may be followed (openat2), or
     // refused where the kernel lacks it; either way it serves inside bytes.
-    let r = get(addr, "/live/cam/in-link.ts", &[]);
+    let r = fetch(addr, "/live/cam/in-link.ts", &[]);
     assert!(
         (r.status == 200 && r.text() == "inside segment") || r.status == 404,
         "{} {:?}",
@@ -147,5 +146,5 @@ fn no_request_reads_outside_the_root() {
         r.text()
     );
     // The server is still fine.
-    assert_eq!(get(addr, "/live/cam/1.ts", &[]).status, 200);
+    assert_eq!(fetch(addr, "/live/cam/1.ts", &[]).status, 200);
 }

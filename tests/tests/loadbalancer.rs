@@ -28,13 +28,6 @@ const POOL: &str = "198.18.200.0/24";
 const OUTSIDE_POOL: &str = "198.18.201.7";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 fn in_pool(ip: Ipv4Addr) -> bool {
     let [a, b, c, _] = ip.octets();
     (a, b, c) == (198, 18, 200)
@@ -116,10 +109,7 @@ async fn pool_assigned(pools: &Api<DynamicObject>, expected: i64) {
 
 #[tokio::test]
 async fn load_balancer_services_get_addresses_from_the_metallb_pool() {
-    init_tracing();
-    let ctx = cluster::test_context("loadbalancer")
-        .await
-        .unwrap_or_else(|e| panic!("no test cluster: {e}"));
+    let ctx = cluster::expect_test_context("loadbalancer").await;
     let mut lb = MetalLb::start(ctx.cluster.kubeconfig(), POOL)
         .await
         .unwrap_or_else(|e| panic!("start MetalLB: {e}"));

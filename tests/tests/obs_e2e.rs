@@ -19,12 +19,15 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use oxcast_tests::media::http;
-use oxcast_tests::media::probe::{decode_errors, probe};
+use oxcast_tests::http;
+use oxcast_tests::media::probe::probe;
 use oxcast_tests::media::process::{run_ok, send_signal, terminate};
-use oxcast_tests::media::{have_ffmpeg, wait_for, Playlist, Server};
+use oxcast_tests::media::{
+    assert_decodes, assert_starts_with_keyframe, need_ffmpeg, poll_until, read_playlist,
+    wait_playlist, Playlist, Server,
+};
 
 /// One OBS at a time: each encodes in real time, and the machine may have
 /// two cores.
@@ -55,10 +58,7 @@ fn need_tools() {
             "{tool} is required for the OBS tests (apt-get install obs-studio xvfb; tests/run.sh does it)"
         );
     }
-    assert!(
-        have_ffmpeg(),
-        "ffmpeg and ffprobe are required (apt-get install ffmpeg)"
-    );
+    need_ffmpeg();
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
@@ -270,15 +270,11 @@ fn stream_with_obs(keyint_sec: u32, enough: impl Fn(&Playlist) -> bool) -> ObsRu
 
     let path = server.playlist_path(STREAM);
     let mut snapshots: Vec<Playlist> = Vec::new();
-    let deadline = Instant::now() + START_TIMEOUT + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(pl)) = Playlist::read(&path) {
+    let streamed = poll_until(START_TIMEOUT + Duration::from_secs(60), || {
+        if let Some(pl) = read_playlist(&path) {
             if snapshots.last() != Some(&pl) {
                 snapshots.push(pl);
             }
-        }
-        if snapshots.last().is_some_and(&enough) {
-            break;
         }
         if let Ok(Some(status)) = obs.child.try_wait() {
             panic!(
@@ -287,19 +283,19 @@ fn stream_with_obs(keyint_sec: u32, enough: impl Fn(&Playlist) -> bool) -> ObsRu
                 server.stderr()
             );
         }
-        assert!(
-            Instant::now() < deadline,
-            "not enough segments from OBS in time; last playlist: {:#?}\nOBS log:\n{}\nserver:\n{}",
-            snapshots.last(),
-            read_log(),
-            server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        snapshots.last().is_some_and(&enough).then_some(())
+    });
+    assert!(
+        streamed.is_some(),
+        "not enough segments from OBS in time; last playlist: {:#?}\nOBS log:\n{}\nserver:\n{}",
+        snapshots.last(),
+        read_log(),
+        server.stderr()
+    );
     // OBS stops streaming and quits cleanly on SIGINT (SIGTERM kills it
     // without closing the stream).
     send_signal(obs.child.id(), libc::SIGINT);
-    let exited = oxcast_tests::media::poll_until(Duration::from_secs(30), || {
+    let exited = poll_until(Duration::from_secs(30), || {
         obs.child.try_wait().ok().flatten()
     });
     assert!(
@@ -307,10 +303,11 @@ fn stream_with_obs(keyint_sec: u32, enough: impl Fn(&Playlist) -> bool) -> ObsRu
         "OBS did not quit within 30 s of SIGINT; log:\n{}",
         read_log()
     );
-    let ended = wait_for(
+    let ended = wait_playlist(
+        &path,
         "EXT-X-ENDLIST after OBS stopped",
         Duration::from_secs(20),
-        || Playlist::read(&path).ok().flatten().filter(|p| p.end_list),
+        |p| p.end_list,
     );
     let obs_log = read_log();
     drop(obs);
@@ -342,18 +339,10 @@ fn check_run(run: &ObsRun) -> Vec<f64> {
             s.uri
         );
         let seg = run.server.segment_path(STREAM, &s.uri);
-        let errors = decode_errors(&seg.to_string_lossy()).expect("ffmpeg");
-        assert!(
-            errors.trim().is_empty(),
-            "segment {} does not decode on its own:\n{errors}",
-            s.uri
-        );
+        let what = format!("segment {} on its own", s.uri);
+        assert_decodes(&seg, &what);
+        assert_starts_with_keyframe(&seg, &what);
         let p = probe(&seg, true).expect("ffprobe segment");
-        assert!(
-            p.packets_of("video").next().is_some_and(|k| k.is_key()),
-            "segment {} does not start with a keyframe",
-            s.uri
-        );
         assert!(
             p.packets_of("audio").next().is_some(),
             "no audio in {}",

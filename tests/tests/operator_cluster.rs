@@ -34,19 +34,8 @@ use oxcast_tests::operator::{
 /// seconds. Garbage collection of a new kind can take ~30 s to start.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 async fn context(prefix: &str) -> TestContext {
-    init_tracing();
-    let ctx = match cluster::test_context(prefix).await {
-        Ok(ctx) => ctx,
-        Err(e) => panic!("no test cluster: {e}"),
-    };
+    let ctx = cluster::expect_test_context(prefix).await;
     install_crd(&ctx.client).await.expect("install the CRD");
     ctx
 }

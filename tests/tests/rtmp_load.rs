@@ -7,13 +7,14 @@
 //!
 //! Run: `cargo test -p oxcast-tests --test rtmp_load`
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use oxcast_tests::media::probe::{decode_errors, probe};
+use oxcast_tests::media::probe::probe;
 use oxcast_tests::media::process::Running;
-use oxcast_tests::media::{have_ffmpeg, target_dir, wait_for, Playlist, Server};
+use oxcast_tests::media::{
+    assert_decodes, need_ffmpeg, read_playlist, target_dir, wait_for, wait_playlist, Server,
+};
 use serde_json::Value;
 
 const STREAMS: usize = 3;
@@ -24,14 +25,6 @@ const MAX_LAG_MS: f64 = 500.0;
 /// Encoding the capture (first run) plus the run itself.
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
-#[track_caller]
-fn read_playlist(path: &Path) -> Option<Playlist> {
-    match Playlist::read(path) {
-        Ok(p) => p,
-        Err(e) => panic!("unparsable playlist {}: {e}", path.display()),
-    }
-}
-
 fn number(report: &Value, pointer: &str) -> f64 {
     report
         .pointer(pointer)
@@ -41,10 +34,7 @@ fn number(report: &Value, pointer: &str) -> f64 {
 
 #[test]
 fn load_generator_publishes_looping_streams_to_oxcast() {
-    assert!(
-        have_ffmpeg(),
-        "ffmpeg and ffprobe are required (apt-get install ffmpeg)"
-    );
+    need_ffmpeg();
     let server = Server::builder().hls("fragment", "1s").start();
     let rtmp = server.rtmp.expect("the run role listens for RTMP");
     let url = format!("rtmp://{rtmp}/{}", server.app);
@@ -97,9 +87,12 @@ fn load_generator_publishes_looping_streams_to_oxcast() {
     // …and advances past the first loop of the capture.
     for (key, first) in keys.iter().zip(first) {
         let path = server.playlist_path(key);
-        let playlist = wait_for(&format!("{key}'s playlist to end"), RUN_TIMEOUT, || {
-            read_playlist(&path).filter(|p| p.end_list)
-        });
+        let playlist = wait_playlist(
+            &path,
+            &format!("{key}'s playlist to end"),
+            RUN_TIMEOUT,
+            |p| p.end_list,
+        );
         playlist.assert_rfc_valid();
         assert!(
             playlist.next_sequence() > first,
@@ -121,12 +114,7 @@ fn load_generator_publishes_looping_streams_to_oxcast() {
         let mut last_audio: Option<i64> = None;
         for seg in &playlist.segments {
             let file = server.segment_path(key, &seg.uri);
-            let errors = decode_errors(&file.to_string_lossy()).expect("ffmpeg");
-            assert!(
-                errors.trim().is_empty(),
-                "{key}/{}: decode errors: {errors}",
-                seg.uri
-            );
+            assert_decodes(&file, &format!("{key}/{}", seg.uri));
             let p = probe(&file, true).expect("ffprobe");
             assert!(p.stream("video").is_some() && p.stream("audio").is_some());
             for pkt in p.packets_of("video") {

@@ -16,6 +16,7 @@
 //! balancer, Ready would otherwise wait for an address.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -30,8 +31,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use oxcast_crds::live_application::LiveApplication;
 use oxcast_tests::cluster;
-use oxcast_tests::media::http;
 use oxcast_tests::operator::{has_condition, install_crd, TEST_MANAGER};
+use oxcast_tests::{http, wait};
 
 const NAMESPACE: &str = "oxcast-scale";
 /// Pods per fake node (the harness's node has 110, like a kubelet default).
@@ -45,13 +46,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    oxcast_tests::log::init_cli_tracing("warn");
     let count = match std::env::args().nth(1).map(|a| a.parse::<usize>()) {
         None => 500,
         Some(Ok(n)) if n > 0 => n,
@@ -342,21 +337,27 @@ impl Operator {
     }
 
     async fn wait_ready(&mut self) -> Result<(), BoxError> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Err(format!("the operator exited during startup: {status}").into());
-            }
-            if let Ok(r) = http::get(self.metrics, "/readyz") {
-                if r.status == 200 && self.scrape().is_ok_and(|m| m.leader == 1.0) {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err("the operator did not become ready and leader within 120 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let waited = wait::eventually(
+            "the operator to become ready and leader",
+            Duration::from_secs(120),
+            || {
+                let found: Option<Result<(), BoxError>> = match self.child.try_wait() {
+                    Err(e) => Some(Err(e.into())),
+                    Ok(Some(status)) => Some(Err(format!(
+                        "the operator exited during startup: {status}"
+                    )
+                    .into())),
+                    Ok(None) => {
+                        let ready = http::get(self.metrics, "/readyz")
+                            .is_ok_and(|r| r.status == 200)
+                            && self.scrape().is_ok_and(|m| m.leader == 1.0);
+                        ready.then_some(Ok(()))
+                    }
+                };
+                std::future::ready(Ok::<_, Infallible>(found))
+            },
+        );
+        waited.await?
     }
 
     fn scrape(&self) -> Result<Scrape, BoxError> {
@@ -372,21 +373,17 @@ impl Operator {
         at_least: f64,
         timeout: Duration,
     ) -> Result<Scrape, BoxError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let m = self.scrape()?;
-            if m.reconciles >= at_least {
-                return Ok(m);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "only {} of {at_least} reconciles within {timeout:?}",
-                    m.reconciles
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        let what = format!("{at_least} reconciles");
+        let waited = wait::eventually(&what, timeout, || {
+            // A failed scrape ends the wait; too few reconciles is "not yet".
+            let attempt = match self.scrape() {
+                Err(e) => Ok(Some(Err(e))),
+                Ok(m) if m.reconciles >= at_least => Ok(Some(Ok(m))),
+                Ok(m) => Err(format!("{} so far", m.reconciles)),
+            };
+            std::future::ready(attempt)
+        });
+        waited.await?
     }
 
     /// Resident set size and its peak, in MiB.

@@ -15,13 +15,7 @@ use oxcast_tests::cluster;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("oxcast_tests=info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    oxcast_tests::log::init_cli_tracing("oxcast_tests=info");
 
     let with_node = match std::env::args().nth(1).as_deref() {
         None => false,

@@ -95,13 +95,7 @@ fn seconds(v: f64, what: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    oxcast_tests::log::init_cli_tracing("info");
     let args = Args::parse();
     match run(args) {
         Ok(code) => code,

@@ -265,7 +265,8 @@ pub(crate) fn node_is_ready(node: &Node) -> bool {
         })
 }
 
-/// Polls `probe` until it yields `Some`, failing early when a component dies.
+/// Polls `probe` until it yields `Some`, failing early when a component dies
+/// ([`crate::wait::eventually`], with a dead component as a final value).
 async fn poll<T, F, Fut>(
     procs: &mut Processes,
     what: &str,
@@ -276,28 +277,19 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>, Error>>,
 {
-    let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(50);
-    let mut last_error = None;
-    loop {
-        procs.check_running()?;
-        match probe().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            // Not ready yet often shows as an error (connection refused,
-            // 403 while RBAC bootstraps); remember it for the time-out message.
-            Err(e) => last_error = Some(e.to_string()),
+    crate::wait::eventually(what, timeout, || {
+        let alive = procs.check_running();
+        let attempt = probe();
+        async move {
+            match alive {
+                Err(dead) => Ok(Some(Err(dead))),
+                // Not ready yet often shows as an error (connection refused,
+                // 403 while RBAC bootstraps): eventually reports the last.
+                Ok(()) => attempt.await.map(|found| found.map(Ok)),
+            }
         }
-        if Instant::now() >= deadline {
-            let what = match last_error {
-                Some(e) => format!("{what} (last error: {e})"),
-                None => what.to_string(),
-            };
-            return Err(Error::Timeout { what, timeout });
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
-    }
+    })
+    .await?
 }
 
 fn path_arg(flag: &str, path: &Path) -> String {
@@ -419,31 +411,38 @@ fn controller_manager_args(
     pki: &Pki,
     kubeconfig: &Path,
 ) -> Vec<String> {
-    vec![
-        path_arg("kubeconfig", kubeconfig),
-        path_arg("authentication-kubeconfig", kubeconfig),
-        path_arg("authorization-kubeconfig", kubeconfig),
-        "--bind-address=127.0.0.1".into(),
-        format!("--secure-port={}", ports.controller_manager),
-        path_arg("cert-dir", &run_dir.join("controller-manager")),
-        "--leader-elect=false".into(),
+    let mut args = component_args(
+        "controller-manager",
+        ports.controller_manager,
+        run_dir,
+        kubeconfig,
+    );
+    args.extend([
         "--cluster-name=oxcast-test".into(),
         path_arg("root-ca-file", &pki.ca_cert),
         path_arg("service-account-private-key-file", &pki.service_account_key),
         // Each controller acts as its own ServiceAccount, as in kubeadm
         // clusters, so RBAC gaps show up here too.
         "--use-service-account-credentials=true".into(),
-    ]
+    ]);
+    args
 }
 
 fn scheduler_args(run_dir: &Path, ports: &Ports, kubeconfig: &Path) -> Vec<String> {
+    component_args("scheduler", ports.scheduler, run_dir, kubeconfig)
+}
+
+/// What the controller manager and the scheduler share: `kubeconfig` for
+/// the API and for delegated authn/authz, loopback on `port`, certificates
+/// in `run_dir/name`, no leader election (one of each).
+fn component_args(name: &str, port: u16, run_dir: &Path, kubeconfig: &Path) -> Vec<String> {
     vec![
         path_arg("kubeconfig", kubeconfig),
         path_arg("authentication-kubeconfig", kubeconfig),
         path_arg("authorization-kubeconfig", kubeconfig),
         "--bind-address=127.0.0.1".into(),
-        format!("--secure-port={}", ports.scheduler),
-        path_arg("cert-dir", &run_dir.join("scheduler")),
+        format!("--secure-port={port}"),
+        path_arg("cert-dir", &run_dir.join(name)),
         "--leader-elect=false".into(),
     ]
 }

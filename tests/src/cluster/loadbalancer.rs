@@ -186,37 +186,45 @@ impl MetalLb {
     async fn wait_ready(&mut self, client: &Client) -> Result<(), Error> {
         let pools: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), NAMESPACE, &ip_address_pool_resource());
-        let deadline = Instant::now() + CONTROLLER_READY;
-        let mut delay = Duration::from_millis(50);
-        loop {
-            self.processes.check_running()?;
-            if let Some(reason) = rejected_config(&self.log).await {
-                return Err(Error::Config(format!(
-                    "MetalLB rejected IPAddressPool {NAMESPACE}/{POOL_NAME} with {:?}: {reason}",
-                    self.pool
-                )));
-            }
-            if let Some(pool) = pools.get_opt(POOL_NAME).await? {
-                let available = pool.data["status"]["availableIPv4"].as_i64().unwrap_or(0)
-                    + pool.data["status"]["availableIPv6"].as_i64().unwrap_or(0);
-                if available > 0 {
-                    return Ok(());
+        // A dead controller, a rejected pool or a failed read end the wait
+        // (a final `Err` value); only a pool without addresses is "not yet".
+        let waited = crate::wait::eventually("the pool", CONTROLLER_READY, || {
+            let alive = self.processes.check_running();
+            let log = self.log.clone();
+            let pool = self.pool.clone();
+            let pools = pools.clone();
+            async move {
+                if let Err(dead) = alive {
+                    return Ok::<_, Error>(Some(Err(dead)));
                 }
+                if let Some(reason) = rejected_config(&log).await {
+                    return Ok(Some(Err(Error::Config(format!(
+                        "MetalLB rejected IPAddressPool {NAMESPACE}/{POOL_NAME} with {pool:?}: {reason}"
+                    )))));
+                }
+                let loaded = match pools.get_opt(POOL_NAME).await {
+                    Err(e) => return Ok(Some(Err(e.into()))),
+                    Ok(found) => found.is_some_and(|pool| {
+                        pool.data["status"]["availableIPv4"].as_i64().unwrap_or(0)
+                            + pool.data["status"]["availableIPv6"].as_i64().unwrap_or(0)
+                            > 0
+                    }),
+                };
+                Ok(loaded.then_some(Ok(())))
             }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    what: format!(
-                        "the MetalLB controller to load IPAddressPool {NAMESPACE}/{POOL_NAME} \
-                         with {:?}; the end of {}:\n{}",
-                        self.pool,
-                        self.log.display(),
-                        process::log_tail(&self.log)
-                    ),
-                    timeout: CONTROLLER_READY,
-                });
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
+        });
+        match waited.await {
+            Ok(done) => done,
+            Err(_) => Err(Error::Timeout {
+                what: format!(
+                    "the MetalLB controller to load IPAddressPool {NAMESPACE}/{POOL_NAME} \
+                     with {:?}; the end of {}:\n{}",
+                    self.pool,
+                    self.log.display(),
+                    process::log_tail(&self.log)
+                ),
+                timeout: CONTROLLER_READY,
+            }),
         }
     }
 }

@@ -37,7 +37,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -104,6 +104,15 @@ pub enum Error {
     Startup(Arc<Error>),
     #[error("{0}")]
     Config(String),
+}
+
+impl From<crate::wait::TimedOut> for Error {
+    fn from(t: crate::wait::TimedOut) -> Self {
+        Error::Timeout {
+            what: t.described(),
+            timeout: t.timeout,
+        }
+    }
 }
 
 impl Error {
@@ -310,6 +319,22 @@ impl TestCluster {
         self.local.as_ref().map(|l| l.bins.dir())
     }
 
+    /// For a test that runs on the local control plane only (`why`: it
+    /// installs cluster-scoped objects, or runs binaries against it): the
+    /// directory of the control-plane binaries. On an existing cluster
+    /// (`OXCAST_TEST_USE_EXISTING_CLUSTER`) the test fails, saying why,
+    /// rather than passing without having run.
+    #[track_caller]
+    pub fn expect_local(&self, why: &str) -> &Path {
+        match self.bin_dir() {
+            Some(dir) => dir,
+            None => panic!(
+                "this test runs on the local control plane only ({why}); \
+                 unset {USE_EXISTING_CLUSTER_ENV} or skip it by name"
+            ),
+        }
+    }
+
     /// Scratch directory of a local cluster: `logs/` holds each component's log.
     pub fn run_dir(&self) -> Option<&Path> {
         self.local
@@ -462,6 +487,17 @@ impl TestContext {
     }
 }
 
+/// What a cluster test starts with: [`test_context`], with the tests'
+/// tracing set up ([`crate::log::init_tracing`]); panics when there is no
+/// cluster (a test without one fails, it does not pass untested).
+pub async fn expect_test_context(prefix: &str) -> TestContext {
+    crate::log::init_tracing();
+    match test_context(prefix).await {
+        Ok(ctx) => ctx,
+        Err(e) => panic!("no test cluster: {e}"),
+    }
+}
+
 /// Shared cluster + client + fresh namespace named after `prefix`.
 pub async fn test_context(prefix: &str) -> Result<TestContext, Error> {
     let cluster = shared().await?;
@@ -475,36 +511,16 @@ pub async fn test_context(prefix: &str) -> Result<TestContext, Error> {
 }
 
 /// Polls `probe` until it returns `Ok(Some(value))`, for conditions that
-/// cannot be watched. Errors count as "not yet" (an RBAC change, for one,
-/// takes a moment to apply) and the last one is reported on time-out.
-pub async fn eventually<T, E, F, Fut>(
-    what: &str,
-    timeout: Duration,
-    mut probe: F,
-) -> Result<T, Error>
+/// cannot be watched: [`crate::wait::eventually`] with this module's error.
+/// Errors count as "not yet" (an RBAC change, for one, takes a moment to
+/// apply) and the last one is reported on time-out.
+pub async fn eventually<T, E, F, Fut>(what: &str, timeout: Duration, probe: F) -> Result<T, Error>
 where
     E: Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>, E>>,
 {
-    let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(50);
-    loop {
-        let last_error = match probe().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => None,
-            Err(e) => Some(e.to_string()),
-        };
-        if Instant::now() >= deadline {
-            let what = match last_error {
-                Some(e) => format!("{what} (last error: {e})"),
-                None => what.to_string(),
-            };
-            return Err(Error::Timeout { what, timeout });
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
-    }
+    Ok(crate::wait::eventually(what, timeout, probe).await?)
 }
 
 /// Watches object `name` until `condition` holds and returns it: no polling

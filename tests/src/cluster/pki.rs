@@ -76,36 +76,27 @@ impl Pki {
 
         let (ca_path, ca) = new_ca(dir, "ca", "oxcast-test-ca")?;
 
-        let mut serving = CertificateParams::new(vec![
-            "localhost".to_string(),
-            "kubernetes".to_string(),
-            "kubernetes.default".to_string(),
-            "kubernetes.default.svc".to_string(),
-            "kubernetes.default.svc.cluster.local".to_string(),
-        ])?;
-        serving
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         // Both layouts' addresses: with a real node the API server listens on
         // the veth address and pods reach it through the `kubernetes` Service.
-        for ip in [
-            KUBERNETES_SERVICE_IP,
-            NODE_KUBERNETES_SERVICE_IP,
-            NODE_API_SERVER_IP,
-        ] {
-            serving
-                .subject_alt_names
-                .push(SanType::IpAddress(IpAddr::V4(ip)));
-        }
-        serving
-            .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
-        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        serving.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        let serving = sign(dir, "apiserver", serving, &ca)?;
+        let serving = serving_cert(
+            dir,
+            "apiserver",
+            "kube-apiserver",
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+            &[
+                Ipv4Addr::LOCALHOST,
+                KUBERNETES_SERVICE_IP,
+                NODE_KUBERNETES_SERVICE_IP,
+                NODE_API_SERVER_IP,
+            ],
+            &ca,
+        )?;
 
         let admin = client_cert(
             dir,
@@ -145,19 +136,14 @@ impl Pki {
             Some("system:nodes"),
             &ca,
         )?;
-        let mut kubelet_serving = CertificateParams::new(vec![NODE_NAME.to_string()])?;
-        kubelet_serving
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(NODE_IP)));
-        kubelet_serving
-            .distinguished_name
-            .push(DnType::CommonName, NODE_NAME);
-        kubelet_serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        kubelet_serving.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        let kubelet_serving = sign(dir, "kubelet-serving", kubelet_serving, &ca)?;
+        let kubelet_serving = serving_cert(
+            dir,
+            "kubelet-serving",
+            NODE_NAME,
+            &[NODE_NAME],
+            &[NODE_IP],
+            &ca,
+        )?;
         let apiserver_kubelet_client = client_cert(
             dir,
             "apiserver-kubelet-client",
@@ -212,6 +198,29 @@ fn new_ca(
     let path = dir.join(format!("{file_stem}.crt"));
     write(&path, &cert.pem())?;
     Ok((path, Issuer::new(params, key)))
+}
+
+/// A server certificate for `names` and `ips`, with common name `cn`.
+fn serving_cert(
+    dir: &Path,
+    file_stem: &str,
+    cn: &str,
+    names: &[&str],
+    ips: &[Ipv4Addr],
+    ca: &Issuer<'_, KeyPair>,
+) -> Result<CertPair, Error> {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(IpAddr::V4(*ip))));
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    sign(dir, file_stem, params, ca)
 }
 
 /// A client certificate: the API server maps CN to the user name and each O

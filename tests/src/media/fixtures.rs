@@ -86,9 +86,22 @@ impl std::fmt::Display for FixtureError {
 const FPS: u32 = 25;
 const ENCODE_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn video_args(size: &str, gop: u32) -> Vec<String> {
+// The encode recipe every generated capture shares (these fixtures and the
+// load generator's captures, src/load.rs): lavfi test sources, H.264 High
+// with B-frames and a fixed GOP, AAC.
+
+/// ffmpeg's global options for a quiet, non-interactive encode.
+pub(crate) const FFMPEG_QUIET: [&str; 5] = ["-nostdin", "-hide_banner", "-v", "error", "-y"];
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// x264 output options: High profile, 2 B-frames, a keyframe exactly every
+/// `gop` frames (no scene cuts), 4:2:0, scaled to `size`.
+pub(crate) fn video_args(size: &str, gop: u32) -> Vec<String> {
     let gop = gop.to_string();
-    [
+    strings(&[
         "-c:v",
         "libx264",
         "-preset",
@@ -107,22 +120,21 @@ fn video_args(size: &str, gop: u32) -> Vec<String> {
         "yuv420p",
         "-s",
         size,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ])
 }
 
-fn lavfi_video(size: &str) -> Vec<String> {
+/// The lavfi colour-bars-and-counter video source.
+pub(crate) fn lavfi_video(size: &str, fps: u32) -> Vec<String> {
     vec![
         "-f".into(),
         "lavfi".into(),
         "-i".into(),
-        format!("testsrc2=size={size}:rate={FPS}"),
+        format!("testsrc2=size={size}:rate={fps}"),
     ]
 }
 
-fn lavfi_audio(rate: u32) -> Vec<String> {
+/// The lavfi beeping-sine audio source.
+pub(crate) fn lavfi_audio(rate: u32) -> Vec<String> {
     vec![
         "-f".into(),
         "lavfi".into(),
@@ -131,7 +143,8 @@ fn lavfi_audio(rate: u32) -> Vec<String> {
     ]
 }
 
-fn aac_args(profile: &str, channels: u32, rate: u32) -> Vec<String> {
+/// AAC output options (ffmpeg's native encoder, `profile` such as `aac_low`).
+pub(crate) fn aac_args(profile: &str, channels: u32, rate: u32, kbps: u32) -> Vec<String> {
     vec![
         "-c:a".into(),
         "aac".into(),
@@ -142,7 +155,7 @@ fn aac_args(profile: &str, channels: u32, rate: u32) -> Vec<String> {
         "-ar".into(),
         rate.to_string(),
         "-b:a".into(),
-        "96k".into(),
+        format!("{kbps}k"),
     ]
 }
 
@@ -155,7 +168,7 @@ fn av_recipe(
 ) -> Vec<String> {
     let mut args = Vec::new();
     if let Some((size, _)) = video {
-        args.extend(lavfi_video(size));
+        args.extend(lavfi_video(size, FPS));
     }
     if let Some((_, _, rate)) = audio {
         args.extend(lavfi_audio(rate));
@@ -165,7 +178,7 @@ fn av_recipe(
         args.extend(video_args(size, gop));
     }
     if let Some((profile, channels, rate)) = audio {
-        args.extend(aac_args(profile, channels, rate));
+        args.extend(aac_args(profile, channels, rate, 96));
     }
     args.extend(["-f".to_string(), "flv".to_string()]);
     args
@@ -227,7 +240,7 @@ fn cache_dir() -> PathBuf {
 
 fn encode(args: &[String], out: &Path) -> Result<(), String> {
     let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-nostdin", "-hide_banner", "-v", "error", "-y"]);
+    cmd.args(FFMPEG_QUIET);
     cmd.args(args);
     cmd.arg(out);
     run_ok(cmd, ENCODE_TIMEOUT).map(|_| ())
@@ -264,7 +277,7 @@ fn generate(kind: Fixture) -> Result<Media, FixtureError> {
             std::fs::write(&list_path, list)
                 .map_err(|e| fail(format!("writing {}: {e}", list_path.display())))?;
             let mut cmd = Command::new("ffmpeg");
-            cmd.args(["-nostdin", "-hide_banner", "-v", "error", "-y"]);
+            cmd.args(FFMPEG_QUIET);
             cmd.args(["-f", "concat", "-safe", "0", "-i"]);
             cmd.arg(&list_path);
             cmd.args(["-c", "copy", "-f", "flv"]);

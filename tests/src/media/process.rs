@@ -5,6 +5,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::wait::poll_every;
+
+/// How often a child process is checked for having exited.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+
 /// What a finished (or killed) command left behind.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -85,18 +90,18 @@ impl Running {
 
     /// Waits up to `timeout` for the process to exit; kills it after that.
     pub fn wait(mut self, timeout: Duration) -> Finished {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break None;
-                }
+        // `Some(None)`: try_wait failed, give up on the process at once.
+        let exited = poll_every(EXIT_POLL, timeout, || match self.child.try_wait() {
+            Ok(Some(status)) => Some(Some(status)),
+            Ok(None) => None,
+            Err(_) => Some(None),
+        });
+        let status = match exited.flatten() {
+            Some(status) => Some(status),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                None
             }
         };
         self.collect(status)
@@ -143,12 +148,8 @@ pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
         return Some(status);
     }
     send_signal(child.id(), libc::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if let Some(status) = poll_every(EXIT_POLL, grace, || child.try_wait().ok().flatten()) {
+        return Some(status);
     }
     let _ = child.kill();
     child.wait().ok()

@@ -4,12 +4,18 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use super::checks::{read_playlist, wait_playlist};
 use super::fixtures::Media;
+use super::m3u8::Playlist;
 use super::process::{Finished, Running};
+use super::server::Server;
+use crate::wait::poll_until;
 
 /// Extra wall-clock time a real-time (`-re`) publish may take beyond the
 /// media's duration (connection set-up, a loaded CI machine).
 pub const PUBLISH_SLACK: Duration = Duration::from_secs(20);
+/// How long after its publisher stops a playlist may take to get ENDLIST.
+pub const END_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A running ffmpeg publisher (`ffmpeg -re -i FILE -c copy -f flv URL`).
 /// Dropping it stops ffmpeg.
@@ -86,6 +92,61 @@ impl Publisher {
 /// Publishes `media` to `url` in real time and waits until ffmpeg exits.
 pub fn publish(media: &Media, url: &str) -> Finished {
     Publisher::start(media, url).wait()
+}
+
+/// Publishes `media` to stream `key` of `server` in real time while
+/// snapshotting its playlist on every poll; calls `each` on every new
+/// snapshot. Returns the snapshots and asserts that ffmpeg exited
+/// successfully.
+#[track_caller]
+pub fn publish_watching(
+    server: &Server,
+    key: &str,
+    media: &Media,
+    mut each: impl FnMut(&Playlist),
+) -> Vec<Playlist> {
+    let path = server.playlist_path(key);
+    let mut publisher = Publisher::start(media, &server.rtmp_url(key));
+    let mut snapshots: Vec<Playlist> = Vec::new();
+    let limit = Duration::from_secs_f64(media.duration) + Duration::from_secs(30);
+    // Whether ffmpeg ends in time is checked below, with its output.
+    // Snapshots are taken only while ffmpeg runs, so `each` sees the
+    // stream live (a snapshot after the publisher left would not be).
+    poll_until(limit, || {
+        if !publisher.is_running() {
+            return Some(());
+        }
+        if let Some(pl) = read_playlist(&path) {
+            if snapshots.last() != Some(&pl) {
+                each(&pl);
+                snapshots.push(pl);
+            }
+        }
+        None
+    });
+    let done = publisher.wait_at_most(Duration::from_secs(5));
+    assert!(
+        done.success(),
+        "publisher to {key} failed ({:?}): {}",
+        done.status,
+        done.stderr
+    );
+    snapshots
+}
+
+/// Publishes `media` to stream `key` of `server`, requires ffmpeg to
+/// succeed, and returns the final playlist once it has `#EXT-X-ENDLIST`.
+#[track_caller]
+pub fn publish_to_end(server: &Server, key: &str, media: &Media) -> Playlist {
+    publish_watching(server, key, media, |_| {});
+    wait_ended(&server.playlist_path(key))
+}
+
+/// Waits (up to [`END_TIMEOUT`]) for `#EXT-X-ENDLIST` after a publisher
+/// stopped.
+#[track_caller]
+pub fn wait_ended(path: &Path) -> Playlist {
+    wait_playlist(path, "#EXT-X-ENDLIST", END_TIMEOUT, |p| p.end_list)
 }
 
 /// Plays `url` with ffmpeg for `seconds` of media, copying it into `out`

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::process::{run_ok, send_signal, terminate};
+use crate::wait::poll_every;
 
 /// How long a server may take to print its `listening` lines.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -129,6 +130,31 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Writes `contents` to `path` (creating directories) with its
+/// modification time `age` in the past, so `Last-Modified` is sent at once
+/// (the server withholds it during the second a file was modified in).
+#[track_caller]
+pub fn write_aged(path: &Path, contents: &[u8], age: Duration) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    std::fs::write(path, contents).expect("write");
+    let f = File::options().write(true).open(path).expect("open");
+    f.set_modified(std::time::SystemTime::now() - age)
+        .expect("set mtime");
+}
+
+/// Modification time of `path` in whole seconds since the epoch.
+#[track_caller]
+pub fn mtime_secs(path: &Path) -> i64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .expect("mtime")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
 }
 
 /// Builds the command line of one server process.
@@ -261,6 +287,17 @@ impl Server {
     /// A builder for the all-in-one role with app `app` on fresh temp root.
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
+    }
+
+    /// `oxcast-ingest http` serving the HLS tree at `root`, with extra
+    /// arguments.
+    #[track_caller]
+    pub fn http_only(root: &Path, args: &[&str]) -> Server {
+        let mut b = Server::builder().role(Role::Http).root(root);
+        for a in args {
+            b = b.arg(*a);
+        }
+        b.start()
     }
 
     fn start(b: ServerBuilder) -> Result<Server, String> {
@@ -433,16 +470,9 @@ impl Server {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.try_exit_status() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_every(Duration::from_millis(20), timeout, || {
+            self.try_exit_status()
+        })
     }
 
     /// Sends SIGTERM and waits up to `timeout` for a graceful exit.
