@@ -4,8 +4,9 @@
 //! `oxcast_storage_errors_total`, the stream goes on, and segments resume
 //! once the fault clears; the process never panics.
 //!
-//! The tmpfs and chattr cases need root (CI runs as root); elsewhere they
-//! print why they did not run.
+//! The tmpfs and chattr cases need root (CI runs as root) and an ext4-like
+//! file system for `chattr`; without them they fail with the reason, never
+//! pass without running.
 //!
 //! Run: `cargo test -p oxcast-tests --test storage_faults`
 
@@ -23,14 +24,7 @@ const FAULT_TIMEOUT: Duration = Duration::from_secs(20);
 fn storage_errors(server: &Server) -> u64 {
     let addr = server.http.expect("http listener");
     let body = http::get(addr, "/metrics").expect("GET /metrics").text();
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix("oxcast_storage_errors_total ")?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or(0)
+    http::metric(&body, "oxcast_storage_errors_total")
 }
 
 fn segment_count(playlist: &Path) -> Option<u64> {
@@ -100,12 +94,12 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
+    fn mount(size: &str) -> Tmpfs {
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("not run: mounting a tmpfs needs root");
-            return None;
-        }
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "mounting a tmpfs needs root: run the storage fault tests as root (CI does)"
+        );
         let dir = tempfile::tempdir().expect("mount point");
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "oxcast-test"])
@@ -113,7 +107,7 @@ impl Tmpfs {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "mount -t tmpfs failed although running as root");
-        Some(Tmpfs { dir })
+        Tmpfs { dir }
     }
 
     fn path(&self) -> PathBuf {
@@ -145,9 +139,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn full_disk_then_space_freed() {
-    let Some(fs) = Tmpfs::mount("600k") else {
-        return;
-    };
+    let fs = Tmpfs::mount("600k");
     let mut server = ServerBuilder::default()
         .root(&fs.path())
         .hls("fragment", "1s")
@@ -171,10 +163,10 @@ fn full_disk_then_space_freed() {
 #[test]
 fn unwritable_directory_then_writable_again() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("not run: chattr +i needs root");
-        return;
-    }
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "chattr +i needs root: run the storage fault tests as root (CI does)"
+    );
     let mut server = ServerBuilder::default().hls("fragment", "1s").start();
     let publisher = long_publisher(&server, "locked");
     let playlist = server.playlist_path("locked");
@@ -187,10 +179,11 @@ fn unwritable_directory_then_writable_again() {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !chattr("+i") {
-        eprintln!("not run: this file system does not support chattr +i");
-        return;
-    }
+    assert!(
+        chattr("+i"),
+        "chattr +i failed on {}: the test needs a file system with attributes (ext4)",
+        dir.display()
+    );
     let unlock = scopeguard(|| {
         let _ = Command::new("chattr").arg("-i").arg(&dir).status();
     });
