@@ -2,6 +2,7 @@
 //! segment naming and cleanup. The only part of the HLS path that does IO.
 
 pub mod cleanup;
+pub mod keys;
 pub mod layout;
 pub mod output;
 
