@@ -194,7 +194,8 @@ impl HlsEncryption {
         *self == Self::default()
     }
 
-    /// Checks the key path and that the chosen mode has what it needs.
+    /// Checks the key path (every role: ingest writes it into playlists,
+    /// HTTP serves it).
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let p = &self.key_path;
         if !p.starts_with('/')
@@ -213,7 +214,15 @@ impl HlsEncryption {
                 ),
             ));
         }
-        let a = &self.authorization;
+        Ok(())
+    }
+}
+
+impl KeyAuthorization {
+    /// Checks that the chosen mode has what it needs (the HTTP role's
+    /// concern: an ingest-only process never sees the secret).
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let a = self;
         match a.mode {
             KeyAuthMode::Signed if a.secret_file.is_none() && a.secret_name.is_none() => {
                 Err(InvalidSetting::new(
@@ -364,15 +373,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.encryption.fragments_per_key, 3);
+        // The ingest side needs no secret; key delivery does.
+        assert!(s.validate().is_ok());
+        let a = &mut s.encryption.authorization;
         assert_eq!(
-            s.validate().unwrap_err().field,
+            a.validate().unwrap_err().field,
             "hls.encryption.authorization.secretFile"
         );
-        s.encryption.authorization.secret_file = Some("/etc/oxcast/secret".into());
-        assert!(s.validate().is_ok());
-        s.encryption.authorization.mode = KeyAuthMode::Webhook;
+        a.secret_file = Some("/etc/oxcast/secret".into());
+        assert!(a.validate().is_ok());
+        a.mode = KeyAuthMode::Webhook;
         assert_eq!(
-            s.validate().unwrap_err().field,
+            a.validate().unwrap_err().field,
             "hls.encryption.authorization.webhookUrl"
         );
         s.encryption.authorization.mode = KeyAuthMode::Public;

@@ -56,6 +56,10 @@ pub struct CommonArgs {
     /// Log output format (logs go to stderr; filter with RUST_LOG).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Encrypt segments with AES-128 (ingest) and serve their keys (HTTP)
+    /// [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub hls_encryption: Option<bool>,
     /// Directory of the encryption keys, outside the HLS root (on the same
     /// volume when ingest and HTTP run apart) [default: `<hls-root>-keys`].
     #[arg(long)]
@@ -68,6 +72,9 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     pub fn apply(&self, c: &mut IngestConfig) {
+        if let Some(v) = self.hls_encryption {
+            c.hls.encryption.enabled = v;
+        }
         if let Some(p) = &self.hls_key_path {
             c.hls.encryption.key_path = p.clone();
         }
@@ -235,9 +242,6 @@ pub struct HlsFlags {
     /// Prefix for segment URIs in playlists [default: empty].
     #[arg(long)]
     pub hls_base_url: Option<String>,
-    /// Encrypt segments with AES-128 [default: false].
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub hls_encryption: Option<bool>,
     /// A new key every this many segments; 0 = one per publish [default: 6].
     #[arg(long)]
     pub hls_fragments_per_key: Option<u32>,
@@ -280,9 +284,6 @@ impl HlsFlags {
         }
         if let Some(v) = self.hls_base_url {
             s.base_url = v;
-        }
-        if let Some(v) = self.hls_encryption {
-            s.encryption.enabled = v;
         }
         if let Some(v) = self.hls_fragments_per_key {
             s.encryption.fragments_per_key = v;

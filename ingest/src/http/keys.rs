@@ -48,6 +48,8 @@ pub enum KeyDeliveryError {
     EmptySecret(PathBuf),
     #[error("hls.encryption.authorization.webhookUrl: {0}")]
     Webhook(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Invalid(#[from] oxcast_crds::InvalidSetting),
 }
 
 /// How often the secret files are looked at again (a rotated Kubernetes
@@ -265,6 +267,7 @@ impl KeyDelivery {
     /// Reads the secret (signed) or sets up the client (webhook).
     pub fn new(settings: &HlsEncryption, files: KeyFiles) -> Result<Self, KeyDeliveryError> {
         let a = &settings.authorization;
+        a.validate()?;
         let auth = match a.mode {
             KeyAuthMode::Public => {
                 tracing::warn!(
@@ -324,6 +327,11 @@ fn query_token(query: Option<&str>) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
+}
+
+/// Does the query carry a `token` parameter?
+pub fn has_token(query: Option<&str>) -> bool {
+    query_token(query).is_some()
 }
 
 fn unix_now() -> u64 {

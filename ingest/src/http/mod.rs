@@ -231,15 +231,25 @@ async fn serve_hls(State(state): State<HttpState>, request: Request) -> Response
         .unwrap_or_default();
     let mut response = match hls_path(rest) {
         Ok((rel, kind)) => {
-            let served = state
-                .hls
-                .serve(&rel, Policy::Hls(kind), method, headers)
-                .await;
-            match &state.keys {
-                Some(k) if k.carries_tokens() && kind == path::HlsKind::Playlist => {
-                    keys::carry_token_in_response(request.uri().query(), served).await
-                }
-                _ => served,
+            let carry = kind == path::HlsKind::Playlist
+                && state.keys.as_ref().is_some_and(|k| k.carries_tokens())
+                && keys::has_token(request.uri().query());
+            if carry {
+                // The whole playlist is rewritten, so ranges (ffmpeg sends
+                // `Range: bytes=0-`) are answered with all of it.
+                let mut whole = headers.clone();
+                whole.remove(header::RANGE);
+                whole.remove(header::IF_RANGE);
+                let served = state
+                    .hls
+                    .serve(&rel, Policy::Hls(kind), method, &whole)
+                    .await;
+                keys::carry_token_in_response(request.uri().query(), served).await
+            } else {
+                state
+                    .hls
+                    .serve(&rel, Policy::Hls(kind), method, headers)
+                    .await
             }
         }
         Err(Refused::TooLong) => error_response(StatusCode::URI_TOO_LONG),

@@ -57,6 +57,25 @@ pub fn request(addr: SocketAddr, method: &str, path: &str) -> io::Result<Respons
     parse_response(&raw, method == "HEAD")
 }
 
+/// `GET path` with extra request headers (e.g. `Cookie`).
+pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: oxcast-tests\r\nAccept: */*\r\nConnection: close\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.flush()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw, false)
+}
+
 fn parse_response(raw: &[u8], head_only: bool) -> io::Result<Response> {
     let end = raw
         .windows(4)
