@@ -20,6 +20,9 @@ need_apt=()
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The README's key-token snippets (tests/hls_encryption.rs); Node.js comes
+# with the browser tests below.
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # The shellcheck linter checks the scripts below; musl-gcc builds the static binaries
 # the container images ship (tests/tests/chart_images.rs, docker/).
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)

@@ -557,3 +557,84 @@ fn key_dir_inside_the_hls_root_is_refused() {
         .expect("a key directory inside the served tree must be refused");
     assert!(err.contains("inside the HLS root"), "{err}");
 }
+
+/// The fenced block of `lang` after `from` in `text`.
+#[track_caller]
+fn code_block<'a>(text: &'a str, lang: &str) -> &'a str {
+    let fence = format!("```{lang}\n");
+    let start = text
+        .find(&fence)
+        .unwrap_or_else(|| panic!("no {lang} block"))
+        + fence.len();
+    let len = text[start..].find("```").expect("closing fence");
+    &text[start..start + len]
+}
+
+#[test]
+fn readme_token_snippets_reproduce_the_published_vectors() {
+    use oxcast_tests::media::process::run_ok;
+    let have = |tool: &str| {
+        let mut cmd = std::process::Command::new(tool);
+        cmd.arg("--version");
+        run_ok(cmd, Duration::from_secs(10)).is_ok()
+    };
+    assert!(
+        have("python3"),
+        "python3 is required (apt-get install python3)"
+    );
+    assert!(have("node"), "node is required (apt-get install nodejs)");
+    let root = oxcast_tests::media::workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let at = readme
+        .find("#### Minting a key token")
+        .expect("README section for website developers");
+    let section = &readme[at..];
+    let vectors_path = root.join("docs/key-token-vectors.json");
+    let vectors: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&vectors_path).unwrap()).unwrap();
+    let expected: Vec<String> = vectors["sign"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["token"].as_str().unwrap().to_string())
+        .collect();
+    assert!(expected.len() >= 3);
+    // The vectors agree with the algorithm as the tests implement it.
+    for c in vectors["sign"].as_array().unwrap() {
+        assert_eq!(
+            mint(
+                c["secret"].as_str().unwrap(),
+                c["stream"].as_str().unwrap(),
+                c["expires"].as_u64().unwrap(),
+                c["viewer"].as_str().unwrap()
+            ),
+            c["token"].as_str().unwrap()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let py = dir.path().join("token.py");
+    std::fs::write(
+        &py,
+        format!(
+            "{}\nimport json, sys\nfor c in json.load(open(sys.argv[1]))['sign']:\n    print(oxcast_key_token(c['secret'].encode(), c['stream'], c['expires'], c['viewer']))\n",
+            code_block(section, "python")
+        ),
+    )
+    .unwrap();
+    let js = dir.path().join("token.js");
+    std::fs::write(
+        &js,
+        format!(
+            "{}\nfor (const c of require(process.argv[2]).sign) console.log(oxcastKeyToken(c.secret, c.stream, c.expires, c.viewer));\n",
+            code_block(section, "js")
+        ),
+    )
+    .unwrap();
+    for (tool, script) in [("python3", &py), ("node", &js)] {
+        let mut cmd = std::process::Command::new(tool);
+        cmd.arg(script).arg(&vectors_path);
+        let out = run_ok(cmd, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{tool}: {e}"));
+        let got: Vec<&str> = out.lines().collect();
+        assert_eq!(got, expected, "{tool} snippet");
+    }
+}

@@ -502,6 +502,61 @@ mod tests {
         assert!(carry_token(playlist, "").is_none());
     }
 
+    fn secret_files(dir: &std::path::Path, grace: Duration) -> SecretFiles {
+        let files = SecretFiles {
+            current: dir.join("secret"),
+            previous: Some(dir.join("previous")),
+            grace,
+            loaded: Mutex::new((
+                Instant::now(),
+                Secrets {
+                    current: Vec::new(),
+                    previous: None,
+                },
+            )),
+        };
+        let loaded = files.load().unwrap();
+        *files.loaded.lock().unwrap() = (Instant::now(), loaded);
+        files
+    }
+
+    #[tokio::test]
+    async fn previous_secret_is_accepted_only_within_its_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "new\n").unwrap();
+        std::fs::write(dir.path().join("previous"), "old").unwrap();
+        let within = secret_files(dir.path(), Duration::from_secs(3600));
+        assert_eq!(within.get().await, [b"new".to_vec(), b"old".to_vec()]);
+        let over = secret_files(dir.path(), Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(over.get().await, [b"new".to_vec()]);
+        // No previous file: just the current secret; an empty one is refused.
+        std::fs::remove_file(dir.path().join("previous")).unwrap();
+        assert_eq!(
+            secret_files(dir.path(), Duration::from_secs(60))
+                .get()
+                .await,
+            [b"new".to_vec()]
+        );
+        std::fs::write(dir.path().join("secret"), "\n").unwrap();
+        let empty = SecretFiles {
+            current: dir.path().join("secret"),
+            previous: None,
+            grace: Duration::ZERO,
+            loaded: Mutex::new((
+                Instant::now(),
+                Secrets {
+                    current: Vec::new(),
+                    previous: None,
+                },
+            )),
+        };
+        assert!(matches!(
+            empty.load(),
+            Err(KeyDeliveryError::EmptySecret(_))
+        ));
+    }
+
     #[test]
     fn webhook_viewers_differ_by_credentials_and_stream() {
         let mut a = HeaderMap::new();
