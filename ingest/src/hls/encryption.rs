@@ -56,9 +56,20 @@ impl SegmentCipher {
 
     /// Encrypts what whole blocks `plaintext` completes and returns them.
     pub fn update(&mut self, plaintext: &[u8]) -> Vec<u8> {
-        self.pending.extend_from_slice(plaintext);
-        let whole = self.pending.len() - self.pending.len() % BLOCK;
-        let mut out: Vec<u8> = self.pending.drain(..whole).collect();
+        let total = self.pending.len() + plaintext.len();
+        let whole = total - total % BLOCK;
+        if whole == 0 {
+            self.pending.extend_from_slice(plaintext);
+            return Vec::new();
+        }
+        // One copy of the input: into the output, encrypted in place; the
+        // incomplete last block (under 16 bytes) waits for more.
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&self.pending);
+        out.extend_from_slice(plaintext);
+        self.pending.clear();
+        self.pending.extend_from_slice(&out[whole..]);
+        out.truncate(whole);
         for block in out.chunks_exact_mut(BLOCK) {
             self.cbc
                 .encrypt_block_mut(GenericArray::from_mut_slice(block));

@@ -232,6 +232,7 @@ async fn serve_hls(State(state): State<HttpState>, request: Request) -> Response
     let mut response = match hls_path(rest) {
         Ok((rel, kind)) => {
             let carry = kind == path::HlsKind::Playlist
+                && method == Method::GET
                 && state.keys.as_ref().is_some_and(|k| k.carries_tokens())
                 && keys::has_token(request.uri().query());
             if carry {
