@@ -16,6 +16,8 @@
 #                        [--only oxcast|nginx] [--strict] [--keep]
 # Environment: STREAMS, WARMUP, MEASURE, OXCAST_BIN (skip the release build),
 #   OXCAST_ARGS (extra arguments for `oxcast-ingest rtmp`, word-split),
+#   HLS_KEYS=1 (AES-128 segment encryption in both servers, a new key every
+#   6 segments: oxcast --hls-encryption, nginx-rtmp hls_keys on),
 #   NGINX (default /usr/sbin/nginx), RTMP_MODULE (default Debian's
 #   /usr/lib/nginx/modules/ngx_rtmp_module.so), BENCH_CACHE (fixture cache,
 #   default ~/.cache/oxcast/bench), CARGO_TARGET_DIR.
@@ -257,6 +259,9 @@ bench_oxcast() {
     mkdir -p "$dir/hls"
     local extra=()
     if [ -n "${OXCAST_ARGS:-}" ]; then read -r -a extra <<<"$OXCAST_ARGS"; fi
+    if [ "${HLS_KEYS:-0}" = 1 ]; then
+        extra+=(--hls-encryption --hls-fragments-per-key 6 --hls-key-dir "$dir/keys")
+    fi
     "$bin" rtmp --rtmp-listen 127.0.0.1:0 --hls-root "$dir/hls" --app live "${extra[@]}" \
         >"$dir/stdout.log" 2>"$dir/stderr.log" &
     local spid=$!
@@ -285,6 +290,11 @@ bench_nginx() {
     if [ "$(id -u)" = 0 ]; then user_line="user root root;"; fi
     # hls_datetime exists only in some builds of the module (not in Debian's
     # 1.2.2); without it nginx-rtmp writes no PROGRAM-DATE-TIME at all.
+    local keys_lines="# no hls_keys"
+    if [ "${HLS_KEYS:-0}" = 1 ]; then
+        mkdir -p "$dir/keys"
+        keys_lines="hls_keys on; hls_key_path $dir/keys; hls_fragments_per_key 6; hls_key_url /keys/;"
+    fi
     local datetime_line="hls_datetime system;"
     if ! grep -aq hls_datetime "$RTMP_MODULE"; then
         datetime_line="# hls_datetime system; (not supported by this module build)"
@@ -311,6 +321,7 @@ rtmp {
             hls_nested on;
             hls_fragment_naming system;
             $datetime_line
+            $keys_lines
         }
     }
 }

@@ -56,7 +56,8 @@ install_needed() {
 }
 
 # Debian packages the tests drive for real: ffmpeg/ffprobe publish and
-# verify media; curl for HTTP checks in scripts; python3 for tests/tools.sh.
+# verify media; curl for HTTP checks in scripts; python3 for tests/tools.sh
+# and the README's key-token snippets (tests/hls_encryption.rs).
 need ffmpeg ffmpeg
 need ffprobe ffmpeg
 need curl curl

@@ -88,6 +88,159 @@ pub struct HlsSettings {
     pub playlist_type: PlaylistType,
     /// Prefix put before every segment URI in the playlist [hls_base_url].
     pub base_url: String,
+    /// AES-128 encryption of segments and how players get the keys
+    /// [hls_keys]. Off by default.
+    #[serde(skip_serializing_if = "HlsEncryption::is_default")]
+    pub encryption: HlsEncryption,
+}
+
+/// Who may fetch a stream's keys from the HTTP role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyAuthMode {
+    /// A token minted by the website (HMAC-SHA-256 over the stream name,
+    /// an expiry and an optional viewer id) on the playlist URL; the HTTP
+    /// role carries it onto the key URIs of the playlist it returns.
+    #[default]
+    Signed,
+    /// Like nginx's `auth_request`: the viewer's `Cookie` and
+    /// `Authorization` headers, the stream and the key id are sent to
+    /// `webhookUrl`; a 2xx answer serves the key.
+    Webhook,
+    /// Keys are served to anyone who asks. This is obscurity, not
+    /// protection: whoever has the playlist URL can play the stream.
+    Public,
+}
+
+/// How key requests are authorized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct KeyAuthorization {
+    pub mode: KeyAuthMode,
+    /// `signed`: file holding the HMAC secret (trailing whitespace is
+    /// ignored). The operator sets it to where it mounts `secretName`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
+    /// `signed`: file with the previous secret, accepted for
+    /// `previousSecretGrace` after that file was last written, so the
+    /// secret can be rotated without cutting off viewers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_file: Option<String>,
+    /// How long tokens signed with the previous secret stay valid after a
+    /// rotation (measured from the previous-secret file's modification time).
+    pub previous_secret_grace: HumanDuration,
+    /// `signed`, in a LiveApplication: the Secret (key `secret`, optional
+    /// key `previous`) the operator mounts into the HTTP pods only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// `webhook`: the URL asked about every key request (GET).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// `webhook`: no answer within this time denies the key.
+    pub webhook_timeout: HumanDuration,
+    /// `webhook`: a decision is reused this long for the same viewer
+    /// (Cookie and Authorization) and stream; 0 asks every time.
+    pub webhook_cache: HumanDuration,
+}
+
+impl Default for KeyAuthorization {
+    fn default() -> Self {
+        Self {
+            mode: KeyAuthMode::Signed,
+            secret_file: None,
+            previous_secret_file: None,
+            previous_secret_grace: HumanDuration::from_secs(3600),
+            secret_name: None,
+            webhook_url: None,
+            webhook_timeout: HumanDuration::from_secs(2),
+            webhook_cache: HumanDuration::from_secs(5),
+        }
+    }
+}
+
+/// AES-128 segment encryption [hls_keys, hls_fragments_per_key,
+/// hls_key_url]. Every segment is AES-128-CBC encrypted (PKCS#7 padding,
+/// RFC 8216 section 5.2) with its own random IV, written on the segment's
+/// `EXT-X-KEY` line; keys come from the operating system's CSPRNG and live
+/// outside the served HLS tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct HlsEncryption {
+    /// Encrypt segments [hls_keys].
+    pub enabled: bool,
+    /// A new key every this many segments; 0 = one key per publish
+    /// [hls_fragments_per_key].
+    pub fragments_per_key: u32,
+    /// URL path the HTTP role serves keys under, also used in the key URIs
+    /// of playlists (`<keyPath>/<stream>/<id>.key`) [hls_key_url].
+    pub key_path: String,
+    /// Who may fetch keys.
+    pub authorization: KeyAuthorization,
+}
+
+impl Default for HlsEncryption {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            fragments_per_key: 6,
+            key_path: "/keys".to_string(),
+            authorization: KeyAuthorization::default(),
+        }
+    }
+}
+
+impl HlsEncryption {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Checks the key path (every role: ingest writes it into playlists,
+    /// HTTP serves it).
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let p = &self.key_path;
+        if !p.starts_with('/')
+            || p.len() < 2
+            || p.ends_with('/')
+            || p.contains("..")
+            || p.contains("//")
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'))
+        {
+            return Err(InvalidSetting::new(
+                "hls.encryption.keyPath",
+                format!(
+                    "{p:?} must be an absolute URL path such as /keys, without a trailing slash"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl KeyAuthorization {
+    /// Checks that the chosen mode has what it needs (the HTTP role's
+    /// concern: an ingest-only process never sees the secret).
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let a = self;
+        match a.mode {
+            KeyAuthMode::Signed if a.secret_file.is_none() && a.secret_name.is_none() => {
+                Err(InvalidSetting::new(
+                    "hls.encryption.authorization.secretFile",
+                    "mode signed needs the HMAC secret: set secretFile (or secretName in a LiveApplication)",
+                ))
+            }
+            KeyAuthMode::Webhook if a.webhook_url.is_none() => Err(InvalidSetting::new(
+                "hls.encryption.authorization.webhookUrl",
+                "mode webhook needs webhookUrl",
+            )),
+            KeyAuthMode::Webhook if a.webhook_timeout.get().is_zero() => Err(InvalidSetting::new(
+                "hls.encryption.authorization.webhookTimeout",
+                "must be greater than zero",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for HlsSettings {
@@ -105,6 +258,7 @@ impl Default for HlsSettings {
             end_list: true,
             playlist_type: PlaylistType::Live,
             base_url: String::new(),
+            encryption: HlsEncryption::default(),
         }
     }
 }
@@ -121,6 +275,9 @@ impl HlsSettings {
     /// Checks the settings against each other: a positive fragment, and
     /// fragment ≤ maxFragment ≤ playlistLength.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.encryption.enabled {
+            self.encryption.validate()?;
+        }
         if self.fragment.get().is_zero() {
             return Err(InvalidSetting::new(
                 "hls.fragment",
@@ -201,5 +358,45 @@ mod tests {
         s.max_fragment = None;
         s.fragment = HumanDuration::from_secs(0);
         assert_eq!(s.validate().unwrap_err().field, "hls.fragment");
+    }
+
+    #[test]
+    fn encryption_is_off_by_default_and_checked_when_on() {
+        let s = HlsSettings::default();
+        assert!(!s.encryption.enabled);
+        assert_eq!(s.encryption.fragments_per_key, 6);
+        assert_eq!(s.encryption.key_path, "/keys");
+        // Left out of a rendered config while it is the default.
+        assert!(!serde_yaml::to_string(&s).unwrap().contains("encryption"));
+        let mut s: HlsSettings = serde_yaml::from_str(
+            "encryption:\n  enabled: true\n  fragmentsPerKey: 3\n  authorization:\n    mode: signed\n",
+        )
+        .unwrap();
+        assert_eq!(s.encryption.fragments_per_key, 3);
+        // The ingest side needs no secret; key delivery does.
+        assert!(s.validate().is_ok());
+        let a = &mut s.encryption.authorization;
+        assert_eq!(
+            a.validate().unwrap_err().field,
+            "hls.encryption.authorization.secretFile"
+        );
+        a.secret_file = Some("/etc/oxcast/secret".into());
+        assert!(a.validate().is_ok());
+        a.mode = KeyAuthMode::Webhook;
+        assert_eq!(
+            a.validate().unwrap_err().field,
+            "hls.encryption.authorization.webhookUrl"
+        );
+        s.encryption.authorization.mode = KeyAuthMode::Public;
+        for bad in ["keys", "/", "/keys/", "/a/../b", "/a b"] {
+            s.encryption.key_path = bad.into();
+            assert_eq!(
+                s.validate().unwrap_err().field,
+                "hls.encryption.keyPath",
+                "{bad}"
+            );
+        }
+        s.encryption.key_path = "/drm/keys".into();
+        assert!(s.validate().is_ok());
     }
 }

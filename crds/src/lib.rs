@@ -12,7 +12,10 @@ pub mod server;
 
 pub use auth::{AuthMode, AuthSettings, KeysAuth, WebhookAuth};
 pub use duration::HumanDuration;
-pub use hls::{DatetimeMode, FragmentNaming, HlsSettings, PlaylistType};
+pub use hls::{
+    DatetimeMode, FragmentNaming, HlsEncryption, HlsSettings, KeyAuthMode, KeyAuthorization,
+    PlaylistType,
+};
 pub use server::{
     HttpSettings, IngestConfig, OwnershipMode, OwnershipSettings, RtmpLimits, RtmpSettings,
 };

@@ -101,6 +101,12 @@ pub struct LiveApplicationSpec {
         validation = Rule::new("duration(self.playlistLength) >= (has(self.maxFragment) ? duration(self.maxFragment) : duration(self.fragment) + duration(self.fragment))")
             .message("hls.playlistLength must be at least hls.maxFragment, or twice hls.fragment when maxFragment is unset, so a playlist can hold a whole segment: raise playlistLength or lower fragment/maxFragment")
             .field_path(".playlistLength"),
+        validation = Rule::new("!has(self.encryption) || !has(self.encryption.enabled) || !self.encryption.enabled || (has(self.encryption.authorization) && has(self.encryption.authorization.mode) && self.encryption.authorization.mode != 'signed') || (has(self.encryption.authorization) && has(self.encryption.authorization.secretName))")
+            .message("hls.encryption.authorization.mode signed needs secretName: the Secret (key `secret`, optional `previous`) holding the key-token HMAC secret, mounted into the HTTP pods only")
+            .field_path(".encryption.authorization.secretName"),
+        validation = Rule::new("!has(self.encryption) || !has(self.encryption.enabled) || !self.encryption.enabled || !has(self.encryption.authorization) || !has(self.encryption.authorization.mode) || self.encryption.authorization.mode != 'webhook' || has(self.encryption.authorization.webhookUrl)")
+            .message("hls.encryption.authorization.mode webhook needs webhookUrl")
+            .field_path(".encryption.authorization.webhookUrl"),
     )]
     pub hls: HlsSettings,
     /// HLS over HTTP: where the HTTP server runs (a sidecar in each ingest

@@ -39,6 +39,10 @@ fn every_example_is_valid() {
             "stream-keys.yaml",
             include_str!("../../examples/stream-keys.yaml"),
         ),
+        (
+            "encrypted.yaml",
+            include_str!("../../examples/encrypted.yaml"),
+        ),
     ] {
         let mut found = 0;
         for doc in serde_yaml::Deserializer::from_str(text) {

@@ -204,6 +204,15 @@ impl IngestConfig {
                 format!("{prefix:?} must be an absolute URL path such as /live, without a trailing slash"),
             ));
         }
+        let keys = &self.hls.encryption.key_path;
+        let under =
+            |a: &str, b: &str| a == b || a.starts_with(&format!("{}/", b.trim_end_matches('/')));
+        if self.hls.encryption.enabled && (under(keys, prefix) || under(prefix, keys)) {
+            return Err(InvalidSetting::new(
+                "hls.encryption.keyPath",
+                format!("{keys:?} overlaps http.pathPrefix {prefix:?}: keys are never served under the HLS prefix"),
+            ));
+        }
         let cors = &self.http.cors_allow_origin;
         if !cors.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
             return Err(InvalidSetting::new(

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use oxcast_crds::{
-    DatetimeMode, FragmentNaming, HlsSettings, HumanDuration, IngestConfig, OwnershipMode,
-    PlaylistType,
+    DatetimeMode, FragmentNaming, HlsSettings, HumanDuration, IngestConfig, KeyAuthMode,
+    OwnershipMode, PlaylistType,
 };
 use serde::de::DeserializeOwned;
 
@@ -25,6 +25,8 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+// Parsed once at start; boxing the arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Role {
     /// RTMP ingest and HTTP serving in one process (the default).
@@ -54,6 +56,29 @@ pub struct CommonArgs {
     /// Log output format (logs go to stderr; filter with RUST_LOG).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Encrypt segments with AES-128 (ingest) and serve their keys (HTTP)
+    /// [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub hls_encryption: Option<bool>,
+    /// Directory of the encryption keys, outside the HLS root (on the same
+    /// volume when ingest and HTTP run apart) [default: `<hls-root>-keys`].
+    #[arg(long)]
+    pub hls_key_dir: Option<PathBuf>,
+    /// URL path keys are served under and named by in playlists
+    /// [default: /keys].
+    #[arg(long)]
+    pub hls_key_path: Option<String>,
+}
+
+impl CommonArgs {
+    pub fn apply(&self, c: &mut IngestConfig) {
+        if let Some(v) = self.hls_encryption {
+            c.hls.encryption.enabled = v;
+        }
+        if let Some(p) = &self.hls_key_path {
+            c.hls.encryption.key_path = p.clone();
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +172,29 @@ pub struct HttpArgs {
     /// browser's native HLS.
     #[arg(long, env = "OXCAST_PLAYER_ASSETS", default_value = "player/dist")]
     pub player_assets: PathBuf,
+    /// Who may fetch keys: signed | webhook | public [default: signed].
+    #[arg(long, value_parser = setting::<KeyAuthMode>)]
+    pub hls_key_auth: Option<KeyAuthMode>,
+    /// File with the HMAC secret for signed key tokens.
+    #[arg(long)]
+    pub hls_key_secret_file: Option<String>,
+    /// File with the previous HMAC secret, accepted for a grace period.
+    #[arg(long)]
+    pub hls_key_previous_secret_file: Option<String>,
+    /// How long the previous secret stays valid after it was written
+    /// [default: 1h].
+    #[arg(long)]
+    pub hls_key_previous_secret_grace: Option<HumanDuration>,
+    /// URL asked whether a viewer may have a key (webhook mode).
+    #[arg(long)]
+    pub hls_key_webhook_url: Option<String>,
+    /// Webhook answer deadline [default: 2s].
+    #[arg(long)]
+    pub hls_key_webhook_timeout: Option<HumanDuration>,
+    /// How long a webhook decision is reused per viewer and stream
+    /// [default: 5s].
+    #[arg(long)]
+    pub hls_key_webhook_cache: Option<HumanDuration>,
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +272,9 @@ pub struct HlsFlags {
     /// Prefix for segment URIs in playlists [default: empty].
     #[arg(long)]
     pub hls_base_url: Option<String>,
+    /// A new key every this many segments; 0 = one per publish [default: 6].
+    #[arg(long)]
+    pub hls_fragments_per_key: Option<u32>,
 }
 
 impl HlsFlags {
@@ -264,6 +315,9 @@ impl HlsFlags {
         if let Some(v) = self.hls_base_url {
             s.base_url = v;
         }
+        if let Some(v) = self.hls_fragments_per_key {
+            s.encryption.fragments_per_key = v;
+        }
     }
 }
 
@@ -302,6 +356,28 @@ impl HttpArgs {
         }
         if let Some(mib) = self.http_cache_size_mib {
             c.http.cache_size_mib = mib;
+        }
+        let a = &mut c.hls.encryption.authorization;
+        if let Some(v) = self.hls_key_auth {
+            a.mode = v;
+        }
+        if let Some(v) = &self.hls_key_secret_file {
+            a.secret_file = Some(v.clone());
+        }
+        if let Some(v) = &self.hls_key_previous_secret_file {
+            a.previous_secret_file = Some(v.clone());
+        }
+        if let Some(v) = self.hls_key_previous_secret_grace {
+            a.previous_secret_grace = v;
+        }
+        if let Some(v) = &self.hls_key_webhook_url {
+            a.webhook_url = Some(v.clone());
+        }
+        if let Some(v) = self.hls_key_webhook_timeout {
+            a.webhook_timeout = v;
+        }
+        if let Some(v) = self.hls_key_webhook_cache {
+            a.webhook_cache = v;
         }
     }
 }
@@ -501,6 +577,56 @@ mod tests {
         http.http.apply(&mut c);
         assert_eq!(c.http.cors_allow_origin, "");
         assert_eq!(c.http.cache_size_mib, 64);
+    }
+
+    #[test]
+    fn encryption_flags_override_the_file() {
+        let cli = parse(&[
+            "run",
+            "--hls-encryption",
+            "--hls-fragments-per-key",
+            "3",
+            "--hls-key-dir",
+            "/srv/keys",
+            "--hls-key-path",
+            "/drm",
+            "--hls-key-auth",
+            "webhook",
+            "--hls-key-webhook-url",
+            "http://127.0.0.1:9/auth",
+        ]);
+        let Some(Role::Run(run)) = cli.command else {
+            panic!("expected run")
+        };
+        let mut c = IngestConfig::default();
+        assert!(!c.hls.encryption.enabled, "off by default");
+        run.common.apply(&mut c);
+        run.rtmp.apply(&mut c);
+        run.http.apply(&mut c);
+        assert_eq!(run.common.hls_key_dir, Some(PathBuf::from("/srv/keys")));
+        let e = &c.hls.encryption;
+        assert!(e.enabled);
+        assert_eq!(e.fragments_per_key, 3);
+        assert_eq!(e.key_path, "/drm");
+        assert_eq!(e.authorization.mode, KeyAuthMode::Webhook);
+        assert!(c.validate().is_ok());
+        // The HTTP role alone takes the delivery flags.
+        let cli = parse(&[
+            "http",
+            "--hls-key-auth",
+            "signed",
+            "--hls-key-secret-file",
+            "/s",
+        ]);
+        let Some(Role::Http(http)) = cli.command else {
+            panic!("expected http")
+        };
+        let mut c = IngestConfig::default();
+        http.http.apply(&mut c);
+        assert_eq!(
+            c.hls.encryption.authorization.secret_file.as_deref(),
+            Some("/s")
+        );
     }
 
     #[test]

@@ -135,6 +135,7 @@ fn list_segments(events: &mut Vec<SegmentEvent>, window: &mut PlaylistWindow, mu
                     duration,
                     discontinuity: id.is_multiple_of(3),
                     program_date_time: Some(1_700_000_000_000 + id as i64),
+                    key: None,
                 },
                 450_000,
             );

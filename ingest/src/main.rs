@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
     };
     init_logging(common.log_format);
     let mut config = load_config(common.config.as_deref())?;
+    common.apply(&mut config);
     let rtmp_listen = rtmp.as_ref().map(|r| r.rtmp_listen);
     let http_listen = http.as_ref().map(|h| h.http_listen);
     let player_assets = http.as_ref().map(|h| h.player_assets.clone());
@@ -60,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         http_listen,
         ops_listen,
         hls_root: common.hls_root,
+        hls_key_dir: common.hls_key_dir,
         announce: plain_output,
         config,
         player_assets,

@@ -44,6 +44,13 @@ pub enum ServerError {
     HttpSetup(#[from] crate::http::HttpError),
     #[error("stream ownership: {0}")]
     Ownership(#[from] crate::ownership::LeaseSetupError),
+    #[error("the key directory {0} is inside the HLS root: keys would be part of the served tree; use a directory next to it (--hls-key-dir)")]
+    KeyDirInTree(PathBuf),
+    #[error("cannot use key directory {path}: {source}")]
+    KeyDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What to run: RTMP ingest, HTTP serving, or both (all-in-one).
@@ -55,6 +62,8 @@ pub struct ServerOptions {
     /// no HTTP listener of its own).
     pub ops_listen: Option<SocketAddr>,
     pub hls_root: PathBuf,
+    /// Key files of encrypted streams (default: `<hls_root>-keys`).
+    pub hls_key_dir: Option<PathBuf>,
     pub config: IngestConfig,
     /// hls.js for the player page (HTTP roles); see `--player-assets`.
     pub player_assets: Option<PathBuf>,
@@ -105,7 +114,27 @@ pub async fn run(
     if options.rtmp_listen.is_some() {
         std::fs::create_dir_all(&root).map_err(root_err)?;
     }
-    let layout = Layout::new(root.clone(), hls.nested);
+    let mut layout = Layout::new(root.clone(), hls.nested);
+    if let Some(dir) = &options.hls_key_dir {
+        layout = layout.with_key_dir(dir.clone());
+    }
+    let key_files = layout.key_files();
+    if hls.encryption.enabled {
+        if crate::store::keys::inside_tree(key_files.dir(), &root) {
+            return Err(ServerError::KeyDirInTree(key_files.dir().to_path_buf()));
+        }
+        if options.rtmp_listen.is_some() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(key_files.dir())
+                .map_err(|source| ServerError::KeyDir {
+                    path: key_files.dir().to_path_buf(),
+                    source,
+                })?;
+        }
+    }
     let streams = Arc::new(LiveStreams::default());
     let cleanup = Arc::new(CleanupQueue::default());
     let metrics = Arc::new(Metrics::default());
@@ -220,6 +249,13 @@ pub async fn run(
             settings: config.http.clone(),
             player_assets: options.player_assets.clone(),
             source,
+            keys: if hls.encryption.enabled {
+                let delivery = crate::http::keys::KeyDelivery::new(&hls.encryption, key_files)
+                    .map_err(crate::http::HttpError::from)?;
+                Some(Arc::new(delivery))
+            } else {
+                None
+            },
         };
         let app = crate::http::router(http_options, metrics.clone(), health.clone())?;
         crate::http::raise_fd_limit();
@@ -479,6 +515,7 @@ fn remove_stream_files(layout: &Layout, key: &StreamKey) {
     if layout.stream_dir(key) != layout.root() {
         let _ = std::fs::remove_dir(layout.stream_dir(key));
     }
+    layout.key_files().remove_stream(key);
 }
 
 /// Deletes segments whose grace period is over and, with cleanup on, an
@@ -544,6 +581,7 @@ mod tests {
                 duration: 180_000,
                 discontinuity: false,
                 program_date_time: None,
+                key: None,
             },
             i64::MAX,
         );

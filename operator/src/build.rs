@@ -50,6 +50,7 @@ const SHUTDOWN_MARGIN_SECONDS: i64 = 10;
 const VOLUME_CONFIG: &str = "config";
 const VOLUME_HLS: &str = "hls";
 const VOLUME_KEYS: &str = "stream-keys";
+const VOLUME_KEY_TOKEN: &str = "key-token";
 const VOLUME_API_ACCESS: &str = "kube-api-access";
 const PORT_RTMP: &str = "rtmp";
 const PORT_HTTP: &str = "http";
@@ -427,6 +428,9 @@ impl Builder<'_> {
         if self.leases() {
             volumes.push(self.api_access_volume());
         }
+        if sidecar {
+            volumes.extend(self.key_token_volume());
+        }
         let grace = PRE_STOP_SLEEP_SECONDS
             + self
                 .spec
@@ -464,7 +468,10 @@ impl Builder<'_> {
             rolling_update(),
             checksum,
             vec![self.http_container()],
-            vec![self.config_volume(), self.hls_volume()],
+            [self.config_volume(), self.hls_volume()]
+                .into_iter()
+                .chain(self.key_token_volume())
+                .collect(),
             PRE_STOP_SLEEP_SECONDS + SHUTDOWN_MARGIN_SECONDS,
         )
     }
@@ -538,7 +545,7 @@ impl Builder<'_> {
     }
 
     fn ingest_container(&self) -> Container {
-        let mut mounts = vec![config_mount(), hls_mount(false)];
+        let mut mounts = vec![config_mount(), hls_mount(false, self.spec)];
         if render::keys_secret(self.spec).is_some() {
             mounts.push(VolumeMount {
                 name: VOLUME_KEYS.to_string(),
@@ -560,13 +567,13 @@ impl Builder<'_> {
             image: Some(self.image.clone()),
             image_pull_policy: self.spec.image_pull_policy.map(|p| p.as_str().to_string()),
             command: Some(vec!["oxcast-ingest".to_string()]),
-            args: Some(
+            args: Some(with_key_dir(
                 [
                     "rtmp",
                     "--config",
                     &render::config_path(),
                     "--hls-root",
-                    render::HLS_ROOT,
+                    &render::hls_root(self.spec),
                     "--rtmp-listen",
                     &format!("0.0.0.0:{RTMP_CONTAINER_PORT}"),
                     "--ops-listen",
@@ -577,7 +584,8 @@ impl Builder<'_> {
                 ]
                 .map(str::to_string)
                 .to_vec(),
-            ),
+                self.spec,
+            )),
             // Who this replica is (Lease holder, heartbeat name) and where its
             // Leases live; read by `--replica-id` and `--lease-namespace`.
             env: Some(vec![
@@ -625,13 +633,13 @@ impl Builder<'_> {
             image: Some(self.image.clone()),
             image_pull_policy: self.spec.image_pull_policy.map(|p| p.as_str().to_string()),
             command: Some(vec!["oxcast-ingest".to_string()]),
-            args: Some(
+            args: Some(with_key_dir(
                 [
                     "http",
                     "--config",
                     &render::config_path(),
                     "--hls-root",
-                    render::HLS_ROOT,
+                    &render::hls_root(self.spec),
                     "--http-listen",
                     &format!("0.0.0.0:{HTTP_CONTAINER_PORT}"),
                     "--log-format",
@@ -639,7 +647,8 @@ impl Builder<'_> {
                 ]
                 .map(str::to_string)
                 .to_vec(),
-            ),
+                self.spec,
+            )),
             ports: Some(vec![ContainerPort {
                 name: Some(PORT_HTTP.to_string()),
                 container_port: HTTP_CONTAINER_PORT,
@@ -658,11 +667,37 @@ impl Builder<'_> {
             }),
             lifecycle: Some(pre_stop_sleep()),
             resources: self.spec.http.resources.clone(),
-            // The HTTP server only reads the tree.
-            volume_mounts: Some(vec![config_mount(), hls_mount(true)]),
+            // The HTTP server only reads the tree (and the keys); only it
+            // gets the key-token secret.
+            volume_mounts: Some(
+                [config_mount(), hls_mount(true, self.spec)]
+                    .into_iter()
+                    .chain(render::key_token_secret(self.spec).map(|_| VolumeMount {
+                        name: VOLUME_KEY_TOKEN.to_string(),
+                        mount_path: render::KEY_TOKEN_DIR.to_string(),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    }))
+                    .collect(),
+            ),
             security_context: Some(container_security_context()),
             ..Container::default()
         }
+    }
+
+    /// The key-token Secret (signed key delivery), for the HTTP container.
+    fn key_token_volume(&self) -> Option<Volume> {
+        let secret = render::key_token_secret(self.spec)?;
+        Some(Volume {
+            name: VOLUME_KEY_TOKEN.to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_string()),
+                // Owner and group (fsGroup) may read; nobody else.
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        })
     }
 
     fn config_volume(&self) -> Volume {
@@ -840,10 +875,19 @@ fn config_mount() -> VolumeMount {
     }
 }
 
-fn hls_mount(read_only: bool) -> VolumeMount {
+/// `args` plus `--hls-key-dir DIR` when the spec encrypts (the config file
+/// turns encryption on).
+fn with_key_dir(mut args: Vec<String>, spec: &LiveApplicationSpec) -> Vec<String> {
+    if let Some(dir) = render::key_dir(spec) {
+        args.extend(["--hls-key-dir".to_string(), dir]);
+    }
+    args
+}
+
+fn hls_mount(read_only: bool, spec: &LiveApplicationSpec) -> VolumeMount {
     VolumeMount {
         name: VOLUME_HLS.to_string(),
-        mount_path: render::HLS_ROOT.to_string(),
+        mount_path: render::volume_mount_path(spec).to_string(),
         read_only: read_only.then_some(true),
         ..VolumeMount::default()
     }

@@ -42,6 +42,10 @@ fn stream_keys() -> LiveApplication {
     example(include_str!("../../examples/stream-keys.yaml"))
 }
 
+fn encrypted() -> LiveApplication {
+    example(include_str!("../../examples/encrypted.yaml"))
+}
+
 fn pod(d: &Deployment) -> &PodSpec {
     d.spec
         .as_ref()
@@ -789,4 +793,76 @@ fn the_sidecar_layout_on_a_claim_mounts_credentials_into_the_ingest_container_on
     let config = ingest_config_of(&d);
     assert_eq!(config.ownership.mode, oxcast_crds::OwnershipMode::Leases);
     assert_eq!(config.ownership.lease_prefix.as_deref(), Some("live"));
+}
+
+#[test]
+fn encrypted_example_keeps_keys_on_the_volume_and_the_token_secret_in_http_only() {
+    let app = encrypted();
+    let desired = build(&app, &settings()).unwrap();
+    let config = ingest_config_of(&desired);
+    let e = &config.hls.encryption;
+    assert!(e.enabled);
+    assert_eq!(
+        e.authorization.secret_file.as_deref(),
+        Some("/var/run/oxcast/key-token/secret")
+    );
+    assert_eq!(
+        e.authorization.previous_secret_file.as_deref(),
+        Some("/var/run/oxcast/key-token/previous")
+    );
+    let ingest = &desired.deployments[0];
+    let arg_after = |c: &Container, flag: &str| -> Option<String> {
+        let args = c.args.as_ref()?;
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1).cloned()
+    };
+    for name in ["ingest", "http"] {
+        let c = container(ingest, name);
+        // The tree and the keys side by side on the one volume.
+        assert_eq!(
+            arg_after(c, "--hls-root").as_deref(),
+            Some("/var/lib/oxcast/data/hls")
+        );
+        assert_eq!(
+            arg_after(c, "--hls-key-dir").as_deref(),
+            Some("/var/lib/oxcast/data/keys")
+        );
+        let hls = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "hls")
+            .expect("hls volume mounted");
+        assert_eq!(hls.mount_path, "/var/lib/oxcast/data");
+        let token = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "key-token");
+        match name {
+            "http" => {
+                let m = token.expect("the HTTP container gets the token secret");
+                assert_eq!(m.mount_path, "/var/run/oxcast/key-token");
+                assert_eq!(m.read_only, Some(true));
+            }
+            _ => assert!(
+                token.is_none(),
+                "the ingest container gets no signing secret"
+            ),
+        }
+    }
+    let v = volume(ingest, "key-token");
+    let secret = v.secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("key-token"));
+    assert_eq!(secret.default_mode, Some(0o440));
+    assert_restricted(ingest);
+
+    // Without encryption nothing moves.
+    let plain = build(&minimal(), &settings()).unwrap();
+    let c = container(&plain.deployments[0], "ingest");
+    assert_eq!(
+        arg_after(c, "--hls-root").as_deref(),
+        Some("/var/lib/oxcast/hls")
+    );
+    assert!(arg_after(c, "--hls-key-dir").is_none());
 }

@@ -5,7 +5,7 @@
 //! thing only the operator knows: where it mounted the stream-keys Secret.
 
 use oxcast_crds::live_application::{LiveApplicationSpec, StorageSpec};
-use oxcast_crds::{AuthMode, IngestConfig, InvalidSetting, OwnershipMode};
+use oxcast_crds::{AuthMode, IngestConfig, InvalidSetting, KeyAuthMode, OwnershipMode};
 use sha2::{Digest, Sha256};
 
 /// Where the ConfigMap is mounted in every container.
@@ -17,6 +17,51 @@ pub const HLS_ROOT: &str = "/var/lib/oxcast/hls";
 /// Where the stream-keys Secret is mounted: a directory whose entries are
 /// the keys, which the server reads as such and re-reads on change.
 pub const KEYS_DIR: &str = "/var/run/oxcast/stream-keys";
+
+/// With `hls.encryption` on, the HLS volume is mounted here instead, and
+/// holds the tree and the encryption keys side by side ([`hls_root`],
+/// [`key_dir`]): keys on the shared volume, outside the served tree.
+pub const DATA_DIR: &str = "/var/lib/oxcast/data";
+/// Where the key-token Secret (`hls.encryption.authorization.secretName`)
+/// is mounted: in the HTTP containers only.
+pub const KEY_TOKEN_DIR: &str = "/var/run/oxcast/key-token";
+
+fn encrypted(spec: &LiveApplicationSpec) -> bool {
+    spec.hls.encryption.enabled
+}
+
+/// Where the HLS volume is mounted.
+pub fn volume_mount_path(spec: &LiveApplicationSpec) -> &'static str {
+    if encrypted(spec) {
+        DATA_DIR
+    } else {
+        HLS_ROOT
+    }
+}
+
+/// The HLS tree in the containers (`--hls-root`).
+pub fn hls_root(spec: &LiveApplicationSpec) -> String {
+    if encrypted(spec) {
+        format!("{DATA_DIR}/hls")
+    } else {
+        HLS_ROOT.to_string()
+    }
+}
+
+/// The key directory (`--hls-key-dir`), with encryption on.
+pub fn key_dir(spec: &LiveApplicationSpec) -> Option<String> {
+    encrypted(spec).then(|| format!("{DATA_DIR}/keys"))
+}
+
+/// The Secret holding the key-token HMAC secret (keys `secret`, optional
+/// `previous`), for signed key delivery.
+pub fn key_token_secret(spec: &LiveApplicationSpec) -> Option<&str> {
+    let e = &spec.hls.encryption;
+    (e.enabled && e.authorization.mode == KeyAuthMode::Signed)
+        .then_some(e.authorization.secret_name.as_deref())
+        .flatten()
+        .filter(|s| !s.is_empty())
+}
 
 /// Full path of the config file in the containers.
 pub fn config_path() -> String {
@@ -40,6 +85,11 @@ pub fn ingest_config(spec: &LiveApplicationSpec, app: &str) -> IngestConfig {
         if keys.secret_name.is_some() {
             keys.path = Some(KEYS_DIR.to_string());
         }
+    }
+    if key_token_secret(spec).is_some() {
+        let a = &mut config.hls.encryption.authorization;
+        a.secret_file = Some(format!("{KEY_TOKEN_DIR}/secret"));
+        a.previous_secret_file = Some(format!("{KEY_TOKEN_DIR}/previous"));
     }
     if uses_leases(&spec.storage) {
         // One Lease group per LiveApplication: two applications in one

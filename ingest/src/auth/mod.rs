@@ -7,7 +7,7 @@
 //! in a URL viewers can see — unlike nginx-rtmp, which keeps the key.
 
 mod keys;
-mod webhook;
+pub(crate) mod webhook;
 
 use std::net::SocketAddr;
 

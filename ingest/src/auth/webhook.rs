@@ -13,7 +13,7 @@ use oxcast_crds::WebhookAuth;
 use super::{AuthError, Decision, PublishRequest};
 use crate::stream_key::StreamKey;
 
-type HttpsClient = Client<
+pub(crate) type HttpsClient = Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
 >;
@@ -25,7 +25,7 @@ pub struct Webhook {
     client: HttpsClient,
 }
 
-fn parse_url(url: &str) -> Result<hyper::Uri, AuthError> {
+pub(crate) fn parse_url(url: &str) -> Result<hyper::Uri, AuthError> {
     let uri: hyper::Uri =
         url.parse()
             .map_err(|e: hyper::http::uri::InvalidUri| AuthError::WebhookUrl {
@@ -65,6 +65,18 @@ fn location_name(location: &str) -> &str {
     }
 }
 
+/// The HTTP(S) client webhooks are called with (also the key-delivery
+/// webhook of the HTTP role).
+pub(crate) fn https_client() -> Result<HttpsClient, AuthError> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(AuthError::Tls)?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
 impl Webhook {
     pub fn new(settings: &WebhookAuth) -> Result<Self, AuthError> {
         let url = parse_url(&settings.url)?;
@@ -73,13 +85,7 @@ impl Webhook {
             .as_deref()
             .map(parse_url)
             .transpose()?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(AuthError::Tls)?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new()).build(https);
+        let client = https_client()?;
         Ok(Self {
             url,
             done_url,

@@ -22,6 +22,75 @@ pub struct PlaylistEntry {
     pub discontinuity: bool,
     /// `EXT-X-PROGRAM-DATE-TIME`, Unix milliseconds.
     pub program_date_time: Option<i64>,
+    /// The AES-128 key and IV the segment is encrypted with; `None`: clear.
+    pub key: Option<SegmentKey>,
+}
+
+/// Which key decrypts a segment, as its `EXT-X-KEY` line names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentKey {
+    /// Key id: the number in the key's file name.
+    pub id: u64,
+    /// The key's URI as written in the playlist (`/keys/<stream>/<id>.key`).
+    pub uri: String,
+    /// The segment's IV (`IV=0x…`).
+    pub iv: [u8; 16],
+}
+
+impl SegmentKey {
+    /// The `EXT-X-KEY` tag for this key.
+    pub fn tag(&self) -> String {
+        let mut iv = String::with_capacity(32);
+        for b in self.iv {
+            let _ = write!(iv, "{b:02x}");
+        }
+        format!("#EXT-X-KEY:METHOD=AES-128,URI=\"{}\",IV=0x{iv}", self.uri)
+    }
+
+    /// Reads the attributes of an `EXT-X-KEY` line written by [`tag`](Self::tag).
+    fn parse_attributes(attrs: &str) -> Option<Option<Self>> {
+        let mut method = None;
+        let mut uri = None;
+        let mut iv = None;
+        let mut rest = attrs;
+        while !rest.is_empty() {
+            let (name, after) = rest.split_once('=')?;
+            let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+                let end = quoted.find('"')?;
+                let next = quoted[end + 1..]
+                    .strip_prefix(',')
+                    .unwrap_or(&quoted[end + 1..]);
+                (&quoted[..end], next)
+            } else {
+                after.split_once(',').unwrap_or((after, ""))
+            };
+            match name {
+                "METHOD" => method = Some(value),
+                "URI" => uri = Some(value),
+                "IV" => iv = Some(value),
+                _ => {}
+            }
+            rest = next;
+        }
+        match method? {
+            "NONE" => Some(None),
+            "AES-128" => {
+                let uri = uri?.to_string();
+                let hex = iv?.strip_prefix("0x").or_else(|| iv?.strip_prefix("0X"))?;
+                if hex.len() != 32 {
+                    return None;
+                }
+                let mut bytes = [0u8; 16];
+                for (i, b) in bytes.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+                }
+                let name = uri.rsplit('/').next()?;
+                let id = name.strip_suffix(".key")?.parse().ok()?;
+                Some(Some(Self { id, uri, iv: bytes }))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A duration in 90 kHz ticks as whole seconds the way a target duration
@@ -108,10 +177,24 @@ impl PlaylistWindow {
         dropped
     }
 
+    /// `EXT-X-VERSION`: 3 for decimal EXTINF durations, which also covers
+    /// the `IV` attribute of `EXT-X-KEY` (version 2, RFC 8216 §7).
+    pub fn version(&self) -> u8 {
+        let iv = if self.entries.iter().any(|e| e.key.is_some()) {
+            2
+        } else {
+            1
+        };
+        3.max(iv)
+    }
+
     /// The m3u8 text. `base_url` is put before every segment file name.
+    /// An `EXT-X-KEY` line is written before the first listed segment when
+    /// it is encrypted and wherever the key (or IV) changes, so the window
+    /// can slide without a segment losing its key.
     pub fn render(&self, base_url: &str) -> String {
-        let mut s = String::with_capacity(128 + self.entries.len() * 96);
-        s.push_str("#EXTM3U\n#EXT-X-VERSION:3\n");
+        let mut s = String::with_capacity(128 + self.entries.len() * 200);
+        let _ = write!(s, "#EXTM3U\n#EXT-X-VERSION:{}\n", self.version());
         let _ = writeln!(s, "#EXT-X-TARGETDURATION:{}", self.target_duration);
         let _ = writeln!(s, "#EXT-X-MEDIA-SEQUENCE:{}", self.media_sequence);
         if self.discontinuity_sequence > 0 {
@@ -127,10 +210,20 @@ impl PlaylistWindow {
         if self.independent_segments {
             s.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n");
         }
-        for e in &self.entries {
+        let mut previous_key: Option<&SegmentKey> = None;
+        for (i, e) in self.entries.iter().enumerate() {
             if e.discontinuity {
                 s.push_str("#EXT-X-DISCONTINUITY\n");
             }
+            match (&e.key, previous_key) {
+                (Some(k), p) if i == 0 || p != Some(k) => {
+                    s.push_str(&k.tag());
+                    s.push('\n');
+                }
+                (None, Some(_)) => s.push_str("#EXT-X-KEY:METHOD=NONE\n"),
+                _ => {}
+            }
+            previous_key = e.key.as_ref();
             if let Some(ms) = e.program_date_time {
                 let _ = writeln!(s, "#EXT-X-PROGRAM-DATE-TIME:{}", format_datetime(ms));
             }
@@ -152,6 +245,7 @@ impl PlaylistWindow {
         let mut w = PlaylistWindow::new(PlaylistType::Live, 1);
         let mut discontinuity = false;
         let mut pdt = None;
+        let mut key: Option<SegmentKey> = None;
         let mut duration = None;
         let mut saw_header = false;
         for (n, raw) in text.lines().enumerate() {
@@ -192,6 +286,8 @@ impl PlaylistWindow {
                     return Err(err("EXTINF out of range"));
                 }
                 duration = Some((secs * 90_000.0).round() as i64);
+            } else if let Some(v) = line.strip_prefix("#EXT-X-KEY:") {
+                key = SegmentKey::parse_attributes(v).ok_or_else(|| err("bad EXT-X-KEY"))?;
             } else if line == "#EXT-X-ENDLIST" {
                 w.ended = true;
             } else if line.starts_with('#') {
@@ -212,6 +308,7 @@ impl PlaylistWindow {
                     duration: duration.take().ok_or_else(|| err("URI without EXTINF"))?,
                     discontinuity: std::mem::take(&mut discontinuity),
                     program_date_time: pdt.take(),
+                    key: key.clone(),
                 });
             }
         }
@@ -260,6 +357,97 @@ mod tests {
             duration: secs * SEC,
             discontinuity,
             program_date_time: Some(1_700_000_000_000 + id as i64 * 1000),
+            key: None,
+        }
+    }
+
+    fn keyed(id: u64, key_id: u64) -> PlaylistEntry {
+        let mut iv = [0u8; 16];
+        iv[8..].copy_from_slice(&id.to_be_bytes());
+        PlaylistEntry {
+            key: Some(SegmentKey {
+                id: key_id,
+                uri: format!("/keys/cam/{key_id}.key"),
+                iv,
+            }),
+            ..entry(id, 2, false)
+        }
+    }
+
+    fn key_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("#EXT-X-KEY"))
+            .collect()
+    }
+
+    #[test]
+    fn every_listed_segment_keeps_its_key_line_as_the_window_slides() {
+        let mut w = PlaylistWindow::new(PlaylistType::Live, 2);
+        // Three segments per key, each with its own IV.
+        for id in 0..20u64 {
+            w.push(keyed(id, id - id % 3), 8 * SEC);
+            let text = w.render("");
+            assert!(text.contains("#EXT-X-VERSION:3\n"), "IV needs version >= 2");
+            // The first listed segment is preceded by its key line.
+            let first_uri = text.lines().position(|l| l.ends_with(".ts")).unwrap();
+            let before: Vec<&str> = text.lines().take(first_uri).collect();
+            let first = w.entries.front().unwrap();
+            assert!(
+                before.contains(&first.key.as_ref().unwrap().tag().as_str()),
+                "{text}"
+            );
+            // Every segment decrypts with the key its playlist names.
+            let parsed = PlaylistWindow::parse(&text, "").unwrap();
+            assert_eq!(parsed, w, "{text}");
+        }
+        let text = w.render("");
+        assert_eq!(w.entries.len(), 4);
+        // Per-segment IVs: a key line before every segment.
+        assert_eq!(key_lines(&text).len(), 4, "{text}");
+        assert!(
+            text.contains(
+                "#EXT-X-KEY:METHOD=AES-128,URI=\"/keys/cam/15.key\",IV=0x00000000000000000000000000000010\n\
+                 #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:36.000+00:00\n#EXTINF:2.000,\n16.ts\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn key_lines_only_where_the_key_changes_and_none_after_clear_segments() {
+        let mut w = PlaylistWindow::new(PlaylistType::Live, 2);
+        let shared = keyed(0, 0).key;
+        for id in 0..3 {
+            w.push(
+                PlaylistEntry {
+                    key: shared.clone(),
+                    ..entry(id, 2, false)
+                },
+                60 * SEC,
+            );
+        }
+        w.push(keyed(3, 3), 60 * SEC);
+        w.push(entry(4, 2, true), 60 * SEC);
+        let text = w.render("");
+        let lines = key_lines(&text);
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[2], "#EXT-X-KEY:METHOD=NONE");
+        assert_eq!(PlaylistWindow::parse(&text, "").unwrap(), w);
+        // Clear playlists carry no key lines.
+        let clear = PlaylistWindow::new(PlaylistType::Live, 2);
+        assert!(key_lines(&clear.render("")).is_empty());
+    }
+
+    #[test]
+    fn bad_key_lines_are_refused() {
+        for line in [
+            "#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"/k/1.key\",IV=0x00000000000000000000000000000000",
+            "#EXT-X-KEY:METHOD=AES-128,URI=\"/k/1.key\",IV=0x00",
+            "#EXT-X-KEY:METHOD=AES-128,URI=\"/k/x.key\",IV=0x00000000000000000000000000000000",
+            "#EXT-X-KEY:METHOD=AES-128,IV=0x00000000000000000000000000000000",
+        ] {
+            let text = format!("#EXTM3U\n{line}\n#EXTINF:1,\n1.ts\n");
+            assert!(PlaylistWindow::parse(&text, "").is_err(), "{line}");
         }
     }
 

@@ -8,6 +8,8 @@
 //!   and CORS ([`files`], [`path`], [`conditional`], [`cors`]).
 //! - `/`: the player page; `/player/…` its script, style and hls.js
 //!   ([`player`]).
+//! - `<keyPath>/<stream>/<id>.key` (default `/keys`, only with
+//!   `hls.encryption` on): keys of encrypted streams, authorized ([`keys`]).
 //! - `/api/streams`: live streams as JSON ([`api`]).
 //! - `/healthz`, `/readyz`: probes ([`health`]); `/metrics`: Prometheus.
 //!
@@ -21,10 +23,12 @@ pub mod cors;
 pub mod files;
 pub mod fs;
 pub mod health;
+pub mod keys;
 pub mod path;
 pub mod player;
 pub mod scan;
 pub mod sendfile;
+pub mod token;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,6 +58,8 @@ const ASSET_CACHE_BYTES: u64 = 16 << 20;
 pub enum HttpError {
     #[error("invalid http.corsAllowOrigin: {0}")]
     Cors(String),
+    #[error("key delivery: {0}")]
+    Keys(#[from] keys::KeyDeliveryError),
 }
 
 /// Everything the HTTP role needs to know.
@@ -66,6 +72,8 @@ pub struct HttpOptions {
     /// relies on native HLS.
     pub player_assets: Option<PathBuf>,
     pub source: StreamSource,
+    /// Key delivery, when `hls.encryption` is on.
+    pub keys: Option<Arc<keys::KeyDelivery>>,
 }
 
 /// Shared by all handlers.
@@ -80,6 +88,7 @@ pub struct HttpState {
     source: StreamSource,
     stream_list: Arc<api::ListCache>,
     health: Arc<Health>,
+    keys: Option<Arc<keys::KeyDelivery>>,
 }
 
 /// Builds the router for `options`.
@@ -109,12 +118,20 @@ pub fn router(
         source: options.source,
         stream_list: Arc::default(),
         health,
+        keys: options.keys.clone(),
     };
     let count = MapResponseLayer::new(move |response: Response| {
         metrics.http_responses.inc(status_class(response.status()));
         response
     });
-    Ok(Router::new()
+    let mut router = Router::new();
+    if let Some(k) = &options.keys {
+        router = router.route(
+            &format!("{}/{{stream}}/{{file}}", k.path()),
+            any(keys::serve_key),
+        );
+    }
+    Ok(router
         .route(&format!("{prefix}/{{*path}}"), any(serve_hls))
         .route("/", get(player::page))
         .route(
@@ -146,6 +163,7 @@ pub fn ops_router(
         source: StreamSource::Tree,
         stream_list: Arc::default(),
         health,
+        keys: None,
     };
     Ok(Router::new()
         .route("/healthz", get(health::live))
@@ -213,10 +231,27 @@ async fn serve_hls(State(state): State<HttpState>, request: Request) -> Response
         .unwrap_or_default();
     let mut response = match hls_path(rest) {
         Ok((rel, kind)) => {
-            state
-                .hls
-                .serve(&rel, Policy::Hls(kind), method, headers)
-                .await
+            let carry = kind == path::HlsKind::Playlist
+                && method == Method::GET
+                && state.keys.as_ref().is_some_and(|k| k.carries_tokens())
+                && keys::has_token(request.uri().query());
+            if carry {
+                // The whole playlist is rewritten, so ranges (ffmpeg sends
+                // `Range: bytes=0-`) are answered with all of it.
+                let mut whole = headers.clone();
+                whole.remove(header::RANGE);
+                whole.remove(header::IF_RANGE);
+                let served = state
+                    .hls
+                    .serve(&rel, Policy::Hls(kind), method, &whole)
+                    .await;
+                keys::carry_token_in_response(request.uri().query(), served).await
+            } else {
+                state
+                    .hls
+                    .serve(&rel, Policy::Hls(kind), method, headers)
+                    .await
+            }
         }
         Err(Refused::TooLong) => error_response(StatusCode::URI_TOO_LONG),
         Err(Refused::NotFound) => error_response(StatusCode::NOT_FOUND),

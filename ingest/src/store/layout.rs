@@ -14,14 +14,28 @@ pub const PARTIAL_SUFFIX: &str = ".part";
 pub struct Layout {
     root: PathBuf,
     nested: bool,
+    /// Key files of encrypted streams, outside the tree (see `store::keys`).
+    key_dir: PathBuf,
 }
 
 impl Layout {
     pub fn new(root: impl Into<PathBuf>, nested: bool) -> Self {
+        let root = root.into();
         Self {
-            root: root.into(),
+            key_dir: super::keys::default_key_dir(&root),
+            root,
             nested,
         }
+    }
+
+    /// Keys in `dir` instead of next to the root.
+    pub fn with_key_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.key_dir = dir.into();
+        self
+    }
+
+    pub fn key_files(&self) -> super::keys::KeyFiles {
+        super::keys::KeyFiles::new(self.key_dir.clone())
     }
 
     pub fn root(&self) -> &Path {

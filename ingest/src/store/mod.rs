@@ -5,6 +5,7 @@
 //! ([`cleanup`]).
 
 pub mod cleanup;
+pub mod keys;
 pub mod layout;
 pub mod output;
 pub mod writer;

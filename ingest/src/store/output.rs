@@ -15,9 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oxcast_crds::{DatetimeMode, FragmentNaming, HlsSettings};
 
+use super::keys::{released_keys, StreamEncryption};
 use super::layout::PARTIAL_SUFFIX;
 use super::{write_atomically, CleanupQueue, Layout};
-use crate::hls::{PlaylistEntry, PlaylistWindow, SegmentEvent};
+use crate::hls::{PlaylistEntry, PlaylistWindow, SegmentCipher, SegmentEvent, SegmentKey};
 use crate::metrics::{GaugeShare, Metrics};
 use crate::ownership::Fence;
 use crate::stream_key::StreamKey;
@@ -37,6 +38,10 @@ struct OpenSegment {
     file: Option<File>,
     discontinuity: bool,
     program_date_time: i64,
+    /// Encrypted streams: the segment's key line and its cipher, which
+    /// every byte goes through before it is written.
+    key: Option<SegmentKey>,
+    cipher: Option<SegmentCipher>,
     /// Time spent in storage calls for this segment so far.
     storage_time: Duration,
 }
@@ -69,6 +74,8 @@ pub struct HlsOutput {
     /// This publication's share of `live_streams`: counted from its first
     /// listed segment until it ends or loses the stream's ownership.
     live: GaugeShare,
+    /// Key rotation and key files when `hls.encryption` is on.
+    encryption: Option<StreamEncryption>,
 }
 
 fn now_unix_ms() -> i64 {
@@ -110,6 +117,12 @@ impl HlsOutput {
                             settings.playlist_length.get(),
                         );
                     }
+                    for id in released_keys(&Vec::from(h.window.entries.clone()), &fresh, None) {
+                        cleanup.schedule(
+                            layout.key_files().path(&key, id),
+                            settings.playlist_length.get(),
+                        );
+                    }
                 }
                 (
                     StreamHistory {
@@ -130,6 +143,10 @@ impl HlsOutput {
         // Without forced cuts every segment starts on a keyframe.
         history.window.independent_segments = settings.max_fragment.is_none();
         let live = GaugeShare::new(metrics.clone(), |m| &m.live_streams);
+        let e = &settings.encryption;
+        let encryption = e
+            .enabled
+            .then(|| StreamEncryption::new(layout.key_files(), e.fragments_per_key, &e.key_path));
         Self {
             key,
             layout,
@@ -143,6 +160,7 @@ impl HlsOutput {
             fence,
             fenced_logged: false,
             live,
+            encryption,
         }
     }
 
@@ -211,12 +229,32 @@ impl HlsOutput {
         part.push(PARTIAL_SUFFIX);
         let part_path = PathBuf::from(part);
         let mut storage_time = Duration::ZERO;
+        // Encrypted streams: never written in the clear; without a stored
+        // key the segment is dropped.
+        let (key, cipher) = match self
+            .encryption
+            .as_mut()
+            .map(|enc| timed(&mut storage_time, || enc.begin_segment(&self.key, id)))
+        {
+            None => (None, None),
+            Some(Ok((key, cipher))) => (Some(key), Some(cipher)),
+            Some(Err(e)) => {
+                self.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(stream = %self.key, error = %e, "cannot encrypt segment; this segment is dropped");
+                (None, None)
+            }
+        };
+        let encrypted_ok = self.encryption.is_none() || cipher.is_some();
         let file = timed(&mut storage_time, || {
+            if !encrypted_ok {
+                return Err(std::io::Error::other("no encryption key"));
+            }
             std::fs::create_dir_all(self.layout.stream_dir(&self.key))
                 .and_then(|()| File::create(&part_path))
         });
         let file = match file {
             Ok(f) => Some(f),
+            Err(_) if !encrypted_ok => None,
             Err(e) => {
                 self.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(stream = %self.key, path = %part_path.display(), error = %e, "cannot create segment; this segment is dropped");
@@ -231,6 +269,8 @@ impl HlsOutput {
             file,
             discontinuity,
             program_date_time,
+            key,
+            cipher,
             storage_time,
         });
     }
@@ -245,6 +285,14 @@ impl HlsOutput {
         }
         let Some(open) = &mut self.open else { return };
         if let Some(f) = &mut open.file {
+            let encrypted;
+            let bytes = match &mut open.cipher {
+                Some(cipher) => {
+                    encrypted = cipher.update(bytes);
+                    &encrypted[..]
+                }
+                None => bytes,
+            };
             if let Err(e) = timed(&mut open.storage_time, || f.write_all(bytes)) {
                 self.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(stream = %self.key, path = %open.part_path.display(), error = %e, "segment write failed; this segment is dropped");
@@ -275,10 +323,20 @@ impl HlsOutput {
         let Some(mut open) = self.open.take() else {
             return;
         };
-        let Some(file) = open.file.take() else {
+        let Some(mut file) = open.file.take() else {
             let _ = std::fs::remove_file(&open.part_path);
             return;
         };
+        if let Some(cipher) = open.cipher.take() {
+            let tail = cipher.finish();
+            if let Err(e) = timed(&mut open.storage_time, || file.write_all(&tail)) {
+                self.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(stream = %self.key, path = %open.part_path.display(), error = %e, "segment write failed; this segment is dropped");
+                drop(file);
+                let _ = std::fs::remove_file(&open.part_path);
+                return;
+            }
+        }
         let final_path = self.layout.segment_path(&self.key, &open.file_name);
         let renamed = timed(&mut open.storage_time, || {
             drop(file);
@@ -297,11 +355,26 @@ impl HlsOutput {
             discontinuity: open.discontinuity,
             program_date_time: (self.settings.datetime == DatetimeMode::System)
                 .then_some(open.program_date_time),
+            key: open.key,
         };
         tracing::debug!(stream = %self.key, id = entry.id, duration_ms = entry.extinf_millis(), "segment complete");
         let max = self.settings.playlist_length.as_90khz() as i64;
         let dropped = self.history.window.push(entry, max);
         if self.settings.cleanup {
+            if let Some(enc) = &self.encryption {
+                // A key goes with the last listed segment that used it,
+                // after the same grace (a player may hold an older playlist).
+                let grace = dropped
+                    .iter()
+                    .map(|d| Duration::from_millis(d.extinf_millis().max(0) as u64))
+                    .max()
+                    .unwrap_or_default()
+                    + self.settings.playlist_length.get();
+                for id in released_keys(&dropped, &self.history.window, enc.current_id()) {
+                    self.cleanup
+                        .schedule(enc.files().path(&self.key, id), grace);
+                }
+            }
             for old in dropped {
                 let grace = Duration::from_millis(old.extinf_millis().max(0) as u64)
                     + self.settings.playlist_length.get();
@@ -368,6 +441,10 @@ pub fn recover(
                 layout.segment_path(key, &name),
                 settings.playlist_length.get(),
             );
+        }
+        let keys = layout.key_files();
+        for id in keys.unreferenced(key, &window, None) {
+            cleanup.schedule(keys.path(key, id), settings.playlist_length.get());
         }
     }
     if !window.ended && settings.end_list && !window.entries.is_empty() {
@@ -515,5 +592,68 @@ mod tests {
         // Writing two tiny files to a temporary directory takes far less
         // than the segments last: the write histogram measures the writes.
         assert!(text.contains("oxcast_segment_write_seconds_bucket{le=\"1\"} 2\n"));
+    }
+
+    #[test]
+    fn encrypted_segments_decrypt_with_the_key_their_playlist_names() {
+        use crate::hls::encryption::decrypt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("live");
+        let layout = Layout::new(&root, true);
+        let mut settings = HlsSettings::default();
+        settings.encryption.enabled = true;
+        settings.encryption.fragments_per_key = 2;
+        settings.playlist_length = oxcast_crds::HumanDuration::from_secs(6);
+        settings.fragment = oxcast_crds::HumanDuration::from_secs(2);
+        settings.fragment_naming = FragmentNaming::Sequential;
+        let cleanup = Arc::new(CleanupQueue::default());
+        let key = StreamKey::parse("k").unwrap();
+        let mut out = HlsOutput::start(
+            key.clone(),
+            layout.clone(),
+            Arc::new(settings),
+            cleanup.clone(),
+            Arc::new(Metrics::default()),
+            None,
+            Fence::always(),
+        );
+        let plain: Vec<u8> = (0..188 * 10).map(|i| (i % 256) as u8).collect();
+        for n in 0..8i64 {
+            out.handle(SegmentEvent::Begin {
+                start: n * 180_000,
+                discontinuity: false,
+            });
+            for chunk in plain.chunks(100) {
+                out.handle(SegmentEvent::Bytes(chunk.to_vec()));
+            }
+            out.handle(SegmentEvent::End { duration: 180_000 });
+        }
+        let text = std::fs::read_to_string(layout.playlist_path(&key)).unwrap();
+        let window = PlaylistWindow::parse(&text, "").unwrap();
+        assert_eq!(window.entries.len(), 3, "{text}");
+        let keys = layout.key_files();
+        for e in &window.entries {
+            let k = e.key.as_ref().expect("every segment is encrypted");
+            assert_eq!(k.uri, format!("/keys/k/{}.key", k.id));
+            assert_eq!(k.id, e.id - e.id % 2, "a new key every 2 segments");
+            let on_disk = std::fs::read(layout.segment_path(&key, &e.file_name)).unwrap();
+            assert_ne!(on_disk[0], 0x47, "not a clear TS file");
+            let stored = keys.read(&key, k.id).unwrap();
+            assert_eq!(decrypt(&stored, &k.iv, &on_disk).unwrap(), plain);
+        }
+        // Keys outside the tree; the released ones are queued with the segments.
+        assert!(!keys.dir().starts_with(&root));
+        let queued = cleanup.take_due(Instant::now() + Duration::from_secs(60));
+        let released: Vec<_> = queued
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "key"))
+            .collect();
+        assert_eq!(
+            released,
+            [&keys.path(&key, 0), &keys.path(&key, 2)],
+            "keys 0 and 2 are no longer listed; 4 is (segment 5), 6 is current"
+        );
+        let history = out.finish();
+        assert!(history.window.ended);
     }
 }
