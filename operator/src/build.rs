@@ -32,7 +32,10 @@ use oxcast_crds::live_application::{
 use oxcast_crds::InvalidSetting;
 use serde::Serialize;
 
-use crate::names::{Component, Names, ANNOTATION_CONFIG_CHECKSUM, ANNOTATION_DESIRED_HASH};
+use crate::names::{
+    Component, Names, ANNOTATION_DESIRED_HASH, ANNOTATION_HTTP_CONFIG_CHECKSUM,
+    ANNOTATION_INGEST_CONFIG_CHECKSUM,
+};
 use crate::render;
 
 /// UID and GID the containers run as (distroless `nonroot`); the volumes'
@@ -203,7 +206,10 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
     let config = render::ingest_config(spec, name);
     render::validate(&config)?;
     let config_text = render::render(&config)?;
-    let checksum = render::checksum(&config_text);
+    let checksums = Checksums {
+        ingest: render::ingest_checksum(&config)?,
+        http: render::http_checksum(&config)?,
+    };
     let config_map = stamp(b.config_map(config_text))?;
     let service_account = stamp(b.service_account())?;
     let role = stamp(b.role())?;
@@ -215,9 +221,9 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
         .map(|_| stamp(b.pvc()))
         .transpose()?;
     let deployment_mode = spec.http.mode == HttpMode::Deployment;
-    let mut deployments = vec![stamp(b.ingest_deployment(&checksum))?];
+    let mut deployments = vec![stamp(b.ingest_deployment(&checksums))?];
     if deployment_mode {
-        deployments.push(stamp(b.http_deployment(&checksum))?);
+        deployments.push(stamp(b.http_deployment(&checksums))?);
     }
     let services = vec![stamp(b.rtmp_service())?, stamp(b.http_service())?];
 
@@ -255,6 +261,13 @@ fn stamp<K: Resource + Serialize>(mut obj: K) -> Result<K, serde_json::Error> {
     obj.annotations_mut()
         .insert(ANNOTATION_DESIRED_HASH.to_string(), hash[..16].to_string());
     Ok(obj)
+}
+
+/// Checksums of the two servers' parts of the config file, so a change
+/// rolls only the pods that read it (see [`render::ingest_checksum`]).
+struct Checksums {
+    ingest: String,
+    http: String,
 }
 
 struct Builder<'a> {
@@ -405,8 +418,13 @@ impl Builder<'_> {
         }
     }
 
-    fn ingest_deployment(&self, checksum: &str) -> Deployment {
+    fn ingest_deployment(&self, checksums: &Checksums) -> Deployment {
         let sidecar = self.spec.http.mode == HttpMode::Sidecar;
+        let mut config_annotations = vec![(ANNOTATION_INGEST_CONFIG_CHECKSUM, &checksums.ingest)];
+        if sidecar {
+            // The HTTP server runs in these pods too.
+            config_annotations.push((ANNOTATION_HTTP_CONFIG_CHECKSUM, &checksums.http));
+        }
         let mut containers = vec![self.ingest_container()];
         if sidecar {
             containers.push(self.http_container());
@@ -441,7 +459,7 @@ impl Builder<'_> {
             Component::Ingest,
             self.spec.replicas,
             self.ingest_strategy(),
-            checksum,
+            &config_annotations,
             containers,
             volumes,
             grace,
@@ -456,13 +474,13 @@ impl Builder<'_> {
         deployment
     }
 
-    fn http_deployment(&self, checksum: &str) -> Deployment {
+    fn http_deployment(&self, checksums: &Checksums) -> Deployment {
         self.deployment(
             self.names.http_deployment(),
             Component::Http,
             self.spec.http.replicas,
             rolling_update(),
-            checksum,
+            &[(ANNOTATION_HTTP_CONFIG_CHECKSUM, &checksums.http)],
             vec![self.http_container()],
             vec![self.config_volume(), self.hls_volume()],
             PRE_STOP_SLEEP_SECONDS + SHUTDOWN_MARGIN_SECONDS,
@@ -491,14 +509,16 @@ impl Builder<'_> {
         component: Component,
         replicas: i32,
         strategy: DeploymentStrategy,
-        checksum: &str,
+        config_checksums: &[(&str, &String)],
         containers: Vec<Container>,
         volumes: Vec<Volume>,
         termination_grace_seconds: i64,
     ) -> Deployment {
         let spec = self.spec;
         let mut annotations = spec.pod_annotations.clone();
-        annotations.insert(ANNOTATION_CONFIG_CHECKSUM.to_string(), checksum.to_string());
+        for (key, checksum) in config_checksums {
+            annotations.insert(key.to_string(), checksum.to_string());
+        }
         Deployment {
             metadata: self.meta(name, component),
             spec: Some(DeploymentSpec {

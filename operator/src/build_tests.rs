@@ -388,8 +388,13 @@ fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
         serde_yaml::from_str(text).expect("the server can read it");
     assert_eq!(config, oxcast_crds::IngestConfig::default());
     assert_eq!(
-        template_annotation(ingest, ANNOTATION_CONFIG_CHECKSUM),
-        Some(render::checksum(text))
+        template_annotation(ingest, ANNOTATION_INGEST_CONFIG_CHECKSUM),
+        render::ingest_checksum(&config).ok()
+    );
+    assert_eq!(
+        template_annotation(ingest, ANNOTATION_HTTP_CONFIG_CHECKSUM),
+        render::http_checksum(&config).ok(),
+        "the sidecar runs in the ingest pods"
     );
 
     let obsolete: Vec<_> = d
@@ -455,8 +460,11 @@ fn scale_out_example_shares_a_read_write_many_claim_with_an_http_deployment() {
                 .map(|c| c.claim_name.as_str()),
             Some("scale-out-hls")
         );
-        assert!(template_annotation(dep, ANNOTATION_CONFIG_CHECKSUM).is_some());
     }
+    assert!(template_annotation(ingest, ANNOTATION_INGEST_CONFIG_CHECKSUM).is_some());
+    assert!(template_annotation(ingest, ANNOTATION_HTTP_CONFIG_CHECKSUM).is_none());
+    assert!(template_annotation(http, ANNOTATION_HTTP_CONFIG_CHECKSUM).is_some());
+    assert!(template_annotation(http, ANNOTATION_INGEST_CONFIG_CHECKSUM).is_none());
     assert_eq!(
         container(ingest, "ingest")
             .resources
@@ -557,7 +565,8 @@ fn a_config_change_changes_the_pod_template_and_nothing_else_does_not() {
     let app = minimal();
     let before = build(&app, &settings()).expect("build");
     let again = build(&app, &settings()).expect("build");
-    let checksum = |d: &Desired| template_annotation(&d.deployments[0], ANNOTATION_CONFIG_CHECKSUM);
+    let checksum =
+        |d: &Desired| template_annotation(&d.deployments[0], ANNOTATION_INGEST_CONFIG_CHECKSUM);
     assert_eq!(
         checksum(&before),
         checksum(&again),
@@ -572,6 +581,73 @@ fn a_config_change_changes_the_pod_template_and_nothing_else_does_not() {
     changed.spec.hls.fragment = oxcast_crds::HumanDuration::from_secs(2);
     let after = build(&changed, &settings()).expect("build");
     assert_ne!(checksum(&before), checksum(&after), "new config, new pods");
+}
+
+/// The pod template of a Deployment, as its rollout trigger sees it.
+fn template(d: &Deployment) -> serde_json::Value {
+    serde_json::to_value(&d.spec.as_ref().expect("spec").template).expect("serialize")
+}
+
+#[test]
+fn http_only_changes_leave_the_ingest_pods_alone_and_ingest_only_changes_the_http_pods() {
+    let app = scale_out();
+    let before = build(&app, &settings()).expect("build");
+    let (ingest, http) = (&before.deployments[0], &before.deployments[1]);
+
+    // HTTP server settings and the HTTP pods' own fields.
+    let mut http_only = app.clone();
+    http_only.spec.http.settings.cors_allow_origin = "https://player.example".into();
+    http_only.spec.http.settings.cache_size_mib = 32;
+    http_only.spec.http.settings.path_prefix = "/hls".into();
+    http_only.spec.http.replicas = 4;
+    let after = build(&http_only, &settings()).expect("build");
+    assert_ne!(
+        before.config_map.data, after.config_map.data,
+        "the file changed"
+    );
+    assert_eq!(
+        template(ingest),
+        template(&after.deployments[0]),
+        "an HTTP-only change must not roll the ingest pods (publishers would be cut)"
+    );
+    assert_eq!(
+        ingest.metadata.annotations, after.deployments[0].metadata.annotations,
+        "the ingest Deployment is not even re-applied"
+    );
+    assert_ne!(
+        template(http),
+        template(&after.deployments[1]),
+        "the HTTP pods roll"
+    );
+
+    // Ingest-only settings: the HTTP pods stay.
+    for change in [
+        |a: &mut LiveApplication| a.spec.hls.fragment = oxcast_crds::HumanDuration::from_secs(3),
+        |a: &mut LiveApplication| a.spec.rtmp.settings.limits.max_publishers = 7,
+        |a: &mut LiveApplication| a.spec.rtmp.settings.allow_play = true,
+    ] {
+        let mut ingest_only = app.clone();
+        change(&mut ingest_only);
+        let after = build(&ingest_only, &settings()).expect("build");
+        assert_ne!(template(ingest), template(&after.deployments[0]));
+        assert_eq!(
+            template(http),
+            template(&after.deployments[1]),
+            "an ingest-only change must not roll the HTTP pods"
+        );
+    }
+
+    // Sidecar mode: the HTTP server lives in the ingest pods, so an HTTP
+    // change has to roll them.
+    let sidecar = minimal();
+    let before = build(&sidecar, &settings()).expect("build");
+    let mut changed = sidecar.clone();
+    changed.spec.http.settings.cors_allow_origin = "https://player.example".into();
+    let after = build(&changed, &settings()).expect("build");
+    assert_ne!(
+        template(&before.deployments[0]),
+        template(&after.deployments[0])
+    );
 }
 
 #[test]

@@ -342,7 +342,7 @@ async fn spec_changes_roll_the_pods_and_dropped_options_disappear() {
     let config_maps: Api<ConfigMap> = ctx.api();
     let before = wait_until(&deployments, "roll", "rolled out", rolled_out).await;
     let checksum =
-        template_annotation(&before, "live.oxcast.dev/config-checksum").expect("checksum");
+        template_annotation(&before, "live.oxcast.dev/ingest-config-checksum").expect("checksum");
     assert_eq!(
         template_annotation(&before, "example.com/team").as_deref(),
         Some("video")
@@ -398,7 +398,8 @@ async fn spec_changes_roll_the_pods_and_dropped_options_disappear() {
         "roll",
         "new pod template, rolled out",
         move |d: &Deployment| {
-            template_annotation(d, "live.oxcast.dev/config-checksum").is_some_and(|c| c != old)
+            template_annotation(d, "live.oxcast.dev/ingest-config-checksum")
+                .is_some_and(|c| c != old)
                 && rolled_out(d)
         },
     )
