@@ -68,6 +68,12 @@ pub const MAX_NAME_LENGTH: usize = 56;
     validation = Rule::new("self.replicas <= 1 || !has(self.storage.persistentVolumeClaim) || self.storage.persistentVolumeClaim.accessModes.exists(m, m == 'ReadWriteMany')")
         .message("more than one ingest replica shares the HLS volume: storage.persistentVolumeClaim.accessModes must include ReadWriteMany (or set replicas: 1)")
         .field_path(".storage.persistentVolumeClaim.accessModes"),
+    validation = Rule::new("self.replicas <= 1 || !has(self.storage.existingClaim) || self.storage.existingClaim.accessMode == 'ReadWriteMany'")
+        .message("storage.existingClaim.accessMode says the claim is mounted by one node (ReadWriteOnce) or one pod (ReadWriteOncePod) at a time, so replicas must be 0 or 1 (its pod is replaced with a Recreate rollout); to run more ingest replicas, use a ReadWriteMany claim and set storage.existingClaim.accessMode: ReadWriteMany")
+        .field_path(".replicas"),
+    validation = Rule::new("self.http.mode != 'deployment' || !has(self.storage.existingClaim) || self.storage.existingClaim.accessMode == 'ReadWriteMany'")
+        .message("http.mode deployment shares the HLS volume between ingest and HTTP pods: storage.existingClaim must be a ReadWriteMany claim (storage.existingClaim.accessMode: ReadWriteMany), or set http.mode: sidecar")
+        .field_path(".storage.existingClaim.accessMode"),
 )]
 pub struct LiveApplicationSpec {
     /// Container image of the ingest server (`oxcast-ingest`). Unset means
@@ -432,7 +438,8 @@ pub struct StorageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_volume_claim: Option<PvcStorage>,
     /// A PersistentVolumeClaim you manage; it must allow every pod that
-    /// mounts it (ReadWriteMany for more than one pod or node).
+    /// mounts it (ReadWriteMany for more than one pod or node). Declare its
+    /// access mode in `accessMode`: the operator does not read your claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing_claim: Option<ExistingClaim>,
 }
@@ -528,6 +535,25 @@ pub struct ExistingClaim {
     /// Name of the claim, in the LiveApplication's namespace.
     #[schemars(length(min = 1))]
     pub claim_name: String,
+    /// The claim's access mode, as you created it. ReadWriteMany (the
+    /// default) lets several ingest pods and an HTTP Deployment share it.
+    /// ReadWriteOnce (one node) or ReadWriteOncePod (one pod) allows one
+    /// ingest pod with the HTTP server as its sidecar, and its pod is
+    /// replaced with a Recreate rollout (the old pod stops before the new
+    /// one mounts the claim), so a rollout interrupts publishing.
+    #[serde(default = "read_write_many")]
+    pub access_mode: AccessMode,
+}
+
+fn read_write_many() -> AccessMode {
+    AccessMode::ReadWriteMany
+}
+
+impl ExistingClaim {
+    /// Whether pods on any nodes can mount the claim at once.
+    pub fn is_shared(&self) -> bool {
+        self.access_mode == AccessMode::ReadWriteMany
+    }
 }
 
 /// A Kubernetes quantity (`10Gi`, `500Mi`): integer or string, without the

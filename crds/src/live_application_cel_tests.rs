@@ -99,6 +99,15 @@ fn valid_edge_cases_pass() {
         "http": {"mode": "deployment"},
         "storage": {"existingClaim": {"claimName": "hls"}},
     }));
+    // A claim you manage, declared ReadWriteOnce: one pod, HTTP as its sidecar.
+    ok(serde_json::json!({
+        "replicas": 1,
+        "storage": {"existingClaim": {"claimName": "hls", "accessMode": "ReadWriteOnce"}},
+    }));
+    ok(serde_json::json!({
+        "replicas": 0,
+        "storage": {"existingClaim": {"claimName": "hls", "accessMode": "ReadWriteOncePod"}},
+    }));
     // Root path prefix; keys and webhook auth with what they need.
     ok(serde_json::json!({"http": {"pathPrefix": "/"}}));
     ok(serde_json::json!({"rtmp": {"auth": {"mode": "keys", "keys": {"secretName": "k"}}}}));

@@ -149,13 +149,13 @@ pub fn validate(spec: &LiveApplicationSpec) -> Result<(), InvalidSetting> {
     if spec.http.mode == HttpMode::Deployment && !shared_volume(storage) {
         return invalid(
             "http.mode",
-            "http.mode deployment needs a volume the HTTP pods can share: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim",
+            "http.mode deployment needs a volume the HTTP pods can share: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim with accessMode ReadWriteMany",
         );
     }
     if spec.replicas > 1 && !shared_volume(storage) {
         return invalid(
             "replicas",
-            "more than one ingest replica needs a shared volume: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim",
+            "more than one ingest replica needs a shared volume: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim with accessMode ReadWriteMany",
         );
     }
     // The Lease prefix (the application's name) is checked by `build`,
@@ -165,7 +165,10 @@ pub fn validate(spec: &LiveApplicationSpec) -> Result<(), InvalidSetting> {
 
 /// Whether several pods, on any nodes, can mount the HLS volume.
 fn shared_volume(storage: &StorageSpec) -> bool {
-    storage.existing_claim.is_some()
+    storage
+        .existing_claim
+        .as_ref()
+        .is_some_and(|c| c.is_shared())
         || storage
             .persistent_volume_claim
             .as_ref()
@@ -487,18 +490,29 @@ impl Builder<'_> {
         )
     }
 
-    /// A ReadWriteOnce claim can only be mounted on one node at a time, so
-    /// the old pod must go before the new one starts; everything else
-    /// surges a new pod first, so the application stays reachable.
+    /// A ReadWriteOnce claim can only be mounted on one node at a time (a
+    /// ReadWriteOncePod one by one pod), whether the operator created it or
+    /// the user declared it in `existingClaim.accessMode`: the old pod must
+    /// go before the new one starts, or the new one hangs in
+    /// ContainerCreating on another node. Everything else surges a new pod
+    /// first, so the application stays reachable.
     fn ingest_strategy(&self) -> DeploymentStrategy {
-        match &self.spec.storage.persistent_volume_claim {
-            Some(pvc) if !pvc.access_modes.contains(&AccessMode::ReadWriteMany) => {
-                DeploymentStrategy {
-                    type_: Some("Recreate".to_string()),
-                    rolling_update: None,
-                }
+        let storage = &self.spec.storage;
+        let single_node = storage
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|pvc| !pvc.access_modes.contains(&AccessMode::ReadWriteMany))
+            || storage
+                .existing_claim
+                .as_ref()
+                .is_some_and(|c| !c.is_shared());
+        if single_node {
+            DeploymentStrategy {
+                type_: Some("Recreate".to_string()),
+                rolling_update: None,
             }
-            _ => rolling_update(),
+        } else {
+            rolling_update()
         }
     }
 

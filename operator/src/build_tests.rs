@@ -705,14 +705,74 @@ fn read_write_once_claims_recreate_instead_of_surging() {
         existing_claim: None,
     };
     let d = build(&app, &settings()).expect("build");
-    assert_eq!(
-        d.deployments[0]
-            .spec
-            .as_ref()
-            .and_then(|s| s.strategy.as_ref())
-            .and_then(|s| s.type_.as_deref()),
-        Some("Recreate")
-    );
+    assert_eq!(strategy(&d.deployments[0]), Some("Recreate"));
+}
+
+fn strategy(d: &Deployment) -> Option<&str> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.strategy.as_ref())
+        .and_then(|s| s.type_.as_deref())
+}
+
+fn existing_claim(mode: AccessMode) -> StorageSpec {
+    StorageSpec {
+        empty_dir: None,
+        persistent_volume_claim: None,
+        existing_claim: Some(oxcast_crds::live_application::ExistingClaim {
+            claim_name: "shared-hls".into(),
+            access_mode: mode,
+        }),
+    }
+}
+
+#[test]
+fn existing_claims_declared_read_write_once_recreate_and_allow_one_pod() {
+    for mode in [AccessMode::ReadWriteOnce, AccessMode::ReadWriteOncePod] {
+        let mut app = minimal();
+        app.spec.storage = existing_claim(mode);
+        let d = build(&app, &settings()).expect("build");
+        assert_eq!(
+            d.deployments.len(),
+            1,
+            "{mode:?}: the HTTP server is a sidecar"
+        );
+        assert_eq!(strategy(&d.deployments[0]), Some("Recreate"), "{mode:?}");
+        assert_eq!(
+            d.deployments[0]
+                .spec
+                .as_ref()
+                .and_then(|s| s.strategy.as_ref())
+                .and_then(|s| s.rolling_update.as_ref()),
+            None
+        );
+
+        // The operator re-checks what the CRD's CEL rules reject.
+        let mut scaled = app.clone();
+        scaled.spec.replicas = 2;
+        match build(&scaled, &settings()) {
+            Err(BuildError::Invalid(e)) => {
+                assert_eq!(e.field, "replicas");
+                assert!(e.message.contains("accessMode ReadWriteMany"), "{e}");
+            }
+            other => panic!("{mode:?}: expected an invalid spec, got {other:?}"),
+        }
+        let mut separate = app.clone();
+        separate.spec.http.mode = HttpMode::Deployment;
+        assert!(matches!(
+            build(&separate, &settings()),
+            Err(BuildError::Invalid(_))
+        ));
+    }
+    // ReadWriteMany (the default) surges a new pod first.
+    let mut app = minimal();
+    app.spec.storage = existing_claim(AccessMode::ReadWriteMany);
+    app.spec.replicas = 3;
+    let d = build(&app, &settings()).expect("build");
+    assert_eq!(strategy(&d.deployments[0]), Some("RollingUpdate"));
+    let declared: oxcast_crds::live_application::ExistingClaim =
+        serde_json::from_value(serde_json::json!({"claimName": "hls"})).expect("parse");
+    assert_eq!(declared.access_mode, AccessMode::ReadWriteMany);
 }
 
 #[test]
@@ -725,6 +785,7 @@ fn existing_claims_are_mounted_but_never_created_or_deleted() {
         persistent_volume_claim: None,
         existing_claim: Some(oxcast_crds::live_application::ExistingClaim {
             claim_name: "shared-hls".into(),
+            access_mode: AccessMode::ReadWriteMany,
         }),
     };
     let d = build(&app, &settings()).expect("build");
@@ -780,6 +841,7 @@ fn invalid_specs_build_nothing_and_say_why() {
     let mut app = minimal();
     app.spec.storage.existing_claim = Some(oxcast_crds::live_application::ExistingClaim {
         claim_name: "x".into(),
+        access_mode: AccessMode::ReadWriteMany,
     });
     assert!(matches!(
         build(&app, &settings()),
