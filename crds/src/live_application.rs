@@ -22,11 +22,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{HlsSettings, HttpSettings, IngestConfig, RtmpSettings};
+use crate::{HlsSettings, HttpSettings, HumanDuration, IngestConfig, RtmpSettings};
 
 /// Container port of the RTMP listener in every ingest pod (named `rtmp`).
 pub const RTMP_CONTAINER_PORT: i32 = 1935;
@@ -121,6 +122,24 @@ pub struct LiveApplicationSpec {
     /// CPU and memory of the ingest container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// A PodDisruptionBudget for the ingest pods: how many a node drain or
+    /// cluster upgrade may evict at once. Unset: none (evictions are not
+    /// limited). Each evicted pod cuts its publishers, who reconnect to
+    /// another pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_disruption_budget: Option<DisruptionBudget>,
+    /// How long a stopping pod keeps serving before it gets SIGTERM (its
+    /// containers' preStop sleep): long enough for the Services' endpoints,
+    /// kube-proxy and external load balancers to stop sending it new
+    /// publishers and viewers. Cloud load balancers that health-check nodes
+    /// may need more than the default (e.g. 15s–30s); `0s` turns it off.
+    /// The pods' terminationGracePeriodSeconds is this plus the longest
+    /// segment plus 10 s, so the server still completes its segments and
+    /// playlists after SIGTERM.
+    #[serde(default = "default_pre_stop_delay")]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('10m')")
+        .message("preStopDelay must be at most 10m"))]
+    pub pre_stop_delay: HumanDuration,
     /// Node labels the pods must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
@@ -142,6 +161,31 @@ fn one() -> i32 {
     1
 }
 
+/// The preStop delay when the spec sets none.
+pub const DEFAULT_PRE_STOP_DELAY: HumanDuration = HumanDuration::from_secs(5);
+
+fn default_pre_stop_delay() -> HumanDuration {
+    DEFAULT_PRE_STOP_DELAY
+}
+
+/// A PodDisruptionBudget: exactly one of `minAvailable` and `maxUnavailable`,
+/// each a number of pods or a percentage (`"50%"`).
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.minAvailable) != has(self.maxUnavailable)")
+        .message("podDisruptionBudget: set exactly one of minAvailable or maxUnavailable (e.g. maxUnavailable: 1)"),
+)]
+pub struct DisruptionBudget {
+    /// Ingest pods that must stay available during voluntary disruptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    /// Ingest pods that may be unavailable at once during voluntary
+    /// disruptions (`1`: a drain evicts them one at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
 impl Default for LiveApplicationSpec {
     fn default() -> Self {
         Self {
@@ -153,6 +197,8 @@ impl Default for LiveApplicationSpec {
             http: HttpSpec::default(),
             storage: StorageSpec::default(),
             resources: None,
+            pod_disruption_budget: None,
+            pre_stop_delay: DEFAULT_PRE_STOP_DELAY,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             affinity: None,

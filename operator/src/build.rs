@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{
     ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount, VolumeProjection,
     VolumeResourceRequirements,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -41,11 +42,6 @@ use crate::render;
 /// UID and GID the containers run as (distroless `nonroot`); the volumes'
 /// group too, so the ingest server can write the HLS tree.
 pub const RUN_AS: i64 = 65532;
-/// How long a terminating pod keeps running before it gets SIGTERM: long
-/// enough for Service endpoints and load balancers to stop sending it new
-/// connections, so a rollout does not drop publishers that are just
-/// connecting or viewers fetching a segment.
-pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 /// Time the servers get after SIGTERM beyond the longest segment: the ingest
 /// server completes each open segment and ends its playlist before exiting.
 const SHUTDOWN_MARGIN_SECONDS: i64 = 10;
@@ -95,6 +91,7 @@ pub enum BuildError {
 pub enum ObsoleteKind {
     Deployment,
     PersistentVolumeClaim,
+    PodDisruptionBudget,
 }
 
 /// A child an earlier spec needed and this one does not: deleted if it
@@ -120,6 +117,8 @@ pub struct Desired {
     pub deployments: Vec<Deployment>,
     /// RTMP Service, then HTTP Service.
     pub services: Vec<Service>,
+    /// The ingest pods' PodDisruptionBudget (spec.podDisruptionBudget only).
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
     pub obsolete: Vec<Obsolete>,
 }
 
@@ -157,6 +156,14 @@ pub fn validate(spec: &LiveApplicationSpec) -> Result<(), InvalidSetting> {
             "replicas",
             "more than one ingest replica needs a shared volume: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim with accessMode ReadWriteMany",
         );
+    }
+    if let Some(budget) = &spec.pod_disruption_budget {
+        if budget.min_available.is_some() == budget.max_unavailable.is_some() {
+            return invalid(
+                "podDisruptionBudget",
+                "podDisruptionBudget: set exactly one of minAvailable or maxUnavailable (e.g. maxUnavailable: 1)",
+            );
+        }
     }
     // The Lease prefix (the application's name) is checked by `build`,
     // which knows the name.
@@ -229,6 +236,7 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
         deployments.push(stamp(b.http_deployment(&checksums))?);
     }
     let services = vec![stamp(b.rtmp_service())?, stamp(b.http_service())?];
+    let pod_disruption_budget = b.pod_disruption_budget().map(stamp).transpose()?;
 
     let mut obsolete = Vec::new();
     if !deployment_mode {
@@ -243,6 +251,12 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
             name: b.names.pvc(),
         });
     }
+    if pod_disruption_budget.is_none() {
+        obsolete.push(Obsolete {
+            kind: ObsoleteKind::PodDisruptionBudget,
+            name: b.names.ingest_disruption_budget(),
+        });
+    }
     Ok(Desired {
         config_map,
         service_account,
@@ -251,6 +265,7 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
         pvc,
         deployments,
         services,
+        pod_disruption_budget,
         obsolete,
     })
 }
@@ -448,7 +463,7 @@ impl Builder<'_> {
         if self.leases() {
             volumes.push(self.api_access_volume());
         }
-        let grace = PRE_STOP_SLEEP_SECONDS
+        let grace = self.pre_stop_seconds()
             + self
                 .spec
                 .hls
@@ -486,8 +501,52 @@ impl Builder<'_> {
             &[(ANNOTATION_HTTP_CONFIG_CHECKSUM, &checksums.http)],
             vec![self.http_container()],
             vec![self.config_volume(), self.hls_volume()],
-            PRE_STOP_SLEEP_SECONDS + SHUTDOWN_MARGIN_SECONDS,
+            self.pre_stop_seconds() + SHUTDOWN_MARGIN_SECONDS,
         )
+    }
+
+    /// Whole seconds of `spec.preStopDelay`, rounded up (a preStop sleep
+    /// counts in seconds).
+    fn pre_stop_seconds(&self) -> i64 {
+        let delay = self.spec.pre_stop_delay.get();
+        let whole = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        i64::try_from(whole).unwrap_or(i64::MAX)
+    }
+
+    /// How long a terminating pod keeps running before it gets SIGTERM:
+    /// long enough for Service endpoints, kube-proxy and load balancers to
+    /// stop sending it new connections, so a rollout does not drop
+    /// publishers that are just connecting or viewers fetching a segment.
+    /// None with a zero delay.
+    fn pre_stop_sleep(&self) -> Option<Lifecycle> {
+        let seconds = self.pre_stop_seconds();
+        (seconds > 0).then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction { seconds }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        })
+    }
+
+    /// `<app>-ingest`, selecting the ingest pods, when the spec asks for one.
+    /// Unhealthy pods may always be evicted: a budget must not keep a
+    /// crash-looping pod on a node that is being drained.
+    fn pod_disruption_budget(&self) -> Option<PodDisruptionBudget> {
+        let budget = self.spec.pod_disruption_budget.as_ref()?;
+        Some(PodDisruptionBudget {
+            metadata: self.meta(self.names.ingest_disruption_budget(), Component::Ingest),
+            spec: Some(PodDisruptionBudgetSpec {
+                min_available: budget.min_available.clone(),
+                max_unavailable: budget.max_unavailable.clone(),
+                selector: Some(LabelSelector {
+                    match_labels: Some(self.names.selector(Component::Ingest)),
+                    match_expressions: None,
+                }),
+                unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
+            }),
+            ..PodDisruptionBudget::default()
+        })
     }
 
     /// A ReadWriteOnce claim can only be mounted on one node at a time (a
@@ -644,7 +703,7 @@ impl Builder<'_> {
                 failure_threshold: Some(3),
                 ..http_get(PORT_OPS, "/healthz")
             }),
-            lifecycle: Some(pre_stop_sleep()),
+            lifecycle: self.pre_stop_sleep(),
             resources: self.spec.resources.clone(),
             volume_mounts: Some(mounts),
             security_context: Some(container_security_context()),
@@ -690,7 +749,7 @@ impl Builder<'_> {
                 failure_threshold: Some(3),
                 ..get("/healthz")
             }),
-            lifecycle: Some(pre_stop_sleep()),
+            lifecycle: self.pre_stop_sleep(),
             resources: self.spec.http.resources.clone(),
             // The HTTP server only reads the tree.
             volume_mounts: Some(vec![config_mount(), hls_mount(true)]),
@@ -850,18 +909,6 @@ fn rolling_update() -> DeploymentStrategy {
             max_surge: Some(IntOrString::Int(1)),
             max_unavailable: Some(IntOrString::Int(0)),
         }),
-    }
-}
-
-fn pre_stop_sleep() -> Lifecycle {
-    Lifecycle {
-        pre_stop: Some(LifecycleHandler {
-            sleep: Some(SleepAction {
-                seconds: PRE_STOP_SLEEP_SECONDS,
-            }),
-            ..LifecycleHandler::default()
-        }),
-        ..Lifecycle::default()
     }
 }
 

@@ -107,7 +107,7 @@ fn assert_restricted(d: &Deployment) {
             .and_then(|l| l.pre_stop.as_ref())
             .and_then(|p| p.sleep.as_ref())
             .map(|s| s.seconds);
-        assert_eq!(pre_stop, Some(PRE_STOP_SLEEP_SECONDS), "{}", c.name);
+        assert_eq!(pre_stop, Some(5), "{}: the default preStopDelay", c.name);
     }
 }
 
@@ -406,7 +406,8 @@ fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
         obsolete,
         [
             (ObsoleteKind::Deployment, "live-http"),
-            (ObsoleteKind::PersistentVolumeClaim, "live-hls")
+            (ObsoleteKind::PersistentVolumeClaim, "live-hls"),
+            (ObsoleteKind::PodDisruptionBudget, "live-ingest")
         ]
     );
 }
@@ -648,6 +649,153 @@ fn http_only_changes_leave_the_ingest_pods_alone_and_ingest_only_changes_the_htt
         template(&before.deployments[0]),
         template(&after.deployments[0])
     );
+}
+
+fn grace(d: &Deployment) -> Option<i64> {
+    pod(d).termination_grace_period_seconds
+}
+
+fn pre_stop_seconds(c: &Container) -> Option<i64> {
+    c.lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|p| p.sleep.as_ref())
+        .map(|s| s.seconds)
+}
+
+#[test]
+fn the_pre_stop_delay_is_configurable_and_the_grace_period_covers_it() {
+    // Default: 5 s; the ingest grace period adds the longest segment (the
+    // example's 2 s fragment and no maxFragment: a segment waits for a
+    // keyframe up to 4 s) and the 10 s margin.
+    let app = scale_out();
+    assert_eq!(
+        app.spec.hls.effective_max_fragment().get(),
+        std::time::Duration::from_secs(4)
+    );
+    let d = build(&app, &settings()).expect("build");
+    let (ingest, http) = (&d.deployments[0], &d.deployments[1]);
+    assert_eq!(pre_stop_seconds(container(ingest, "ingest")), Some(5));
+    assert_eq!(pre_stop_seconds(container(http, "http")), Some(5));
+    assert_eq!(grace(ingest), Some(5 + 4 + 10));
+    assert_eq!(grace(http), Some(5 + 10));
+
+    // A cloud load balancer that needs 30 s to deregister a target.
+    let mut slow_lb = app.clone();
+    slow_lb.spec.pre_stop_delay = oxcast_crds::HumanDuration::from_secs(30);
+    let d = build(&slow_lb, &settings()).expect("build");
+    let (ingest, http) = (&d.deployments[0], &d.deployments[1]);
+    assert_eq!(pre_stop_seconds(container(ingest, "ingest")), Some(30));
+    assert_eq!(pre_stop_seconds(container(http, "http")), Some(30));
+    assert_eq!(grace(ingest), Some(30 + 4 + 10));
+    assert_eq!(grace(http), Some(30 + 10));
+    for dep in [ingest, http] {
+        let pre_stop = pod(dep)
+            .containers
+            .iter()
+            .filter_map(pre_stop_seconds)
+            .max()
+            .expect("a preStop sleep");
+        assert!(
+            grace(dep).expect("grace") > pre_stop,
+            "SIGTERM must come inside the grace period"
+        );
+    }
+
+    // Sub-second delays round up (a preStop sleep counts whole seconds);
+    // zero turns the hook off.
+    let mut short = minimal();
+    short.spec.pre_stop_delay = oxcast_crds::HumanDuration::from_millis(1500);
+    let d = build(&short, &settings()).expect("build");
+    assert_eq!(
+        pre_stop_seconds(container(&d.deployments[0], "ingest")),
+        Some(2)
+    );
+    let mut none = minimal();
+    none.spec.pre_stop_delay = oxcast_crds::HumanDuration::from_secs(0);
+    let d = build(&none, &settings()).expect("build");
+    for c in &pod(&d.deployments[0]).containers {
+        assert_eq!(c.lifecycle, None, "{}", c.name);
+    }
+    assert_eq!(
+        grace(&d.deployments[0]),
+        Some(10 + 10),
+        "the longest segment (twice the default 5 s fragment) + margin"
+    );
+}
+
+#[test]
+fn a_disruption_budget_is_built_for_the_ingest_pods_only_when_asked_for() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use oxcast_crds::live_application::DisruptionBudget;
+
+    let app = scale_out();
+    let d = build(&app, &settings()).expect("build");
+    let pdb = d
+        .pod_disruption_budget
+        .as_ref()
+        .expect("the scale-out example asks for one");
+    assert_owned(&pdb.metadata, &app);
+    assert_eq!(pdb.metadata.name.as_deref(), Some("scale-out-ingest"));
+    let spec = pdb.spec.as_ref().expect("spec");
+    assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(spec.min_available, None);
+    assert_eq!(
+        spec.selector.as_ref().and_then(|s| s.match_labels.clone()),
+        Some(Names::new("scale-out").selector(Component::Ingest)),
+        "the ingest pods, not the HTTP ones"
+    );
+    assert_eq!(
+        spec.unhealthy_pod_eviction_policy.as_deref(),
+        Some("AlwaysAllow")
+    );
+    assert!(!d
+        .obsolete
+        .iter()
+        .any(|o| o.kind == ObsoleteKind::PodDisruptionBudget));
+
+    // A percentage works too.
+    let mut pct = app.clone();
+    pct.spec.pod_disruption_budget = Some(DisruptionBudget {
+        min_available: Some(IntOrString::String("50%".into())),
+        max_unavailable: None,
+    });
+    let d = build(&pct, &settings()).expect("build");
+    let spec = d.pod_disruption_budget.and_then(|p| p.spec).expect("spec");
+    assert_eq!(spec.min_available, Some(IntOrString::String("50%".into())));
+
+    // Dropped from the spec: none built, and the old one is deleted.
+    let mut without = app.clone();
+    without.spec.pod_disruption_budget = None;
+    let d = build(&without, &settings()).expect("build");
+    assert!(d.pod_disruption_budget.is_none());
+    assert!(d.obsolete.contains(&Obsolete {
+        kind: ObsoleteKind::PodDisruptionBudget,
+        name: "scale-out-ingest".into(),
+    }));
+    assert!(build(&minimal(), &settings())
+        .expect("build")
+        .pod_disruption_budget
+        .is_none());
+
+    // Both or neither bound: invalid (the CRD's CEL rule says the same).
+    for budget in [
+        DisruptionBudget {
+            min_available: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(1)),
+        },
+        DisruptionBudget {
+            min_available: None,
+            max_unavailable: None,
+        },
+    ] {
+        let mut bad = app.clone();
+        bad.spec.pod_disruption_budget = Some(budget);
+        match build(&bad, &settings()) {
+            Err(BuildError::Invalid(e)) => assert_eq!(e.field, "podDisruptionBudget"),
+            other => panic!("expected an invalid spec, got {other:?}"),
+        }
+    }
 }
 
 #[test]

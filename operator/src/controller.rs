@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -76,6 +77,7 @@ struct Stores {
     service_accounts: Store<ServiceAccount>,
     roles: Store<Role>,
     role_bindings: Store<RoleBinding>,
+    pod_disruption_budgets: Store<PodDisruptionBudget>,
     /// True once every store above has its initial list.
     synced: watch::Receiver<bool>,
 }
@@ -109,6 +111,11 @@ async fn wait_synced(stores: Stores) -> bool {
         && stores.service_accounts.wait_until_ready().await.is_ok()
         && stores.roles.wait_until_ready().await.is_ok()
         && stores.role_bindings.wait_until_ready().await.is_ok()
+        && stores
+            .pod_disruption_budgets
+            .wait_until_ready()
+            .await
+            .is_ok()
 }
 
 struct Context {
@@ -214,6 +221,8 @@ async fn run_scope(
         child_watch::<ServiceAccount>(&client, scope_ref);
     let (roles, role_events) = child_watch::<Role>(&client, scope_ref);
     let (role_bindings, role_binding_events) = child_watch::<RoleBinding>(&client, scope_ref);
+    let (pod_disruption_budgets, pod_disruption_budget_events) =
+        child_watch::<PodDisruptionBudget>(&client, scope_ref);
     let (synced_tx, synced) = watch::channel(false);
     let stores = Stores {
         deployments,
@@ -224,6 +233,7 @@ async fn run_scope(
         service_accounts,
         roles,
         role_bindings,
+        pod_disruption_budgets,
         synced,
     };
     tokio::spawn(wait_synced(stores.clone()).then(move |ok| async move {
@@ -252,6 +262,7 @@ async fn run_scope(
         .owns_stream(service_account_events)
         .owns_stream(role_events)
         .owns_stream(role_binding_events)
+        .owns_stream(pod_disruption_budget_events)
         // Pods belong to ReplicaSets, not to the LiveApplication: map them
         // by label. Their states feed the Degraded condition.
         .watches_stream(pod_events, |pod: Pod| {
@@ -533,6 +544,9 @@ async fn apply_all(
     for service in &desired.services {
         services.push(apply(ctx, &stores.services, service, changes).await?);
     }
+    if let Some(budget) = &desired.pod_disruption_budget {
+        apply(ctx, &stores.pod_disruption_budgets, budget, changes).await?;
+    }
     let mut deployments = deployments.into_iter();
     let mut services = services.into_iter();
     let http_mode = app.spec.http.mode;
@@ -617,6 +631,7 @@ fn static_kind(kind: &str) -> &'static str {
         "ServiceAccount" => "ServiceAccount",
         "Role" => "Role",
         "RoleBinding" => "RoleBinding",
+        "PodDisruptionBudget" => "PodDisruptionBudget",
         _ => "Other",
     }
 }
@@ -646,6 +661,17 @@ async fn delete_obsolete(
                 delete_if_controlled(
                     ctx,
                     &ctx.stores.pvcs,
+                    &namespace,
+                    &obsolete.name,
+                    &uid,
+                    changes,
+                )
+                .await?
+            }
+            ObsoleteKind::PodDisruptionBudget => {
+                delete_if_controlled(
+                    ctx,
+                    &ctx.stores.pod_disruption_budgets,
                     &namespace,
                     &obsolete.name,
                     &uid,

@@ -92,6 +92,11 @@ impl Names {
         format!("{}-ingest", self.app)
     }
 
+    /// The ingest pods' PodDisruptionBudget (spec.podDisruptionBudget).
+    pub fn ingest_disruption_budget(&self) -> String {
+        format!("{}-ingest", self.app)
+    }
+
     /// The PersistentVolumeClaim the operator creates (storage.persistentVolumeClaim).
     pub fn pvc(&self) -> String {
         format!("{}-hls", self.app)

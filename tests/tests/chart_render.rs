@@ -310,7 +310,13 @@ fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
             .iter()
             .any(|r| strings(&r["resources"]).contains(&resource.to_string()))
     };
-    for needed in ["serviceaccounts", "roles", "rolebindings", "leases"] {
+    for needed in [
+        "serviceaccounts",
+        "roles",
+        "rolebindings",
+        "leases",
+        "poddisruptionbudgets",
+    ] {
         assert!(granted(needed), "{needed} missing from {rules:?}");
     }
     let binding = r.one("ClusterRoleBinding");

@@ -116,6 +116,11 @@ Role). Keep in step with operator/rbac.md, the operator's own list.
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [get, list, create, update, delete]
+# The ingest pods' PodDisruptionBudget (spec.podDisruptionBudget); deleted
+# when the spec drops it.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
 # Pod states feed the Degraded condition: read-only.
 - apiGroups: [""]
   resources: [pods]
