@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -40,6 +41,10 @@ use crate::metrics::Metrics;
 use crate::names::{Names, LABEL_INSTANCE, MANAGED_SELECTOR, MANAGER};
 use crate::status::{self, Observed};
 use crate::{Error, Health};
+
+/// The label that names an EndpointSlice's Service (set by the
+/// EndpointSlice controller).
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// What the controller needs to know besides the cluster.
 #[derive(Debug, Clone)]
@@ -78,6 +83,9 @@ struct Stores {
     roles: Store<Role>,
     role_bindings: Store<RoleBinding>,
     pod_disruption_budgets: Store<PodDisruptionBudget>,
+    /// The Services' EndpointSlices (the EndpointSlice controller copies the
+    /// Service's labels onto them, so the managed-by selector finds them).
+    endpoint_slices: Store<EndpointSlice>,
     /// True once every store above has its initial list.
     synced: watch::Receiver<bool>,
 }
@@ -116,6 +124,7 @@ async fn wait_synced(stores: Stores) -> bool {
             .wait_until_ready()
             .await
             .is_ok()
+        && stores.endpoint_slices.wait_until_ready().await.is_ok()
 }
 
 struct Context {
@@ -223,6 +232,7 @@ async fn run_scope(
     let (role_bindings, role_binding_events) = child_watch::<RoleBinding>(&client, scope_ref);
     let (pod_disruption_budgets, pod_disruption_budget_events) =
         child_watch::<PodDisruptionBudget>(&client, scope_ref);
+    let (endpoint_slices, endpoint_slice_events) = child_watch::<EndpointSlice>(&client, scope_ref);
     let (synced_tx, synced) = watch::channel(false);
     let stores = Stores {
         deployments,
@@ -234,6 +244,7 @@ async fn run_scope(
         roles,
         role_bindings,
         pod_disruption_budgets,
+        endpoint_slices,
         synced,
     };
     tokio::spawn(wait_synced(stores.clone()).then(move |ok| async move {
@@ -268,6 +279,15 @@ async fn run_scope(
         .watches_stream(pod_events, |pod: Pod| {
             let namespace = pod.namespace();
             pod.labels().get(LABEL_INSTANCE).map(|name| {
+                ObjectRef::<LiveApplication>::new(name)
+                    .within(namespace.as_deref().unwrap_or_default())
+            })
+        })
+        // EndpointSlices belong to the Services: map them by label too.
+        // Ready waits for the RTMP Service's (see `status`).
+        .watches_stream(endpoint_slice_events, |slice: EndpointSlice| {
+            let namespace = slice.namespace();
+            slice.labels().get(LABEL_INSTANCE).map(|name| {
                 ObjectRef::<LiveApplication>::new(name)
                     .within(namespace.as_deref().unwrap_or_default())
             })
@@ -422,7 +442,13 @@ async fn reconcile_app(app: &LiveApplication, ctx: &Context) -> Result<Action, E
         pod.metadata.namespace.as_deref() == Some(namespace.as_str())
             && pod.labels().get(LABEL_INSTANCE) == Some(&names.app)
     });
-    let observed = observe(app, &namespace, &names, &children, &pods, None, None);
+    let rtmp_service = names.rtmp_service();
+    let rtmp_slices = ctx.stores.endpoint_slices.state_filter(|slice| {
+        slice.metadata.namespace.as_deref() == Some(namespace.as_str())
+            && slice.labels().get(SERVICE_NAME_LABEL) == Some(&rtmp_service)
+    });
+    let mut observed = observe(app, &namespace, &names, &children, &pods, None, None);
+    observed.rtmp_ready_endpoints = status::ready_endpoints(rtmp_slices.iter().map(Arc::as_ref));
     let before = app.status.as_ref();
     if let Some(after) = write_status(app, ctx, &observed).await? {
         for (type_, event_type) in [
@@ -477,6 +503,7 @@ fn observe<'a>(
         pvc: children.pvc.as_ref(),
         expect_pvc: spec.storage.persistent_volume_claim.is_some(),
         pods: pods.iter().map(Arc::as_ref).collect(),
+        rtmp_ready_endpoints: 0,
     }
 }
 
