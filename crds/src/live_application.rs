@@ -22,11 +22,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{HlsSettings, HttpSettings, IngestConfig, RtmpSettings};
+use crate::{HlsSettings, HttpSettings, HumanDuration, IngestConfig, RtmpSettings};
 
 /// Container port of the RTMP listener in every ingest pod (named `rtmp`).
 pub const RTMP_CONTAINER_PORT: i32 = 1935;
@@ -68,6 +69,12 @@ pub const MAX_NAME_LENGTH: usize = 56;
     validation = Rule::new("self.replicas <= 1 || !has(self.storage.persistentVolumeClaim) || self.storage.persistentVolumeClaim.accessModes.exists(m, m == 'ReadWriteMany')")
         .message("more than one ingest replica shares the HLS volume: storage.persistentVolumeClaim.accessModes must include ReadWriteMany (or set replicas: 1)")
         .field_path(".storage.persistentVolumeClaim.accessModes"),
+    validation = Rule::new("self.replicas <= 1 || !has(self.storage.existingClaim) || self.storage.existingClaim.accessMode == 'ReadWriteMany'")
+        .message("storage.existingClaim.accessMode says the claim is mounted by one node (ReadWriteOnce) or one pod (ReadWriteOncePod) at a time, so replicas must be 0 or 1 (its pod is replaced with a Recreate rollout); to run more ingest replicas, use a ReadWriteMany claim and set storage.existingClaim.accessMode: ReadWriteMany")
+        .field_path(".replicas"),
+    validation = Rule::new("self.http.mode != 'deployment' || !has(self.storage.existingClaim) || self.storage.existingClaim.accessMode == 'ReadWriteMany'")
+        .message("http.mode deployment shares the HLS volume between ingest and HTTP pods: storage.existingClaim must be a ReadWriteMany claim (storage.existingClaim.accessMode: ReadWriteMany), or set http.mode: sidecar")
+        .field_path(".storage.existingClaim.accessMode"),
 )]
 pub struct LiveApplicationSpec {
     /// Container image of the ingest server (`oxcast-ingest`). Unset means
@@ -121,6 +128,24 @@ pub struct LiveApplicationSpec {
     /// CPU and memory of the ingest container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// A PodDisruptionBudget for the ingest pods: how many a node drain or
+    /// cluster upgrade may evict at once. Unset: none (evictions are not
+    /// limited). Each evicted pod cuts its publishers, who reconnect to
+    /// another pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_disruption_budget: Option<DisruptionBudget>,
+    /// How long a stopping pod keeps serving before it gets SIGTERM (its
+    /// containers' preStop sleep): long enough for the Services' endpoints,
+    /// kube-proxy and external load balancers to stop sending it new
+    /// publishers and viewers. Cloud load balancers that health-check nodes
+    /// may need more than the default (e.g. 15s–30s); `0s` turns it off.
+    /// The pods' terminationGracePeriodSeconds is this plus the longest
+    /// segment plus 10 s, so the server still completes its segments and
+    /// playlists after SIGTERM.
+    #[serde(default = "default_pre_stop_delay")]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('10m')")
+        .message("preStopDelay must be at most 10m"))]
+    pub pre_stop_delay: HumanDuration,
     /// Node labels the pods must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
@@ -142,6 +167,31 @@ fn one() -> i32 {
     1
 }
 
+/// The preStop delay when the spec sets none.
+pub const DEFAULT_PRE_STOP_DELAY: HumanDuration = HumanDuration::from_secs(5);
+
+fn default_pre_stop_delay() -> HumanDuration {
+    DEFAULT_PRE_STOP_DELAY
+}
+
+/// A PodDisruptionBudget: exactly one of `minAvailable` and `maxUnavailable`,
+/// each a number of pods or a percentage (`"50%"`).
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.minAvailable) != has(self.maxUnavailable)")
+        .message("podDisruptionBudget: set exactly one of minAvailable or maxUnavailable (e.g. maxUnavailable: 1)"),
+)]
+pub struct DisruptionBudget {
+    /// Ingest pods that must stay available during voluntary disruptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    /// Ingest pods that may be unavailable at once during voluntary
+    /// disruptions (`1`: a drain evicts them one at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
 impl Default for LiveApplicationSpec {
     fn default() -> Self {
         Self {
@@ -153,6 +203,8 @@ impl Default for LiveApplicationSpec {
             http: HttpSpec::default(),
             storage: StorageSpec::default(),
             resources: None,
+            pod_disruption_budget: None,
+            pre_stop_delay: DEFAULT_PRE_STOP_DELAY,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             affinity: None,
@@ -438,7 +490,8 @@ pub struct StorageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_volume_claim: Option<PvcStorage>,
     /// A PersistentVolumeClaim you manage; it must allow every pod that
-    /// mounts it (ReadWriteMany for more than one pod or node).
+    /// mounts it (ReadWriteMany for more than one pod or node). Declare its
+    /// access mode in `accessMode`: the operator does not read your claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing_claim: Option<ExistingClaim>,
 }
@@ -534,6 +587,25 @@ pub struct ExistingClaim {
     /// Name of the claim, in the LiveApplication's namespace.
     #[schemars(length(min = 1))]
     pub claim_name: String,
+    /// The claim's access mode, as you created it. ReadWriteMany (the
+    /// default) lets several ingest pods and an HTTP Deployment share it.
+    /// ReadWriteOnce (one node) or ReadWriteOncePod (one pod) allows one
+    /// ingest pod with the HTTP server as its sidecar, and its pod is
+    /// replaced with a Recreate rollout (the old pod stops before the new
+    /// one mounts the claim), so a rollout interrupts publishing.
+    #[serde(default = "read_write_many")]
+    pub access_mode: AccessMode,
+}
+
+fn read_write_many() -> AccessMode {
+    AccessMode::ReadWriteMany
+}
+
+impl ExistingClaim {
+    /// Whether pods on any nodes can mount the claim at once.
+    pub fn is_shared(&self) -> bool {
+        self.access_mode == AccessMode::ReadWriteMany
+    }
 }
 
 /// A Kubernetes quantity (`10Gi`, `500Mi`): integer or string, without the

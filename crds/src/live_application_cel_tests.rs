@@ -103,6 +103,20 @@ fn valid_edge_cases_pass() {
         "http": {"mode": "deployment"},
         "storage": {"existingClaim": {"claimName": "hls"}},
     }));
+    // A claim you manage, declared ReadWriteOnce: one pod, HTTP as its sidecar.
+    ok(serde_json::json!({
+        "replicas": 1,
+        "storage": {"existingClaim": {"claimName": "hls", "accessMode": "ReadWriteOnce"}},
+    }));
+    ok(serde_json::json!({
+        "replicas": 0,
+        "storage": {"existingClaim": {"claimName": "hls", "accessMode": "ReadWriteOncePod"}},
+    }));
+    // Disruption budgets as numbers or percentages; preStop delays.
+    ok(serde_json::json!({"podDisruptionBudget": {"maxUnavailable": 1}}));
+    ok(serde_json::json!({"podDisruptionBudget": {"minAvailable": "50%"}}));
+    ok(serde_json::json!({"preStopDelay": "0s"}));
+    ok(serde_json::json!({"preStopDelay": "30s"}));
     // Root path prefix; keys and webhook auth with what they need.
     ok(serde_json::json!({"http": {"pathPrefix": "/"}}));
     ok(serde_json::json!({"rtmp": {"auth": {"mode": "keys", "keys": {"secretName": "k"}}}}));

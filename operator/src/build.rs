@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{
     ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount, VolumeProjection,
     VolumeResourceRequirements,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -32,17 +33,15 @@ use oxcast_crds::live_application::{
 use oxcast_crds::InvalidSetting;
 use serde::Serialize;
 
-use crate::names::{Component, Names, ANNOTATION_CONFIG_CHECKSUM, ANNOTATION_DESIRED_HASH};
+use crate::names::{
+    Component, Names, ANNOTATION_DESIRED_HASH, ANNOTATION_HTTP_CONFIG_CHECKSUM,
+    ANNOTATION_INGEST_CONFIG_CHECKSUM,
+};
 use crate::render;
 
 /// UID and GID the containers run as (distroless `nonroot`); the volumes'
 /// group too, so the ingest server can write the HLS tree.
 pub const RUN_AS: i64 = 65532;
-/// How long a terminating pod keeps running before it gets SIGTERM: long
-/// enough for Service endpoints and load balancers to stop sending it new
-/// connections, so a rollout does not drop publishers that are just
-/// connecting or viewers fetching a segment.
-pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 /// Time the servers get after SIGTERM beyond the longest segment: the ingest
 /// server completes each open segment and ends its playlist before exiting.
 const SHUTDOWN_MARGIN_SECONDS: i64 = 10;
@@ -93,6 +92,7 @@ pub enum BuildError {
 pub enum ObsoleteKind {
     Deployment,
     PersistentVolumeClaim,
+    PodDisruptionBudget,
 }
 
 /// A child an earlier spec needed and this one does not: deleted if it
@@ -118,6 +118,8 @@ pub struct Desired {
     pub deployments: Vec<Deployment>,
     /// RTMP Service, then HTTP Service.
     pub services: Vec<Service>,
+    /// The ingest pods' PodDisruptionBudget (spec.podDisruptionBudget only).
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
     pub obsolete: Vec<Obsolete>,
 }
 
@@ -147,14 +149,22 @@ pub fn validate(spec: &LiveApplicationSpec) -> Result<(), InvalidSetting> {
     if spec.http.mode == HttpMode::Deployment && !shared_volume(storage) {
         return invalid(
             "http.mode",
-            "http.mode deployment needs a volume the HTTP pods can share: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim",
+            "http.mode deployment needs a volume the HTTP pods can share: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim with accessMode ReadWriteMany",
         );
     }
     if spec.replicas > 1 && !shared_volume(storage) {
         return invalid(
             "replicas",
-            "more than one ingest replica needs a shared volume: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim",
+            "more than one ingest replica needs a shared volume: storage.persistentVolumeClaim with accessModes [ReadWriteMany], or storage.existingClaim with accessMode ReadWriteMany",
         );
+    }
+    if let Some(budget) = &spec.pod_disruption_budget {
+        if budget.min_available.is_some() == budget.max_unavailable.is_some() {
+            return invalid(
+                "podDisruptionBudget",
+                "podDisruptionBudget: set exactly one of minAvailable or maxUnavailable (e.g. maxUnavailable: 1)",
+            );
+        }
     }
     // The Lease prefix (the application's name) is checked by `build`,
     // which knows the name.
@@ -163,7 +173,10 @@ pub fn validate(spec: &LiveApplicationSpec) -> Result<(), InvalidSetting> {
 
 /// Whether several pods, on any nodes, can mount the HLS volume.
 fn shared_volume(storage: &StorageSpec) -> bool {
-    storage.existing_claim.is_some()
+    storage
+        .existing_claim
+        .as_ref()
+        .is_some_and(|c| c.is_shared())
         || storage
             .persistent_volume_claim
             .as_ref()
@@ -204,7 +217,10 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
     let config = render::ingest_config(spec, name);
     render::validate(&config)?;
     let config_text = render::render(&config)?;
-    let checksum = render::checksum(&config_text);
+    let checksums = Checksums {
+        ingest: render::ingest_checksum(&config)?,
+        http: render::http_checksum(&config)?,
+    };
     let config_map = stamp(b.config_map(config_text))?;
     let service_account = stamp(b.service_account())?;
     let role = stamp(b.role())?;
@@ -216,11 +232,12 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
         .map(|_| stamp(b.pvc()))
         .transpose()?;
     let deployment_mode = spec.http.mode == HttpMode::Deployment;
-    let mut deployments = vec![stamp(b.ingest_deployment(&checksum))?];
+    let mut deployments = vec![stamp(b.ingest_deployment(&checksums))?];
     if deployment_mode {
-        deployments.push(stamp(b.http_deployment(&checksum))?);
+        deployments.push(stamp(b.http_deployment(&checksums))?);
     }
     let services = vec![stamp(b.rtmp_service())?, stamp(b.http_service())?];
+    let pod_disruption_budget = b.pod_disruption_budget().map(stamp).transpose()?;
 
     let mut obsolete = Vec::new();
     if !deployment_mode {
@@ -235,6 +252,12 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
             name: b.names.pvc(),
         });
     }
+    if pod_disruption_budget.is_none() {
+        obsolete.push(Obsolete {
+            kind: ObsoleteKind::PodDisruptionBudget,
+            name: b.names.ingest_disruption_budget(),
+        });
+    }
     Ok(Desired {
         config_map,
         service_account,
@@ -243,6 +266,7 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
         pvc,
         deployments,
         services,
+        pod_disruption_budget,
         obsolete,
     })
 }
@@ -256,6 +280,13 @@ fn stamp<K: Resource + Serialize>(mut obj: K) -> Result<K, serde_json::Error> {
     obj.annotations_mut()
         .insert(ANNOTATION_DESIRED_HASH.to_string(), hash[..16].to_string());
     Ok(obj)
+}
+
+/// Checksums of the two servers' parts of the config file, so a change
+/// rolls only the pods that read it (see [`render::ingest_checksum`]).
+struct Checksums {
+    ingest: String,
+    http: String,
 }
 
 struct Builder<'a> {
@@ -406,8 +437,13 @@ impl Builder<'_> {
         }
     }
 
-    fn ingest_deployment(&self, checksum: &str) -> Deployment {
+    fn ingest_deployment(&self, checksums: &Checksums) -> Deployment {
         let sidecar = self.spec.http.mode == HttpMode::Sidecar;
+        let mut config_annotations = vec![(ANNOTATION_INGEST_CONFIG_CHECKSUM, &checksums.ingest)];
+        if sidecar {
+            // The HTTP server runs in these pods too.
+            config_annotations.push((ANNOTATION_HTTP_CONFIG_CHECKSUM, &checksums.http));
+        }
         let mut containers = vec![self.ingest_container()];
         if sidecar {
             containers.push(self.http_container());
@@ -431,7 +467,7 @@ impl Builder<'_> {
         if sidecar {
             volumes.extend(self.key_token_volume());
         }
-        let grace = PRE_STOP_SLEEP_SECONDS
+        let grace = self.pre_stop_seconds()
             + self
                 .spec
                 .hls
@@ -445,7 +481,7 @@ impl Builder<'_> {
             Component::Ingest,
             self.spec.replicas,
             self.ingest_strategy(),
-            checksum,
+            &config_annotations,
             containers,
             volumes,
             grace,
@@ -460,34 +496,89 @@ impl Builder<'_> {
         deployment
     }
 
-    fn http_deployment(&self, checksum: &str) -> Deployment {
+    fn http_deployment(&self, checksums: &Checksums) -> Deployment {
         self.deployment(
             self.names.http_deployment(),
             Component::Http,
             self.spec.http.replicas,
             rolling_update(),
-            checksum,
+            &[(ANNOTATION_HTTP_CONFIG_CHECKSUM, &checksums.http)],
             vec![self.http_container()],
             [self.config_volume(), self.hls_volume()]
                 .into_iter()
                 .chain(self.key_token_volume())
                 .collect(),
-            PRE_STOP_SLEEP_SECONDS + SHUTDOWN_MARGIN_SECONDS,
+            self.pre_stop_seconds() + SHUTDOWN_MARGIN_SECONDS,
         )
     }
 
-    /// A ReadWriteOnce claim can only be mounted on one node at a time, so
-    /// the old pod must go before the new one starts; everything else
-    /// surges a new pod first, so the application stays reachable.
+    /// Whole seconds of `spec.preStopDelay`, rounded up (a preStop sleep
+    /// counts in seconds).
+    fn pre_stop_seconds(&self) -> i64 {
+        let delay = self.spec.pre_stop_delay.get();
+        let whole = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        i64::try_from(whole).unwrap_or(i64::MAX)
+    }
+
+    /// How long a terminating pod keeps running before it gets SIGTERM:
+    /// long enough for Service endpoints, kube-proxy and load balancers to
+    /// stop sending it new connections, so a rollout does not drop
+    /// publishers that are just connecting or viewers fetching a segment.
+    /// None with a zero delay.
+    fn pre_stop_sleep(&self) -> Option<Lifecycle> {
+        let seconds = self.pre_stop_seconds();
+        (seconds > 0).then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction { seconds }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        })
+    }
+
+    /// `<app>-ingest`, selecting the ingest pods, when the spec asks for one.
+    /// Unhealthy pods may always be evicted: a budget must not keep a
+    /// crash-looping pod on a node that is being drained.
+    fn pod_disruption_budget(&self) -> Option<PodDisruptionBudget> {
+        let budget = self.spec.pod_disruption_budget.as_ref()?;
+        Some(PodDisruptionBudget {
+            metadata: self.meta(self.names.ingest_disruption_budget(), Component::Ingest),
+            spec: Some(PodDisruptionBudgetSpec {
+                min_available: budget.min_available.clone(),
+                max_unavailable: budget.max_unavailable.clone(),
+                selector: Some(LabelSelector {
+                    match_labels: Some(self.names.selector(Component::Ingest)),
+                    match_expressions: None,
+                }),
+                unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
+            }),
+            ..PodDisruptionBudget::default()
+        })
+    }
+
+    /// A ReadWriteOnce claim can only be mounted on one node at a time (a
+    /// ReadWriteOncePod one by one pod), whether the operator created it or
+    /// the user declared it in `existingClaim.accessMode`: the old pod must
+    /// go before the new one starts, or the new one hangs in
+    /// ContainerCreating on another node. Everything else surges a new pod
+    /// first, so the application stays reachable.
     fn ingest_strategy(&self) -> DeploymentStrategy {
-        match &self.spec.storage.persistent_volume_claim {
-            Some(pvc) if !pvc.access_modes.contains(&AccessMode::ReadWriteMany) => {
-                DeploymentStrategy {
-                    type_: Some("Recreate".to_string()),
-                    rolling_update: None,
-                }
+        let storage = &self.spec.storage;
+        let single_node = storage
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|pvc| !pvc.access_modes.contains(&AccessMode::ReadWriteMany))
+            || storage
+                .existing_claim
+                .as_ref()
+                .is_some_and(|c| !c.is_shared());
+        if single_node {
+            DeploymentStrategy {
+                type_: Some("Recreate".to_string()),
+                rolling_update: None,
             }
-            _ => rolling_update(),
+        } else {
+            rolling_update()
         }
     }
 
@@ -498,14 +589,16 @@ impl Builder<'_> {
         component: Component,
         replicas: i32,
         strategy: DeploymentStrategy,
-        checksum: &str,
+        config_checksums: &[(&str, &String)],
         containers: Vec<Container>,
         volumes: Vec<Volume>,
         termination_grace_seconds: i64,
     ) -> Deployment {
         let spec = self.spec;
         let mut annotations = spec.pod_annotations.clone();
-        annotations.insert(ANNOTATION_CONFIG_CHECKSUM.to_string(), checksum.to_string());
+        for (key, checksum) in config_checksums {
+            annotations.insert(key.to_string(), checksum.to_string());
+        }
         Deployment {
             metadata: self.meta(name, component),
             spec: Some(DeploymentSpec {
@@ -618,7 +711,7 @@ impl Builder<'_> {
                 failure_threshold: Some(3),
                 ..http_get(PORT_OPS, "/healthz")
             }),
-            lifecycle: Some(pre_stop_sleep()),
+            lifecycle: self.pre_stop_sleep(),
             resources: self.spec.resources.clone(),
             volume_mounts: Some(mounts),
             security_context: Some(container_security_context()),
@@ -665,7 +758,7 @@ impl Builder<'_> {
                 failure_threshold: Some(3),
                 ..get("/healthz")
             }),
-            lifecycle: Some(pre_stop_sleep()),
+            lifecycle: self.pre_stop_sleep(),
             resources: self.spec.http.resources.clone(),
             // The HTTP server only reads the tree (and the keys); only it
             // gets the key-token secret.
@@ -851,18 +944,6 @@ fn rolling_update() -> DeploymentStrategy {
             max_surge: Some(IntOrString::Int(1)),
             max_unavailable: Some(IntOrString::Int(0)),
         }),
-    }
-}
-
-fn pre_stop_sleep() -> Lifecycle {
-    Lifecycle {
-        pre_stop: Some(LifecycleHandler {
-            sleep: Some(SleepAction {
-                seconds: PRE_STOP_SLEEP_SECONDS,
-            }),
-            ..LifecycleHandler::default()
-        }),
-        ..Lifecycle::default()
     }
 }
 

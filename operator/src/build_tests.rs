@@ -111,7 +111,7 @@ fn assert_restricted(d: &Deployment) {
             .and_then(|l| l.pre_stop.as_ref())
             .and_then(|p| p.sleep.as_ref())
             .map(|s| s.seconds);
-        assert_eq!(pre_stop, Some(PRE_STOP_SLEEP_SECONDS), "{}", c.name);
+        assert_eq!(pre_stop, Some(5), "{}: the default preStopDelay", c.name);
     }
 }
 
@@ -392,8 +392,13 @@ fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
         serde_yaml::from_str(text).expect("the server can read it");
     assert_eq!(config, oxcast_crds::IngestConfig::default());
     assert_eq!(
-        template_annotation(ingest, ANNOTATION_CONFIG_CHECKSUM),
-        Some(render::checksum(text))
+        template_annotation(ingest, ANNOTATION_INGEST_CONFIG_CHECKSUM),
+        render::ingest_checksum(&config).ok()
+    );
+    assert_eq!(
+        template_annotation(ingest, ANNOTATION_HTTP_CONFIG_CHECKSUM),
+        render::http_checksum(&config).ok(),
+        "the sidecar runs in the ingest pods"
     );
 
     let obsolete: Vec<_> = d
@@ -405,7 +410,8 @@ fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
         obsolete,
         [
             (ObsoleteKind::Deployment, "live-http"),
-            (ObsoleteKind::PersistentVolumeClaim, "live-hls")
+            (ObsoleteKind::PersistentVolumeClaim, "live-hls"),
+            (ObsoleteKind::PodDisruptionBudget, "live-ingest")
         ]
     );
 }
@@ -459,8 +465,11 @@ fn scale_out_example_shares_a_read_write_many_claim_with_an_http_deployment() {
                 .map(|c| c.claim_name.as_str()),
             Some("scale-out-hls")
         );
-        assert!(template_annotation(dep, ANNOTATION_CONFIG_CHECKSUM).is_some());
     }
+    assert!(template_annotation(ingest, ANNOTATION_INGEST_CONFIG_CHECKSUM).is_some());
+    assert!(template_annotation(ingest, ANNOTATION_HTTP_CONFIG_CHECKSUM).is_none());
+    assert!(template_annotation(http, ANNOTATION_HTTP_CONFIG_CHECKSUM).is_some());
+    assert!(template_annotation(http, ANNOTATION_INGEST_CONFIG_CHECKSUM).is_none());
     assert_eq!(
         container(ingest, "ingest")
             .resources
@@ -561,7 +570,8 @@ fn a_config_change_changes_the_pod_template_and_nothing_else_does_not() {
     let app = minimal();
     let before = build(&app, &settings()).expect("build");
     let again = build(&app, &settings()).expect("build");
-    let checksum = |d: &Desired| template_annotation(&d.deployments[0], ANNOTATION_CONFIG_CHECKSUM);
+    let checksum =
+        |d: &Desired| template_annotation(&d.deployments[0], ANNOTATION_INGEST_CONFIG_CHECKSUM);
     assert_eq!(
         checksum(&before),
         checksum(&again),
@@ -576,6 +586,220 @@ fn a_config_change_changes_the_pod_template_and_nothing_else_does_not() {
     changed.spec.hls.fragment = oxcast_crds::HumanDuration::from_secs(2);
     let after = build(&changed, &settings()).expect("build");
     assert_ne!(checksum(&before), checksum(&after), "new config, new pods");
+}
+
+/// The pod template of a Deployment, as its rollout trigger sees it.
+fn template(d: &Deployment) -> serde_json::Value {
+    serde_json::to_value(&d.spec.as_ref().expect("spec").template).expect("serialize")
+}
+
+#[test]
+fn http_only_changes_leave_the_ingest_pods_alone_and_ingest_only_changes_the_http_pods() {
+    let app = scale_out();
+    let before = build(&app, &settings()).expect("build");
+    let (ingest, http) = (&before.deployments[0], &before.deployments[1]);
+
+    // HTTP server settings and the HTTP pods' own fields.
+    let mut http_only = app.clone();
+    http_only.spec.http.settings.cors_allow_origin = "https://player.example".into();
+    http_only.spec.http.settings.cache_size_mib = 32;
+    http_only.spec.http.settings.path_prefix = "/hls".into();
+    http_only.spec.http.replicas = 4;
+    let after = build(&http_only, &settings()).expect("build");
+    assert_ne!(
+        before.config_map.data, after.config_map.data,
+        "the file changed"
+    );
+    assert_eq!(
+        template(ingest),
+        template(&after.deployments[0]),
+        "an HTTP-only change must not roll the ingest pods (publishers would be cut)"
+    );
+    assert_eq!(
+        ingest.metadata.annotations, after.deployments[0].metadata.annotations,
+        "the ingest Deployment is not even re-applied"
+    );
+    assert_ne!(
+        template(http),
+        template(&after.deployments[1]),
+        "the HTTP pods roll"
+    );
+
+    // Ingest-only settings: the HTTP pods stay.
+    for change in [
+        |a: &mut LiveApplication| a.spec.hls.fragment = oxcast_crds::HumanDuration::from_secs(3),
+        |a: &mut LiveApplication| a.spec.rtmp.settings.limits.max_publishers = 7,
+        |a: &mut LiveApplication| a.spec.rtmp.settings.allow_play = true,
+    ] {
+        let mut ingest_only = app.clone();
+        change(&mut ingest_only);
+        let after = build(&ingest_only, &settings()).expect("build");
+        assert_ne!(template(ingest), template(&after.deployments[0]));
+        assert_eq!(
+            template(http),
+            template(&after.deployments[1]),
+            "an ingest-only change must not roll the HTTP pods"
+        );
+    }
+
+    // Sidecar mode: the HTTP server lives in the ingest pods, so an HTTP
+    // change has to roll them.
+    let sidecar = minimal();
+    let before = build(&sidecar, &settings()).expect("build");
+    let mut changed = sidecar.clone();
+    changed.spec.http.settings.cors_allow_origin = "https://player.example".into();
+    let after = build(&changed, &settings()).expect("build");
+    assert_ne!(
+        template(&before.deployments[0]),
+        template(&after.deployments[0])
+    );
+}
+
+fn grace(d: &Deployment) -> Option<i64> {
+    pod(d).termination_grace_period_seconds
+}
+
+fn pre_stop_seconds(c: &Container) -> Option<i64> {
+    c.lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|p| p.sleep.as_ref())
+        .map(|s| s.seconds)
+}
+
+#[test]
+fn the_pre_stop_delay_is_configurable_and_the_grace_period_covers_it() {
+    // Default: 5 s; the ingest grace period adds the longest segment (the
+    // example's 2 s fragment and no maxFragment: a segment waits for a
+    // keyframe up to 4 s) and the 10 s margin.
+    let app = scale_out();
+    assert_eq!(
+        app.spec.hls.effective_max_fragment().get(),
+        std::time::Duration::from_secs(4)
+    );
+    let d = build(&app, &settings()).expect("build");
+    let (ingest, http) = (&d.deployments[0], &d.deployments[1]);
+    assert_eq!(pre_stop_seconds(container(ingest, "ingest")), Some(5));
+    assert_eq!(pre_stop_seconds(container(http, "http")), Some(5));
+    assert_eq!(grace(ingest), Some(5 + 4 + 10));
+    assert_eq!(grace(http), Some(5 + 10));
+
+    // A cloud load balancer that needs 30 s to deregister a target.
+    let mut slow_lb = app.clone();
+    slow_lb.spec.pre_stop_delay = oxcast_crds::HumanDuration::from_secs(30);
+    let d = build(&slow_lb, &settings()).expect("build");
+    let (ingest, http) = (&d.deployments[0], &d.deployments[1]);
+    assert_eq!(pre_stop_seconds(container(ingest, "ingest")), Some(30));
+    assert_eq!(pre_stop_seconds(container(http, "http")), Some(30));
+    assert_eq!(grace(ingest), Some(30 + 4 + 10));
+    assert_eq!(grace(http), Some(30 + 10));
+    for dep in [ingest, http] {
+        let pre_stop = pod(dep)
+            .containers
+            .iter()
+            .filter_map(pre_stop_seconds)
+            .max()
+            .expect("a preStop sleep");
+        assert!(
+            grace(dep).expect("grace") > pre_stop,
+            "SIGTERM must come inside the grace period"
+        );
+    }
+
+    // Sub-second delays round up (a preStop sleep counts whole seconds);
+    // zero turns the hook off.
+    let mut short = minimal();
+    short.spec.pre_stop_delay = oxcast_crds::HumanDuration::from_millis(1500);
+    let d = build(&short, &settings()).expect("build");
+    assert_eq!(
+        pre_stop_seconds(container(&d.deployments[0], "ingest")),
+        Some(2)
+    );
+    let mut none = minimal();
+    none.spec.pre_stop_delay = oxcast_crds::HumanDuration::from_secs(0);
+    let d = build(&none, &settings()).expect("build");
+    for c in &pod(&d.deployments[0]).containers {
+        assert_eq!(c.lifecycle, None, "{}", c.name);
+    }
+    assert_eq!(
+        grace(&d.deployments[0]),
+        Some(10 + 10),
+        "the longest segment (twice the default 5 s fragment) + margin"
+    );
+}
+
+#[test]
+fn a_disruption_budget_is_built_for_the_ingest_pods_only_when_asked_for() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use oxcast_crds::live_application::DisruptionBudget;
+
+    let app = scale_out();
+    let d = build(&app, &settings()).expect("build");
+    let pdb = d
+        .pod_disruption_budget
+        .as_ref()
+        .expect("the scale-out example asks for one");
+    assert_owned(&pdb.metadata, &app);
+    assert_eq!(pdb.metadata.name.as_deref(), Some("scale-out-ingest"));
+    let spec = pdb.spec.as_ref().expect("spec");
+    assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(spec.min_available, None);
+    assert_eq!(
+        spec.selector.as_ref().and_then(|s| s.match_labels.clone()),
+        Some(Names::new("scale-out").selector(Component::Ingest)),
+        "the ingest pods, not the HTTP ones"
+    );
+    assert_eq!(
+        spec.unhealthy_pod_eviction_policy.as_deref(),
+        Some("AlwaysAllow")
+    );
+    assert!(!d
+        .obsolete
+        .iter()
+        .any(|o| o.kind == ObsoleteKind::PodDisruptionBudget));
+
+    // A percentage works too.
+    let mut pct = app.clone();
+    pct.spec.pod_disruption_budget = Some(DisruptionBudget {
+        min_available: Some(IntOrString::String("50%".into())),
+        max_unavailable: None,
+    });
+    let d = build(&pct, &settings()).expect("build");
+    let spec = d.pod_disruption_budget.and_then(|p| p.spec).expect("spec");
+    assert_eq!(spec.min_available, Some(IntOrString::String("50%".into())));
+
+    // Dropped from the spec: none built, and the old one is deleted.
+    let mut without = app.clone();
+    without.spec.pod_disruption_budget = None;
+    let d = build(&without, &settings()).expect("build");
+    assert!(d.pod_disruption_budget.is_none());
+    assert!(d.obsolete.contains(&Obsolete {
+        kind: ObsoleteKind::PodDisruptionBudget,
+        name: "scale-out-ingest".into(),
+    }));
+    assert!(build(&minimal(), &settings())
+        .expect("build")
+        .pod_disruption_budget
+        .is_none());
+
+    // Both or neither bound: invalid (the CRD's CEL rule says the same).
+    for budget in [
+        DisruptionBudget {
+            min_available: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(1)),
+        },
+        DisruptionBudget {
+            min_available: None,
+            max_unavailable: None,
+        },
+    ] {
+        let mut bad = app.clone();
+        bad.spec.pod_disruption_budget = Some(budget);
+        match build(&bad, &settings()) {
+            Err(BuildError::Invalid(e)) => assert_eq!(e.field, "podDisruptionBudget"),
+            other => panic!("expected an invalid spec, got {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -633,14 +857,74 @@ fn read_write_once_claims_recreate_instead_of_surging() {
         existing_claim: None,
     };
     let d = build(&app, &settings()).expect("build");
-    assert_eq!(
-        d.deployments[0]
-            .spec
-            .as_ref()
-            .and_then(|s| s.strategy.as_ref())
-            .and_then(|s| s.type_.as_deref()),
-        Some("Recreate")
-    );
+    assert_eq!(strategy(&d.deployments[0]), Some("Recreate"));
+}
+
+fn strategy(d: &Deployment) -> Option<&str> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.strategy.as_ref())
+        .and_then(|s| s.type_.as_deref())
+}
+
+fn existing_claim(mode: AccessMode) -> StorageSpec {
+    StorageSpec {
+        empty_dir: None,
+        persistent_volume_claim: None,
+        existing_claim: Some(oxcast_crds::live_application::ExistingClaim {
+            claim_name: "shared-hls".into(),
+            access_mode: mode,
+        }),
+    }
+}
+
+#[test]
+fn existing_claims_declared_read_write_once_recreate_and_allow_one_pod() {
+    for mode in [AccessMode::ReadWriteOnce, AccessMode::ReadWriteOncePod] {
+        let mut app = minimal();
+        app.spec.storage = existing_claim(mode);
+        let d = build(&app, &settings()).expect("build");
+        assert_eq!(
+            d.deployments.len(),
+            1,
+            "{mode:?}: the HTTP server is a sidecar"
+        );
+        assert_eq!(strategy(&d.deployments[0]), Some("Recreate"), "{mode:?}");
+        assert_eq!(
+            d.deployments[0]
+                .spec
+                .as_ref()
+                .and_then(|s| s.strategy.as_ref())
+                .and_then(|s| s.rolling_update.as_ref()),
+            None
+        );
+
+        // The operator re-checks what the CRD's CEL rules reject.
+        let mut scaled = app.clone();
+        scaled.spec.replicas = 2;
+        match build(&scaled, &settings()) {
+            Err(BuildError::Invalid(e)) => {
+                assert_eq!(e.field, "replicas");
+                assert!(e.message.contains("accessMode ReadWriteMany"), "{e}");
+            }
+            other => panic!("{mode:?}: expected an invalid spec, got {other:?}"),
+        }
+        let mut separate = app.clone();
+        separate.spec.http.mode = HttpMode::Deployment;
+        assert!(matches!(
+            build(&separate, &settings()),
+            Err(BuildError::Invalid(_))
+        ));
+    }
+    // ReadWriteMany (the default) surges a new pod first.
+    let mut app = minimal();
+    app.spec.storage = existing_claim(AccessMode::ReadWriteMany);
+    app.spec.replicas = 3;
+    let d = build(&app, &settings()).expect("build");
+    assert_eq!(strategy(&d.deployments[0]), Some("RollingUpdate"));
+    let declared: oxcast_crds::live_application::ExistingClaim =
+        serde_json::from_value(serde_json::json!({"claimName": "hls"})).expect("parse");
+    assert_eq!(declared.access_mode, AccessMode::ReadWriteMany);
 }
 
 #[test]
@@ -653,6 +937,7 @@ fn existing_claims_are_mounted_but_never_created_or_deleted() {
         persistent_volume_claim: None,
         existing_claim: Some(oxcast_crds::live_application::ExistingClaim {
             claim_name: "shared-hls".into(),
+            access_mode: AccessMode::ReadWriteMany,
         }),
     };
     let d = build(&app, &settings()).expect("build");
@@ -708,6 +993,7 @@ fn invalid_specs_build_nothing_and_say_why() {
     let mut app = minimal();
     app.spec.storage.existing_claim = Some(oxcast_crds::live_application::ExistingClaim {
         claim_name: "x".into(),
+        access_mode: AccessMode::ReadWriteMany,
     });
     assert!(matches!(
         build(&app, &settings()),

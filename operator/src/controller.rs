@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -39,6 +41,10 @@ use crate::metrics::Metrics;
 use crate::names::{Names, LABEL_INSTANCE, MANAGED_SELECTOR, MANAGER};
 use crate::status::{self, Observed};
 use crate::{Error, Health};
+
+/// The label that names an EndpointSlice's Service (set by the
+/// EndpointSlice controller).
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// What the controller needs to know besides the cluster.
 #[derive(Debug, Clone)]
@@ -76,6 +82,10 @@ struct Stores {
     service_accounts: Store<ServiceAccount>,
     roles: Store<Role>,
     role_bindings: Store<RoleBinding>,
+    pod_disruption_budgets: Store<PodDisruptionBudget>,
+    /// The Services' EndpointSlices (the EndpointSlice controller copies the
+    /// Service's labels onto them, so the managed-by selector finds them).
+    endpoint_slices: Store<EndpointSlice>,
     /// True once every store above has its initial list.
     synced: watch::Receiver<bool>,
 }
@@ -109,6 +119,12 @@ async fn wait_synced(stores: Stores) -> bool {
         && stores.service_accounts.wait_until_ready().await.is_ok()
         && stores.roles.wait_until_ready().await.is_ok()
         && stores.role_bindings.wait_until_ready().await.is_ok()
+        && stores
+            .pod_disruption_budgets
+            .wait_until_ready()
+            .await
+            .is_ok()
+        && stores.endpoint_slices.wait_until_ready().await.is_ok()
 }
 
 struct Context {
@@ -214,6 +230,9 @@ async fn run_scope(
         child_watch::<ServiceAccount>(&client, scope_ref);
     let (roles, role_events) = child_watch::<Role>(&client, scope_ref);
     let (role_bindings, role_binding_events) = child_watch::<RoleBinding>(&client, scope_ref);
+    let (pod_disruption_budgets, pod_disruption_budget_events) =
+        child_watch::<PodDisruptionBudget>(&client, scope_ref);
+    let (endpoint_slices, endpoint_slice_events) = child_watch::<EndpointSlice>(&client, scope_ref);
     let (synced_tx, synced) = watch::channel(false);
     let stores = Stores {
         deployments,
@@ -224,6 +243,8 @@ async fn run_scope(
         service_accounts,
         roles,
         role_bindings,
+        pod_disruption_budgets,
+        endpoint_slices,
         synced,
     };
     tokio::spawn(wait_synced(stores.clone()).then(move |ok| async move {
@@ -252,11 +273,21 @@ async fn run_scope(
         .owns_stream(service_account_events)
         .owns_stream(role_events)
         .owns_stream(role_binding_events)
+        .owns_stream(pod_disruption_budget_events)
         // Pods belong to ReplicaSets, not to the LiveApplication: map them
         // by label. Their states feed the Degraded condition.
         .watches_stream(pod_events, |pod: Pod| {
             let namespace = pod.namespace();
             pod.labels().get(LABEL_INSTANCE).map(|name| {
+                ObjectRef::<LiveApplication>::new(name)
+                    .within(namespace.as_deref().unwrap_or_default())
+            })
+        })
+        // EndpointSlices belong to the Services: map them by label too.
+        // Ready waits for the RTMP Service's (see `status`).
+        .watches_stream(endpoint_slice_events, |slice: EndpointSlice| {
+            let namespace = slice.namespace();
+            slice.labels().get(LABEL_INSTANCE).map(|name| {
                 ObjectRef::<LiveApplication>::new(name)
                     .within(namespace.as_deref().unwrap_or_default())
             })
@@ -411,7 +442,13 @@ async fn reconcile_app(app: &LiveApplication, ctx: &Context) -> Result<Action, E
         pod.metadata.namespace.as_deref() == Some(namespace.as_str())
             && pod.labels().get(LABEL_INSTANCE) == Some(&names.app)
     });
-    let observed = observe(app, &namespace, &names, &children, &pods, None, None);
+    let rtmp_service = names.rtmp_service();
+    let rtmp_slices = ctx.stores.endpoint_slices.state_filter(|slice| {
+        slice.metadata.namespace.as_deref() == Some(namespace.as_str())
+            && slice.labels().get(SERVICE_NAME_LABEL) == Some(&rtmp_service)
+    });
+    let mut observed = observe(app, &namespace, &names, &children, &pods, None, None);
+    observed.rtmp_ready_endpoints = status::ready_endpoints(rtmp_slices.iter().map(Arc::as_ref));
     let before = app.status.as_ref();
     if let Some(after) = write_status(app, ctx, &observed).await? {
         for (type_, event_type) in [
@@ -466,6 +503,7 @@ fn observe<'a>(
         pvc: children.pvc.as_ref(),
         expect_pvc: spec.storage.persistent_volume_claim.is_some(),
         pods: pods.iter().map(Arc::as_ref).collect(),
+        rtmp_ready_endpoints: 0,
     }
 }
 
@@ -532,6 +570,9 @@ async fn apply_all(
     let mut services = Vec::with_capacity(desired.services.len());
     for service in &desired.services {
         services.push(apply(ctx, &stores.services, service, changes).await?);
+    }
+    if let Some(budget) = &desired.pod_disruption_budget {
+        apply(ctx, &stores.pod_disruption_budgets, budget, changes).await?;
     }
     let mut deployments = deployments.into_iter();
     let mut services = services.into_iter();
@@ -617,6 +658,7 @@ fn static_kind(kind: &str) -> &'static str {
         "ServiceAccount" => "ServiceAccount",
         "Role" => "Role",
         "RoleBinding" => "RoleBinding",
+        "PodDisruptionBudget" => "PodDisruptionBudget",
         _ => "Other",
     }
 }
@@ -646,6 +688,17 @@ async fn delete_obsolete(
                 delete_if_controlled(
                     ctx,
                     &ctx.stores.pvcs,
+                    &namespace,
+                    &obsolete.name,
+                    &uid,
+                    changes,
+                )
+                .await?
+            }
+            ObsoleteKind::PodDisruptionBudget => {
+                delete_if_controlled(
+                    ctx,
+                    &ctx.stores.pod_disruption_budgets,
                     &namespace,
                     &obsolete.name,
                     &uid,

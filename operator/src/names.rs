@@ -21,9 +21,14 @@ pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 /// Hash of the desired object, on every child: a cheap, exact test of
 /// whether the operator's intent changed since it last applied the object.
 pub const ANNOTATION_DESIRED_HASH: &str = "live.oxcast.dev/desired-hash";
-/// Checksum of the rendered ingest config on the pod template: a config
-/// change changes the template, so the Deployment rolls its pods.
-pub const ANNOTATION_CONFIG_CHECKSUM: &str = "live.oxcast.dev/config-checksum";
+/// Checksum of the config the ingest server reads (everything but the
+/// `http` section), on the ingest pod template: a change there changes the
+/// template, so the Deployment rolls the ingest pods.
+pub const ANNOTATION_INGEST_CONFIG_CHECKSUM: &str = "live.oxcast.dev/ingest-config-checksum";
+/// Checksum of the config the HTTP server reads (the `http` section), on the
+/// pod template of the pods that run it: the HTTP Deployment's, or the
+/// ingest pods' in sidecar mode (one pod, so an HTTP change rolls it too).
+pub const ANNOTATION_HTTP_CONFIG_CHECKSUM: &str = "live.oxcast.dev/http-config-checksum";
 
 /// Which pods a label set describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +89,11 @@ impl Names {
     /// The ingest pods' ServiceAccount, and the Role and RoleBinding that
     /// let it hold stream-ownership Leases (one name for all three).
     pub fn ingest_identity(&self) -> String {
+        format!("{}-ingest", self.app)
+    }
+
+    /// The ingest pods' PodDisruptionBudget (spec.podDisruptionBudget).
+    pub fn ingest_disruption_budget(&self) -> String {
         format!("{}-ingest", self.app)
     }
 

@@ -127,6 +127,30 @@ pub fn render(config: &IngestConfig) -> Result<String, serde_yaml::Error> {
     ))
 }
 
+/// Checksum of what the ingest (`rtmp`) role reads from the config file:
+/// everything but the `http` section. On the ingest pod template, so a
+/// change rolls the ingest pods; an HTTP-only change does not.
+///
+/// Everything not known to be HTTP-only counts, so a section added later
+/// rolls the ingest pods until someone decides otherwise.
+pub fn ingest_checksum(config: &IngestConfig) -> Result<String, serde_yaml::Error> {
+    let ingest_part = IngestConfig {
+        http: Default::default(),
+        ..config.clone()
+    };
+    Ok(checksum(&serde_yaml::to_string(&ingest_part)?))
+}
+
+/// Checksum of what the `http` role reads from the config file: its
+/// `http` section (it serves whatever tree it finds, nested or flat) and
+/// `hls.encryption` (key delivery: path, authorization mode, secret files).
+/// On the pod template of every pod running the HTTP server (the ingest pods
+/// in sidecar mode, the HTTP Deployment's pods in deployment mode).
+pub fn http_checksum(config: &IngestConfig) -> Result<String, serde_yaml::Error> {
+    let http_part = (&config.http, &config.hls.encryption);
+    Ok(checksum(&serde_yaml::to_string(&http_part)?))
+}
+
 /// Hex SHA-256 of `text`.
 pub fn checksum(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
@@ -219,6 +243,25 @@ mod tests {
         );
         let back: IngestConfig = serde_yaml::from_str(&text).expect("the server can parse it");
         assert_eq!(back, config);
+    }
+
+    #[test]
+    fn http_settings_only_change_the_http_checksum() {
+        let spec = LiveApplicationSpec::default();
+        let before = ingest_config(&spec, "live");
+        let mut http_only = spec.clone();
+        http_only.http.settings.cors_allow_origin = "https://player.example".into();
+        http_only.http.settings.cache_size_mib = 16;
+        let after = ingest_config(&http_only, "live");
+        assert_eq!(ingest_checksum(&before).ok(), ingest_checksum(&after).ok());
+        assert_ne!(http_checksum(&before).ok(), http_checksum(&after).ok());
+
+        let mut ingest_only = spec.clone();
+        ingest_only.rtmp.settings.limits.max_publishers = 7;
+        ingest_only.hls.fragment = oxcast_crds::HumanDuration::from_secs(2);
+        let after = ingest_config(&ingest_only, "live");
+        assert_ne!(ingest_checksum(&before).ok(), ingest_checksum(&after).ok());
+        assert_eq!(http_checksum(&before).ok(), http_checksum(&after).ok());
     }
 
     #[test]

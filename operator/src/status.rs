@@ -5,6 +5,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use oxcast_crds::live_application::{LiveApplicationSpec, LiveApplicationStatus, ServiceType};
 
@@ -48,6 +49,23 @@ pub struct Observed<'a> {
     pub expect_pvc: bool,
     /// The application's pods (ingest and HTTP).
     pub pods: Vec<&'a Pod>,
+    /// Ready endpoints in the RTMP Service's EndpointSlices: what kube-proxy
+    /// and load balancers route publishers to (see [`ready_endpoints`]).
+    pub rtmp_ready_endpoints: usize,
+}
+
+/// Ready endpoints in `slices` (unique addresses): `ready` unset counts as
+/// ready, as the EndpointSlice API says consumers should read it.
+pub fn ready_endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> usize {
+    let mut addresses: Vec<&str> = slices
+        .into_iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .flat_map(|e| e.addresses.iter().map(String::as_str))
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses.len()
 }
 
 /// A condition before timestamps: type, status, reason, message.
@@ -174,10 +192,21 @@ fn verdicts(o: &Observed<'_>) -> (Verdict, Verdict, Verdict) {
     let rollout = rollout_state(o);
     let lb_waiting = o.spec.rtmp.service.type_ == ServiceType::LoadBalancer
         && o.rtmp_service.and_then(lb_address).is_none();
+    // Pods can be available before the Service routes to them: the
+    // EndpointSlice controller, then kube-proxy and load balancers, follow
+    // pod readiness. A publish that arrives in between is refused, so Ready
+    // waits for a ready endpoint of the RTMP Service.
+    let endpoints_waiting = o.spec.replicas > 0 && o.rtmp_ready_endpoints == 0;
 
     let degraded = match &problem {
         Some((reason, message)) => Verdict::yes(reason, message.clone()),
         None => Verdict::no("AsExpected", "no problems found"),
+    };
+    let no_endpoints = || {
+        format!(
+            "Service {} has no ready endpoint yet: publishers would be refused",
+            o.names.rtmp_service()
+        )
     };
     let progressing = match (&rollout, lb_waiting) {
         (Rollout::Pending(reason, message), _) => Verdict::yes(reason, message.clone()),
@@ -188,6 +217,9 @@ fn verdicts(o: &Observed<'_>) -> (Verdict, Verdict, Verdict) {
                 o.names.rtmp_service()
             ),
         ),
+        (Rollout::Done, false) if endpoints_waiting => {
+            Verdict::yes("WaitingForEndpoints", no_endpoints())
+        }
         (Rollout::Done, false) => Verdict::no("Complete", "all objects are up to date"),
     };
     let ready = match (&problem, &rollout, lb_waiting) {
@@ -200,6 +232,9 @@ fn verdicts(o: &Observed<'_>) -> (Verdict, Verdict, Verdict) {
                 o.names.rtmp_service()
             ),
         ),
+        (None, Rollout::Done, false) if endpoints_waiting => {
+            Verdict::no("WaitingForEndpoints", no_endpoints())
+        }
         (None, Rollout::Done, false) => match rtmp_url(o) {
             Some(url) => Verdict::yes("Ready", format!("publish to {url}/<stream-key>")),
             None => Verdict::yes("Ready", "all pods are available"),

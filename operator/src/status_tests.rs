@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::{
     LoadBalancerStatus, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, PodStatus,
     ServiceStatus,
 };
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use oxcast_crds::live_application::{HttpMode, PvcStorage, StorageSpec};
@@ -91,6 +92,28 @@ struct World {
     pvc: Option<PersistentVolumeClaim>,
     pods: Vec<Pod>,
     invalid: Option<String>,
+    rtmp_slices: Vec<EndpointSlice>,
+}
+
+/// An EndpointSlice of the RTMP Service with one endpoint per
+/// (address, ready) pair.
+fn slice(endpoints: &[(&str, Option<bool>)]) -> EndpointSlice {
+    EndpointSlice {
+        address_type: "IPv4".into(),
+        endpoints: endpoints
+            .iter()
+            .map(|(address, ready)| Endpoint {
+                addresses: vec![address.to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: *ready,
+                    serving: *ready,
+                    terminating: Some(false),
+                }),
+                ..Endpoint::default()
+            })
+            .collect(),
+        ..EndpointSlice::default()
+    }
 }
 
 impl World {
@@ -106,6 +129,7 @@ impl World {
             pvc: None,
             pods: Vec::new(),
             invalid: None,
+            rtmp_slices: vec![slice(&[("198.18.1.10", Some(true))])],
         }
     }
 
@@ -129,6 +153,7 @@ impl World {
             pvc: self.pvc.as_ref(),
             expect_pvc: self.spec.storage.persistent_volume_claim.is_some(),
             pods: self.pods.iter().collect(),
+            rtmp_ready_endpoints: ready_endpoints(&self.rtmp_slices),
         };
         compute(previous, &observed, now)
     }
@@ -160,6 +185,60 @@ fn rolled_out_with_an_address_is_ready_and_says_where_to_publish() {
         .expect("ready")
         .message
         .contains("rtmp://203.0.113.7:1935/app"));
+}
+
+#[test]
+fn ready_waits_for_a_ready_endpoint_of_the_rtmp_service() {
+    // Rolled out, address assigned, but the EndpointSlice controller has not
+    // added the pod yet (or only as not ready): a publish would be refused.
+    for slices in [
+        Vec::new(),
+        vec![slice(&[])],
+        vec![slice(&[("198.18.1.10", Some(false))])],
+    ] {
+        let mut w = World::ready();
+        w.rtmp_slices = slices;
+        let s = w.status(None, &t(100));
+        assert_eq!(cond(&s, READY), ("False", "WaitingForEndpoints"));
+        assert_eq!(cond(&s, PROGRESSING), ("True", "WaitingForEndpoints"));
+        assert_eq!(cond(&s, DEGRADED), ("False", "AsExpected"));
+        assert!(find(&s, READY)
+            .expect("ready")
+            .message
+            .contains("Service live-rtmp has no ready endpoint"));
+        // The address is known: the URL is reported already.
+        assert_eq!(s.rtmp_url.as_deref(), Some("rtmp://203.0.113.7:1935/app"));
+    }
+    // One ready endpoint among terminating ones, in any slice, is enough;
+    // `ready` unset means ready.
+    for slices in [
+        vec![slice(&[
+            ("198.18.1.10", Some(false)),
+            ("198.18.1.11", Some(true)),
+        ])],
+        vec![slice(&[]), slice(&[("198.18.1.12", None)])],
+    ] {
+        let mut w = World::ready();
+        w.rtmp_slices = slices;
+        let s = w.status(None, &t(100));
+        assert_eq!(cond(&s, READY), ("True", "Ready"));
+    }
+    // Scaled to zero there is nothing to wait for.
+    let mut w = World::ready();
+    w.spec.replicas = 0;
+    w.ingest = Some(deployment(2, 2, 0, 0));
+    w.rtmp_slices = Vec::new();
+    assert_eq!(cond(&w.status(None, &t(100)), READY), ("True", "Ready"));
+}
+
+#[test]
+fn ready_endpoints_counts_unique_ready_addresses() {
+    let slices = [
+        slice(&[("a", Some(true)), ("b", Some(false)), ("c", None)]),
+        slice(&[("a", Some(true))]),
+    ];
+    assert_eq!(ready_endpoints(&slices), 2);
+    assert_eq!(ready_endpoints(&[]), 0);
 }
 
 #[test]

@@ -283,6 +283,12 @@ fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
                 "{rule:?}"
             );
         }
+        // EndpointSlices are only watched (Ready waits for the RTMP Service's).
+        if resources.contains(&"endpointslices".to_string()) {
+            assert_eq!(resources, ["endpointslices"], "{rule:?}");
+            assert_eq!(groups, ["discovery.k8s.io"], "{rule:?}");
+            assert_eq!(verbs, ["list", "watch"], "{rule:?}");
+        }
         // Pods are only watched (their states feed the Degraded condition).
         if resources.contains(&"pods".to_string()) {
             assert_eq!(resources, ["pods"], "{rule:?}");
@@ -310,7 +316,14 @@ fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
             .iter()
             .any(|r| strings(&r["resources"]).contains(&resource.to_string()))
     };
-    for needed in ["serviceaccounts", "roles", "rolebindings", "leases"] {
+    for needed in [
+        "serviceaccounts",
+        "roles",
+        "rolebindings",
+        "leases",
+        "poddisruptionbudgets",
+        "endpointslices",
+    ] {
         assert!(granted(needed), "{needed} missing from {rules:?}");
     }
     let binding = r.one("ClusterRoleBinding");

@@ -808,3 +808,459 @@ spec:
     let _ = kubectl_try(setup, &["delete", "persistentvolume", "oxcast-pods"]);
     let _ = kubectl_try(setup, &["delete", "storageclass", "oxcast-pods"]);
 }
+
+/// `EXT-X-MEDIA-SEQUENCE` of a playlist.
+fn media_sequence(playlist: &str) -> Option<u64> {
+    playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The segment URIs a playlist lists, in order.
+fn segment_uris(playlist: &str) -> Vec<String> {
+    playlist
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Media sequence number of the last segment listed.
+fn last_sequence(playlist: &str) -> Option<u64> {
+    let listed = segment_uris(playlist).len() as u64;
+    media_sequence(playlist).map(|first| first + listed.saturating_sub(1))
+}
+
+/// The pod (replica id) holding the Lease of stream `key` of `app`, from
+/// `kubectl get leases`: holderIdentity is `<pod>_<nonce>`.
+fn stream_owner(setup: &Setup, ns: &str, app: &str, key: &str) -> Option<String> {
+    let leases = kubectl_try(
+        setup,
+        &[
+            "-n",
+            ns,
+            "get",
+            "leases",
+            "-l",
+            &format!("oxcast.io/lease-group={app},oxcast.io/lease-kind=stream"),
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.holderIdentity}{\"\\n\"}{end}",
+        ],
+    )?;
+    leases.lines().find_map(|l| {
+        let (name, holder) = l.split_once(' ')?;
+        name.starts_with(&format!("{app}-stream-{key}-"))
+            .then(|| holder.rsplit_once('_').map(|(pod, _)| pod.to_string()))
+            .flatten()
+    })
+}
+
+/// One observation of the live playlist served over the HTTP Service.
+struct Seen {
+    at: std::time::Instant,
+    playlist: String,
+}
+
+/// Issue 12's scale-out scenarios on real pods: three ingest replicas on a
+/// shared (hostPath, ReadWriteMany) volume with Lease ownership, the HTTP
+/// server in its own Deployment. One publisher through the LoadBalancer
+/// address; a second publisher of the same key sent straight to another
+/// replica's pod address is rejected and the stream goes on; `kubectl
+/// delete pod` of the owner (the stream Lease's holder) mid-stream cuts the
+/// publisher after the configured preStop delay; the publisher reconnects as
+/// an encoder would and the stream continues on another replica: media
+/// sequence goes on, `EXT-X-DISCONTINUITY`, no `EXT-X-ENDLIST` while
+/// publishing, no listed segment missing from the volume, the playlist over
+/// the HTTP Service keeps advancing; the operator's PodDisruptionBudget
+/// is there. Also measures Ready → first accepted publish.
+#[test]
+fn scale_out_streams_survive_the_owner_pod_and_keep_one_owner() {
+    use oxcast_tests::media::fixtures::{require, Fixture};
+    use oxcast_tests::media::http;
+    use std::time::Instant;
+
+    let _serial = serial();
+    let setup = setup();
+    run_line(setup, "tests/kind/e2e.sh install", &[]);
+
+    let ns = "oxcast-scale";
+    let app = "scale";
+    let key = "owned";
+    let pre_stop = 3u64;
+    let playlist_length = Duration::from_secs(10);
+    let _ = kubectl_try(setup, &["delete", "namespace", ns, "--wait=true"]);
+    let _ = kubectl_try(setup, &["delete", "persistentvolume", "oxcast-scale"]);
+    kubectl(setup, &["create", "namespace", ns]);
+    let volume = tempfile::Builder::new()
+        .prefix("oxcast-scale-")
+        .tempdir()
+        .expect("a directory for the volume");
+    std::fs::set_permissions(
+        volume.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .expect("chmod the volume");
+    let manifest = format!(
+        r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: oxcast-scale}}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: Immediate
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: oxcast-scale}}
+spec:
+  storageClassName: oxcast-scale
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {{path: {dir}, type: Directory}}
+---
+apiVersion: live.oxcast.dev/v1alpha1
+kind: LiveApplication
+metadata: {{name: {app}, namespace: {ns}}}
+spec:
+  replicas: 3
+  preStopDelay: {pre_stop}s
+  podDisruptionBudget: {{maxUnavailable: 1}}
+  rtmp:
+    service: {{type: LoadBalancer}}
+  hls:
+    fragment: 1s
+    playlistLength: {playlist}s
+  http:
+    mode: deployment
+    replicas: 1
+    service: {{type: ClusterIP, port: 80}}
+  storage:
+    persistentVolumeClaim:
+      storageClassName: oxcast-scale
+      size: 1Gi
+      accessModes: [ReadWriteMany]
+"#,
+        dir = volume.path().display(),
+        playlist = playlist_length.as_secs(),
+    );
+    let manifest_file = volume.path().join("manifest.yaml");
+    std::fs::write(&manifest_file, manifest).expect("write the manifest");
+    kubectl(
+        setup,
+        &["apply", "-f", manifest_file.to_str().expect("utf-8 path")],
+    );
+    kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "wait",
+            &format!("liveapplication/{app}"),
+            "--for=condition=Ready",
+            "--timeout=300s",
+        ],
+    );
+    let ready_at = Instant::now();
+    let rtmp_url = jsonpath(
+        setup,
+        ns,
+        &format!("liveapplication/{app}"),
+        "{.status.rtmpUrl}",
+    );
+    assert!(
+        rtmp_url.starts_with("rtmp://198.18.200."),
+        "Ready without a LoadBalancer address: {rtmp_url:?}"
+    );
+    let cluster_ip = jsonpath(
+        setup,
+        ns,
+        &format!("service/{app}-http"),
+        "{.spec.clusterIP}",
+    );
+    let http_addr: std::net::SocketAddr = format!("{cluster_ip}:80").parse().expect("ClusterIP");
+
+    // The operator's PodDisruptionBudget over the three ingest pods.
+    wait_or_dump(
+        setup,
+        ns,
+        "the ingest PodDisruptionBudget to cover three pods",
+        Duration::from_secs(60),
+        || {
+            kubectl_try(
+                setup,
+                &[
+                    "-n",
+                    ns,
+                    "get",
+                    &format!("poddisruptionbudget/{app}-ingest"),
+                    "-o",
+                    "jsonpath={.spec.maxUnavailable} {.status.expectedPods} {.status.disruptionsAllowed}",
+                ],
+            )
+            .filter(|b| b == "1 3 1")
+        },
+    );
+
+    // Ready means routed: the first publish right after Ready is accepted
+    // (before Ready waited for the RTMP Service's EndpointSlice, it could
+    // be refused for a second while kube-proxy caught up).
+    let media = require(Fixture::Av14s);
+    let url = format!("{rtmp_url}/{key}");
+    let mut first_try =
+        oxcast_tests::media::Publisher::start_with(media, &url, &["-stream_loop", "30"]);
+    let tried_after = ready_at.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut publisher = if first_try.is_running() {
+        eprintln!("node_e2e: the first publish, {tried_after:?} after Ready, was accepted");
+        first_try
+    } else {
+        let refused = first_try.wait();
+        eprintln!(
+            "node_e2e: the first publish, {tried_after:?} after Ready, was refused: {}",
+            refused.stderr.trim()
+        );
+        start_publisher(setup, ns, media, &url)
+    };
+    let playlist_path = format!("/live/{key}/index.m3u8");
+    let fetch = || {
+        http::get(http_addr, &playlist_path)
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| r.text().to_string())
+    };
+    let mut seen: Vec<Seen> = Vec::new();
+    let observe = |seen: &mut Vec<Seen>| -> Option<String> {
+        let playlist = fetch()?;
+        // Every segment a viewer is told about is on the volume.
+        for uri in segment_uris(&playlist) {
+            let file = volume.path().join(key).join(&uri);
+            assert!(
+                file.is_file(),
+                "{uri} is listed but not on the volume:\n{playlist}"
+            );
+        }
+        seen.push(Seen {
+            at: Instant::now(),
+            playlist: playlist.clone(),
+        });
+        Some(playlist)
+    };
+    wait_or_dump(
+        setup,
+        ns,
+        "three segments in the playlist over the HTTP Service",
+        Duration::from_secs(60),
+        || observe(&mut seen).filter(|p| segment_uris(p).len() >= 3),
+    );
+    let owner = wait_or_dump(
+        setup,
+        ns,
+        "the stream Lease",
+        Duration::from_secs(30),
+        || stream_owner(setup, ns, app, key),
+    );
+    let pods = kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            &format!("app.kubernetes.io/instance={app},app.kubernetes.io/component=ingest"),
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}",
+        ],
+    );
+    let pods: Vec<(String, String)> = pods
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, ip)| (n.to_string(), ip.to_string()))
+        .collect();
+    assert_eq!(pods.len(), 3, "three running ingest pods: {pods:?}");
+    assert!(
+        pods.iter().any(|(n, _)| *n == owner),
+        "the Lease holder {owner} is one of the ingest pods {pods:?}"
+    );
+    eprintln!("node_e2e: stream {key} is owned by {owner}");
+
+    // A second publisher of the same key on another replica (straight to
+    // its pod address, so it cannot land on the owner): rejected, and the
+    // stream goes on.
+    let (other, other_ip) = pods
+        .iter()
+        .find(|(n, _)| *n != owner)
+        .cloned()
+        .expect("another replica");
+    let app_name = rtmp_url.rsplit('/').next().expect("the RTMP app");
+    let second = oxcast_tests::media::Publisher::start(
+        media,
+        &format!("rtmp://{other_ip}:1935/{app_name}/{key}"),
+    );
+    let done = second.wait_at_most(Duration::from_secs(30));
+    assert!(
+        !done.success(),
+        "a second publisher of {key} on {other} was accepted: {done:?}"
+    );
+    let other_logs = kubectl(setup, &["-n", ns, "logs", &other, "-c", "ingest"]);
+    assert!(
+        other_logs.contains("publish rejected")
+            && other_logs.contains(&format!("stream {key} is already being published")),
+        "{other} did not log the rejection:\n{other_logs}"
+    );
+    assert!(publisher.is_running(), "the first publisher was cut");
+    let before_second = seen.last().and_then(|s| last_sequence(&s.playlist));
+    wait_or_dump(
+        setup,
+        ns,
+        "the stream to keep advancing after the rejected publisher",
+        Duration::from_secs(30),
+        || {
+            observe(&mut seen)
+                .filter(|p| last_sequence(p) >= before_second.map(|s| s + 2))
+                .map(|_| ())
+        },
+    );
+    assert_eq!(
+        stream_owner(setup, ns, app, key).as_deref(),
+        Some(owner.as_str()),
+        "the owner did not change"
+    );
+    for s in &seen {
+        assert!(
+            !s.playlist.contains("#EXT-X-ENDLIST"),
+            "ENDLIST while publishing:\n{}",
+            s.playlist
+        );
+    }
+    let before_delete = seen.last().map(|s| s.playlist.clone()).expect("a playlist");
+    let last_before = last_sequence(&before_delete).expect("a media sequence");
+
+    // `kubectl delete pod` of the owner mid-stream: the publisher is cut
+    // once the preStop delay is over (SIGTERM ends the publish).
+    let deleted_at = Instant::now();
+    kubectl(setup, &["-n", ns, "delete", "pod", &owner, "--wait=false"]);
+    wait_or_dump(
+        setup,
+        ns,
+        "the owner's publisher to be cut",
+        Duration::from_secs(60),
+        || (!publisher.is_running()).then_some(()),
+    );
+    let cut_after = deleted_at.elapsed();
+    eprintln!("node_e2e: delete pod {owner} -> publisher cut after {cut_after:?}");
+    assert!(
+        cut_after >= Duration::from_secs(pre_stop),
+        "the publisher was cut {cut_after:?} after the delete, before the {pre_stop}s preStop delay"
+    );
+    drop(publisher);
+
+    // The broadcaster's encoder reconnects to the same URL and lands on
+    // another replica (the deleted pod left the Service's endpoints).
+    let reconnect_at = Instant::now();
+    let publisher = start_publisher(setup, ns, media, &url);
+    eprintln!(
+        "node_e2e: reconnected {:?} after the cut ({:?} after the delete)",
+        reconnect_at.elapsed(),
+        deleted_at.elapsed()
+    );
+    let new_owner = wait_or_dump(
+        setup,
+        ns,
+        "a new owner of the stream",
+        Duration::from_secs(30),
+        || stream_owner(setup, ns, app, key).filter(|o| *o != owner),
+    );
+    assert!(
+        pods.iter().any(|(n, _)| *n == new_owner),
+        "the new owner {new_owner} is one of the surviving replicas {pods:?}"
+    );
+    eprintln!("node_e2e: stream {key} continues on {new_owner}");
+
+    // The stream continues from the volume: the sequence goes on past what
+    // was listed before the delete, after a discontinuity.
+    let continued = wait_or_dump(
+        setup,
+        ns,
+        "the stream to continue on another replica",
+        Duration::from_secs(60),
+        || {
+            observe(&mut seen).filter(|p| {
+                p.contains("#EXT-X-DISCONTINUITY")
+                    && !p.contains("#EXT-X-ENDLIST")
+                    && last_sequence(p) > Some(last_before + 1)
+            })
+        },
+    );
+    assert!(
+        media_sequence(&continued) >= media_sequence(&before_delete),
+        "the media sequence went back:\nbefore\n{before_delete}\nafter\n{continued}"
+    );
+    let continued_at = seen.len() - 1;
+    eprintln!(
+        "node_e2e: continued {:?} after the delete:\n{continued}",
+        deleted_at.elapsed()
+    );
+
+    // Two playlist lengths of publishing on the new owner: no ENDLIST, the
+    // playlist keeps advancing, and the sequence never goes back.
+    let watch_until = Instant::now() + playlist_length * 2;
+    while Instant::now() < watch_until {
+        let playlist = observe(&mut seen).unwrap_or_else(|| {
+            panic!(
+                "the playlist is not served while publishing\n{}",
+                diagnostics(setup, ns)
+            )
+        });
+        assert!(
+            !playlist.contains("#EXT-X-ENDLIST"),
+            "ENDLIST while publishing:\n{playlist}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let after = &seen[continued_at..];
+    for pair in seen.windows(2) {
+        assert!(
+            media_sequence(&pair[1].playlist) >= media_sequence(&pair[0].playlist),
+            "the media sequence went back:\n{}\n{}",
+            pair[0].playlist,
+            pair[1].playlist
+        );
+    }
+    let first_after = after.first().and_then(|s| last_sequence(&s.playlist));
+    let last_after = after.last().and_then(|s| last_sequence(&s.playlist));
+    let advanced = last_after
+        .zip(first_after)
+        .map(|(l, f)| l.saturating_sub(f));
+    let span = after
+        .last()
+        .zip(after.first())
+        .map(|(l, f)| l.at - f.at)
+        .unwrap_or_default();
+    assert!(
+        advanced >= Some(10),
+        "the playlist advanced by {advanced:?} segments of 1 s in {span:?}"
+    );
+    // Every segment still listed is served over HTTP.
+    let last = seen.last().map(|s| s.playlist.clone()).expect("a playlist");
+    for uri in segment_uris(&last) {
+        let path = format!("/live/{key}/{uri}");
+        let got = http::get(http_addr, &path).expect("fetch a segment");
+        assert_eq!(got.status, 200, "{path}");
+    }
+    assert!(
+        stream_owner(setup, ns, app, key).as_deref() == Some(new_owner.as_str()),
+        "one owner while publishing"
+    );
+    drop(publisher);
+
+    kubectl(
+        setup,
+        &["delete", "namespace", ns, "--wait=true", "--timeout=180s"],
+    );
+    let _ = kubectl_try(setup, &["delete", "persistentvolume", "oxcast-scale"]);
+    let _ = kubectl_try(setup, &["delete", "storageclass", "oxcast-scale"]);
+}

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
     ServiceAccount,
 };
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::conditions;
@@ -331,7 +332,7 @@ async fn spec_changes_roll_the_pods_and_dropped_options_disappear() {
     let config_maps: Api<ConfigMap> = ctx.api();
     let before = wait_until(&deployments, "roll", "rolled out", rolled_out).await;
     let checksum =
-        template_annotation(&before, "live.oxcast.dev/config-checksum").expect("checksum");
+        template_annotation(&before, "live.oxcast.dev/ingest-config-checksum").expect("checksum");
     assert_eq!(
         template_annotation(&before, "example.com/team").as_deref(),
         Some("video")
@@ -387,7 +388,8 @@ async fn spec_changes_roll_the_pods_and_dropped_options_disappear() {
         "roll",
         "new pod template, rolled out",
         move |d: &Deployment| {
-            template_annotation(d, "live.oxcast.dev/config-checksum").is_some_and(|c| c != old)
+            template_annotation(d, "live.oxcast.dev/ingest-config-checksum")
+                .is_some_and(|c| c != old)
                 && rolled_out(d)
         },
     )
@@ -597,6 +599,72 @@ async fn deleted_or_hand_edited_children_are_restored() {
         s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ClusterIP")
     })
     .await;
+    op.stop().await.expect("graceful stop");
+}
+
+/// `podDisruptionBudget` makes the operator own a PodDisruptionBudget over
+/// the ingest pods; dropping it from the spec deletes it; a claim declared
+/// ReadWriteOnce replaces the ingest pod with `Recreate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disruption_budgets_are_owned_and_pruned_and_rollouts_fit_the_volume() {
+    let (ctx, op) = with_operator("pdb").await;
+    let app = apply_app(
+        &ctx,
+        "budget",
+        serde_json::json!({
+            "rtmp": {"service": {"type": "ClusterIP"}},
+            "podDisruptionBudget": {"maxUnavailable": 1},
+            "storage": {"existingClaim": {"claimName": "hls", "accessMode": "ReadWriteOnce"}},
+        }),
+    )
+    .await;
+    let budgets: Api<PodDisruptionBudget> = ctx.api();
+    let pdb = wait_exists(&budgets, "budget-ingest").await;
+    assert_controlled_by(&pdb, &app);
+    let spec = pdb.spec.as_ref().expect("spec");
+    assert_eq!(
+        spec.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    assert_eq!(
+        spec.selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .and_then(|l| l.get("app.kubernetes.io/component"))
+            .map(String::as_str),
+        Some("ingest")
+    );
+    let deployments: Api<Deployment> = ctx.api();
+    let ingest = wait_exists(&deployments, "budget").await;
+    assert_eq!(
+        ingest
+            .spec
+            .as_ref()
+            .and_then(|s| s.strategy.as_ref())
+            .and_then(|s| s.type_.as_deref()),
+        Some("Recreate"),
+        "a ReadWriteOnce claim cannot be mounted by a surge pod on another node"
+    );
+
+    // Dropped from the spec: the operator deletes it.
+    let uid = pdb.uid().expect("uid");
+    apply_app(
+        &ctx,
+        "budget",
+        serde_json::json!({
+            "rtmp": {"service": {"type": "ClusterIP"}},
+            "storage": {"existingClaim": {"claimName": "hls", "accessMode": "ReadWriteOnce"}},
+        }),
+    )
+    .await;
+    cluster::wait_for_condition(
+        budgets,
+        "budget-ingest",
+        TIMEOUT,
+        conditions::is_deleted(&uid),
+    )
+    .await
+    .expect("the PodDisruptionBudget is deleted when the spec drops it");
     op.stop().await.expect("graceful stop");
 }
 

@@ -116,6 +116,16 @@ Role). Keep in step with operator/rbac.md, the operator's own list.
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [get, list, create, update, delete]
+# The ingest pods' PodDisruptionBudget (spec.podDisruptionBudget); deleted
+# when the spec drops it.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+# The RTMP Service's EndpointSlices: Ready waits for a ready endpoint, so a
+# publish right after Ready is routed. Read-only.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
 # Pod states feed the Degraded condition: read-only.
 - apiGroups: [""]
   resources: [pods]
