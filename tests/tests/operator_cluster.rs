@@ -795,7 +795,12 @@ async fn invalid_specs_are_rejected_at_admission_with_their_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_examples_apply_cleanly_and_come_up() {
     let (ctx, op) = with_operator("examples").await;
-    for file in ["minimal.yaml", "scale-out.yaml", "stream-keys.yaml"] {
+    for file in [
+        "minimal.yaml",
+        "scale-out.yaml",
+        "stream-keys.yaml",
+        "encrypted.yaml",
+    ] {
         kubectl_apply_example(&ctx, file);
     }
     let services: Api<Service> = ctx.api();
@@ -803,6 +808,7 @@ async fn the_examples_apply_cleanly_and_come_up() {
         ("live", "203.0.113.21"),
         ("scale-out", "203.0.113.22"),
         ("keyed", "203.0.113.23"),
+        ("secure", "203.0.113.24"),
     ] {
         let svc = format!("{app}-rtmp");
         wait_exists(&services, &svc).await;
@@ -835,6 +841,56 @@ async fn the_examples_apply_cleanly_and_come_up() {
         .find_map(|v| v.secret)
         .expect("a Secret volume");
     assert_eq!(secret_volume.secret_name.as_deref(), Some("stream-keys"));
+
+    // Encrypted streams: the key-token Secret is mounted read-only into the
+    // HTTP server's container only; the ingest container never sees it.
+    wait_app(&ctx, "secure", "Ready", |a| {
+        has_condition(a, "Ready", "True")
+    })
+    .await;
+    let pod_spec = ctx
+        .api::<Deployment>()
+        .get("secure")
+        .await
+        .expect("deployment")
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    let key_volume = pod_spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("key-token"))
+        .map(|v| v.name.clone())
+        .expect("a volume of the key-token Secret");
+    for container in &pod_spec.containers {
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == key_volume);
+        match container.name.as_str() {
+            "http" => assert_eq!(
+                mount.and_then(|m| m.read_only),
+                Some(true),
+                "the HTTP container mounts the key-token Secret read-only"
+            ),
+            other => assert!(
+                mount.is_none(),
+                "container {other} must not mount the key-token Secret"
+            ),
+        }
+    }
+    let config: IngestConfig = serde_yaml::from_str(
+        &ctx.api::<ConfigMap>()
+            .get("secure-config")
+            .await
+            .expect("config map")
+            .data
+            .expect("data")["config.yaml"],
+    )
+    .expect("the config the server reads");
+    assert!(config.hls.encryption.enabled);
 
     // Scale-out: the claim stays Pending without a ReadWriteMany volume,
     // and the status says so.
