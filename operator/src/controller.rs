@@ -40,6 +40,7 @@ use crate::diff::needs_apply;
 use crate::metrics::Metrics;
 use crate::names::{Names, LABEL_INSTANCE, MANAGED_SELECTOR, MANAGER};
 use crate::status::{self, Observed};
+use crate::trim::{self, Compact};
 use crate::{Error, Health};
 
 /// The label that names an EndpointSlice's Service (set by the
@@ -74,18 +75,18 @@ struct Shared {
 /// The reflector stores of one watch scope (all namespaces, or one).
 #[derive(Clone)]
 struct Stores {
-    deployments: Store<Deployment>,
-    services: Store<Service>,
-    config_maps: Store<ConfigMap>,
-    pvcs: Store<PersistentVolumeClaim>,
-    pods: Store<Pod>,
-    service_accounts: Store<ServiceAccount>,
-    roles: Store<Role>,
-    role_bindings: Store<RoleBinding>,
-    pod_disruption_budgets: Store<PodDisruptionBudget>,
+    deployments: Store<Compact<Deployment>>,
+    services: Store<Compact<Service>>,
+    config_maps: Store<Compact<ConfigMap>>,
+    pvcs: Store<Compact<PersistentVolumeClaim>>,
+    pods: Store<Compact<Pod>>,
+    service_accounts: Store<Compact<ServiceAccount>>,
+    roles: Store<Compact<Role>>,
+    role_bindings: Store<Compact<RoleBinding>>,
+    pod_disruption_budgets: Store<Compact<PodDisruptionBudget>>,
     /// The Services' EndpointSlices (the EndpointSlice controller copies the
     /// Service's labels onto them, so the managed-by selector finds them).
-    endpoint_slices: Store<EndpointSlice>,
+    endpoint_slices: Store<Compact<EndpointSlice>>,
     /// True once every store above has its initial list.
     synced: watch::Receiver<bool>,
 }
@@ -181,31 +182,32 @@ where
     }
 }
 
-/// A watch of the operator's own objects of kind `K`, feeding a store.
-/// managedFields are dropped before storing: the operator never reads them
-/// and they are a large part of every object.
+/// Objects per page of a watch's initial list. kube's default, 500, makes
+/// a restarted operator hold 500 whole Deployments or pods (managedFields
+/// and all, several MB of JSON and several times that parsed) per watch,
+/// for every watch at once, before anything is trimmed: most of the memory
+/// peak of a restart. Pages of 100 cost a few more list requests (ten per
+/// kind at 1000 objects).
+const LIST_PAGE_SIZE: u32 = 100;
+
+/// A watch of the operator's own objects of kind `K`, feeding a store that
+/// keeps them [`Compact`] (see [`trim`]).
 fn child_watch<K>(
     client: &Client,
     scope: Option<&str>,
 ) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    Store<Compact<K>>,
+    impl futures::Stream<Item = Result<Compact<K>, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<Scope = NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let config = watcher::Config::default().labels(MANAGED_SELECTOR);
-    let stream = watcher(scoped::<K>(client, scope), config)
+    let config = watcher::Config::default()
+        .labels(MANAGED_SELECTOR)
+        .page_size(LIST_PAGE_SIZE);
+    let stream = watcher(scoped::<Compact<K>>(client, scope), config)
         .default_backoff()
-        .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
         .reflect(writer)
         // Deleted children count too: deleting one must trigger its owner
         // so it is recreated.
@@ -254,7 +256,17 @@ async fn run_scope(
             let _ = synced_tx.send(true);
         }
     }));
-    let apps = scoped::<LiveApplication>(&client, scope_ref);
+    // The controller's own store of LiveApplications, trimmed like the
+    // children's (Controller::new would store them whole).
+    let (apps, apps_writer) = reflector::store();
+    let app_events = watcher(
+        scoped::<LiveApplication>(&client, scope_ref),
+        watcher::Config::default().page_size(LIST_PAGE_SIZE),
+    )
+    .default_backoff()
+    .modify(trim::metadata::<LiveApplication>)
+    .reflect(apps_writer)
+    .applied_objects();
     let config = ControllerConfig::default().concurrency(shared.settings.concurrency);
     let context = Arc::new(Context {
         shared: shared.clone(),
@@ -264,7 +276,7 @@ async fn run_scope(
         namespace = scope_ref.unwrap_or("<all>"),
         "starting the LiveApplication controller"
     );
-    Controller::new(apps, watcher::Config::default())
+    Controller::for_stream(app_events, apps)
         .with_config(config)
         .owns_stream(deployment_events)
         .owns_stream(service_events)
@@ -276,7 +288,7 @@ async fn run_scope(
         .owns_stream(pod_disruption_budget_events)
         // Pods belong to ReplicaSets, not to the LiveApplication: map them
         // by label. Their states feed the Degraded condition.
-        .watches_stream(pod_events, |pod: Pod| {
+        .watches_stream(pod_events, |pod: Compact<Pod>| {
             let namespace = pod.namespace();
             pod.labels().get(LABEL_INSTANCE).map(|name| {
                 ObjectRef::<LiveApplication>::new(name)
@@ -285,7 +297,7 @@ async fn run_scope(
         })
         // EndpointSlices belong to the Services: map them by label too.
         // Ready waits for the RTMP Service's (see `status`).
-        .watches_stream(endpoint_slice_events, |slice: EndpointSlice| {
+        .watches_stream(endpoint_slice_events, |slice: Compact<EndpointSlice>| {
             let namespace = slice.namespace();
             slice.labels().get(LABEL_INSTANCE).map(|name| {
                 ObjectRef::<LiveApplication>::new(name)
@@ -438,17 +450,37 @@ async fn reconcile_app(app: &LiveApplication, ctx: &Context) -> Result<Action, E
     delete_obsolete(app, ctx, &desired, &mut changes).await?;
     report_changes(ctx, app, changes).await;
 
-    let pods = ctx.stores.pods.state_filter(|pod| {
-        pod.metadata.namespace.as_deref() == Some(namespace.as_str())
-            && pod.labels().get(LABEL_INSTANCE) == Some(&names.app)
-    });
+    let pods = ctx
+        .stores
+        .pods
+        .state_filter(|pod| {
+            pod.meta().namespace.as_deref() == Some(namespace.as_str())
+                && pod.labels().get(LABEL_INSTANCE) == Some(&names.app)
+        })
+        .iter()
+        .map(|pod| pod.decode())
+        .collect::<Result<Vec<Pod>, _>>()
+        .map_err(|source| Error::Decode {
+            kind: "Pod".to_string(),
+            source,
+        })?;
     let rtmp_service = names.rtmp_service();
-    let rtmp_slices = ctx.stores.endpoint_slices.state_filter(|slice| {
-        slice.metadata.namespace.as_deref() == Some(namespace.as_str())
-            && slice.labels().get(SERVICE_NAME_LABEL) == Some(&rtmp_service)
-    });
+    let rtmp_slices = ctx
+        .stores
+        .endpoint_slices
+        .state_filter(|slice| {
+            slice.meta().namespace.as_deref() == Some(namespace.as_str())
+                && slice.labels().get(SERVICE_NAME_LABEL) == Some(&rtmp_service)
+        })
+        .iter()
+        .map(|slice| slice.decode())
+        .collect::<Result<Vec<EndpointSlice>, _>>()
+        .map_err(|source| Error::Decode {
+            kind: "EndpointSlice".to_string(),
+            source,
+        })?;
     let mut observed = observe(app, &namespace, &names, &children, &pods, None, None);
-    observed.rtmp_ready_endpoints = status::ready_endpoints(rtmp_slices.iter().map(Arc::as_ref));
+    observed.rtmp_ready_endpoints = status::ready_endpoints(rtmp_slices.iter());
     let before = app.status.as_ref();
     if let Some(after) = write_status(app, ctx, &observed).await? {
         for (type_, event_type) in [
@@ -483,7 +515,7 @@ fn observe<'a>(
     namespace: &'a str,
     names: &'a Names,
     children: &'a Children,
-    pods: &'a [Arc<Pod>],
+    pods: &'a [Pod],
     invalid: Option<&'a str>,
     apply_error: Option<&'a str>,
 ) -> Observed<'a> {
@@ -502,7 +534,7 @@ fn observe<'a>(
         http_service: children.http_service.as_ref(),
         pvc: children.pvc.as_ref(),
         expect_pvc: spec.storage.persistent_volume_claim.is_some(),
-        pods: pods.iter().map(Arc::as_ref).collect(),
+        pods: pods.iter().collect(),
         rtmp_ready_endpoints: 0,
     }
 }
@@ -594,7 +626,7 @@ async fn apply_all(
 /// object as it now is.
 async fn apply<K>(
     ctx: &Context,
-    store: &Store<K>,
+    store: &Store<Compact<K>>,
     desired: &K,
     changes: &mut Changes,
 ) -> Result<K, Error>
@@ -613,16 +645,17 @@ where
         kind: kind.to_string(),
         source,
     })?;
+    let decode_error = |source| Error::Decode {
+        kind: kind.to_string(),
+        source,
+    };
     let have = observed
         .as_deref()
-        .map(serde_json::to_value)
+        .map(Compact::to_json)
         .transpose()
-        .map_err(|source| Error::Serialize {
-            kind: kind.to_string(),
-            source,
-        })?;
-    if let (Some(current), false) = (&observed, needs_apply(&want, have.as_ref())) {
-        return Ok(current.as_ref().clone());
+        .map_err(decode_error)?;
+    if let Some(current) = have.filter(|have| !needs_apply(&want, Some(have))) {
+        return serde_json::from_value(current).map_err(decode_error);
     }
     let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &namespace);
     let applied = api
@@ -715,7 +748,7 @@ async fn delete_obsolete(
 /// an object of the same name that someone else made is left alone.
 async fn delete_if_controlled<K>(
     ctx: &Context,
-    store: &Store<K>,
+    store: &Store<Compact<K>>,
     namespace: &str,
     name: &str,
     owner_uid: &str,

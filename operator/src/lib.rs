@@ -23,6 +23,7 @@ pub mod names;
 pub mod render;
 pub mod server;
 pub mod status;
+pub mod trim;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,6 +51,12 @@ pub enum Error {
     MissingMetadata(&'static str),
     #[error("serializing a {kind}: {source}")]
     Serialize {
+        kind: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("decoding a stored {kind}: {source}")]
+    Decode {
         kind: String,
         #[source]
         source: serde_json::Error,
@@ -91,6 +98,7 @@ impl Error {
             Self::Build(_) => "build",
             Self::MissingMetadata(_) => "missing_metadata",
             Self::Serialize { .. } => "serialize",
+            Self::Decode { .. } => "decode",
             Self::Apply { .. } => "apply",
             Self::Delete { .. } => "delete",
             Self::Status { .. } => "status",

@@ -1005,13 +1005,18 @@ async fn apply_failures_degrade_and_recover() {
         .map(|c| c.message.clone())
         .unwrap_or_default();
     assert!(message.contains("quota"), "{message}");
-    let warnings: Vec<_> = events_for(&ctx, "quota")
-        .await
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter_map(|e| e.reason)
-        .collect();
-    assert!(warnings.iter().any(|r| r == "ApplyFailed"), "{warnings:?}");
+    // The Warning is published just after the status is written: wait for it.
+    cluster::eventually("an ApplyFailed Warning", TIMEOUT, || async {
+        let warnings: Vec<_> = events_for(&ctx, "quota")
+            .await
+            .into_iter()
+            .filter(|e| e.type_.as_deref() == Some("Warning"))
+            .filter_map(|e| e.reason)
+            .collect();
+        Ok::<_, std::convert::Infallible>(warnings.iter().any(|r| r == "ApplyFailed").then_some(()))
+    })
+    .await
+    .expect("the failed apply is reported as a Warning Event");
 
     // Once the obstacle is gone, the retry (with backoff) succeeds.
     quotas

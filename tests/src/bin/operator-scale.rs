@@ -3,13 +3,17 @@
 //!
 //! ```sh
 //! cargo build --release -p oxcast-operator -p oxcast-tests
-//! cargo run --release -p oxcast-tests --bin operator-scale -- [COUNT]   # default 500
+//! cargo run --release -p oxcast-tests --bin operator-scale -- [COUNT]   # default 1000
 //! ```
 //!
 //! Reports (markdown, on stdout): time until every LiveApplication is Ready,
 //! the operator's RSS, API requests per reconcile and writes per
 //! application (from the operator's own `/metrics`), and the writes during a
-//! full steady-state resync and after an operator restart, which must be 0.
+//! full steady-state resync and after an operator restart, which must be 0:
+//! the exit status is 1 when either wrote anything. The other targets of
+//! issue 15 (first status of all within 30 s, RSS under 64 MiB at steady
+//! state and after a restart) are reported as met or missed: they depend on
+//! the machine and its load.
 //!
 //! kwok runs the pods, so this measures the operator and the control plane,
 //! not containers. The RTMP Services are ClusterIP: with no cloud load
@@ -41,6 +45,9 @@ const PODS_PER_NODE: usize = 110;
 const KWOK_NODE_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
 const RESYNC: &str = "60s";
 const STEADY_TIMEOUT: Duration = Duration::from_secs(1800);
+/// Issue 15's targets at 1000 LiveApplications.
+const TARGET_FIRST_STATUS: Duration = Duration::from_secs(30);
+const TARGET_RSS_MIB: f64 = 64.0;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,7 +55,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> ExitCode {
     oxcast_tests::log::init_cli_tracing("warn");
     let count = match std::env::args().nth(1).map(|a| a.parse::<usize>()) {
-        None => 500,
+        None => 1000,
         Some(Ok(n)) if n > 0 => n,
         Some(_) => {
             eprintln!("usage: operator-scale [COUNT]");
@@ -177,7 +184,30 @@ async fn run(count: usize) -> Result<(), BoxError> {
         })
     );
     let _ = std::fs::remove_dir_all(&log_dir);
-    if resync_delta.reconcile_writes() > 0.0 || restarted.reconcile_writes() > 0.0 {
+    let met = |ok: bool| if ok { "met" } else { "MISSED" };
+    let peak = rss_steady.1.max(rss_after_resync.1);
+    println!("| target | value | |\n|---|---|---|");
+    println!(
+        "| all applied, first status written < {} s | {:.1} s | {} |",
+        TARGET_FIRST_STATUS.as_secs(),
+        reconciled.as_secs_f64(),
+        met(reconciled < TARGET_FIRST_STATUS)
+    );
+    println!(
+        "| RSS < {TARGET_RSS_MIB} MiB at steady state (peak) | {peak:.1} MiB | {} |",
+        met(peak < TARGET_RSS_MIB)
+    );
+    println!(
+        "| RSS < {TARGET_RSS_MIB} MiB after a restart (peak) | {:.1} MiB | {} |",
+        rss_restart.1,
+        met(rss_restart.1 < TARGET_RSS_MIB)
+    );
+    let writes = resync_delta.reconcile_writes() + restarted.reconcile_writes();
+    println!(
+        "| 0 writes on resync and restart | {writes:.0} | {} |",
+        met(writes == 0.0)
+    );
+    if writes > 0.0 {
         return Err("steady state was not write-free".into());
     }
     Ok(())
