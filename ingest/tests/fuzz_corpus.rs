@@ -110,10 +110,16 @@ fn sps_seeds_parse_to_their_picture_size() {
 }
 
 /// Every playlist seed is one the server writes (or could write later in a
-/// stream's life): each must parse with its segments.
+/// stream's life): each must parse with its segments. (Crash inputs kept
+/// for replay need not.)
 #[test]
 fn playlist_seeds_parse_with_their_segments() {
-    for (path, data) in corpus("playlist") {
+    let seeds = corpus("playlist").into_iter().filter(|(p, _)| {
+        !p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("crash-"))
+    });
+    for (path, data) in seeds {
         let segments = oxcast_ingest::fuzzing::playlist(&data);
         assert!(segments >= 1, "{}: no segments", path.display());
     }
