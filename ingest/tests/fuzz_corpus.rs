@@ -44,6 +44,26 @@ fn flv_to_hls_corpus_replays_cleanly() {
     }
 }
 
+#[test]
+fn sps_corpus_replays_cleanly() {
+    let inputs = corpus("sps");
+    assert!(!inputs.is_empty(), "no sps seeds");
+    for (path, data) in inputs {
+        eprintln!("replaying {}", path.display());
+        oxcast_ingest::fuzzing::sps(&data);
+    }
+}
+
+#[test]
+fn playlist_corpus_replays_cleanly() {
+    let inputs = corpus("playlist");
+    assert!(!inputs.is_empty(), "no playlist seeds");
+    for (path, data) in inputs {
+        eprintln!("replaying {}", path.display());
+        oxcast_ingest::fuzzing::playlist(&data);
+    }
+}
+
 fn is_seed(path: &std::path::Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -65,5 +85,42 @@ fn seeds_reach_the_segmenter() {
             "{}: only {segments} segments",
             path.display()
         );
+    }
+}
+
+/// The SPS seeds are libx264's: each must parse, to the size it was
+/// encoded at (the cropped ones included).
+#[test]
+fn sps_seeds_parse_to_their_picture_size() {
+    for (path, data) in corpus("sps").into_iter().filter(|(p, _)| is_seed(p)) {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let size = name.rsplit('-').next().unwrap_or_default();
+        let (w, h) = size.split_once('x').expect("seed name ends in WxH");
+        let expected = (w.parse().unwrap(), h.parse().unwrap());
+        assert_eq!(
+            oxcast_ingest::fuzzing::sps(&data),
+            Some(expected),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+/// Every playlist seed is one the server writes (or could write later in a
+/// stream's life): each must parse with its segments. (Crash inputs kept
+/// for replay need not.)
+#[test]
+fn playlist_seeds_parse_with_their_segments() {
+    let seeds = corpus("playlist").into_iter().filter(|(p, _)| {
+        !p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("crash-"))
+    });
+    for (path, data) in seeds {
+        let segments = oxcast_ingest::fuzzing::playlist(&data);
+        assert!(segments >= 1, "{}: no segments", path.display());
     }
 }

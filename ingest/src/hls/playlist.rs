@@ -298,9 +298,12 @@ impl PlaylistWindow {
                 let stem = file_name
                     .strip_suffix(".ts")
                     .ok_or_else(|| err("segment is not .ts"))?;
+                // After the last non-digit, which may be a multi-byte
+                // character (the file on disk is not necessarily ours).
                 let digits_at = stem
-                    .rfind(|c: char| !c.is_ascii_digit())
-                    .map_or(0, |i| i + 1);
+                    .char_indices()
+                    .rfind(|(_, c)| !c.is_ascii_digit())
+                    .map_or(0, |(i, c)| i + c.len_utf8());
                 let id = number(&stem[digits_at..])?;
                 w.entries.push_back(PlaylistEntry {
                     id,
@@ -550,6 +553,15 @@ mod tests {
         );
         assert!(PlaylistWindow::parse("#EXTM3U\n#EXTINF:abc,\n1.ts\n", "").is_err());
         assert!(PlaylistWindow::parse("#EXTM3U\n#EXTINF:1,\n1.mp4\n", "").is_err());
+    }
+
+    /// Found by the `playlist` fuzz target: a multi-byte character right
+    /// before the id made the parser slice inside it and panic.
+    #[test]
+    fn multi_byte_character_before_the_id() {
+        let w = PlaylistWindow::parse("#EXTM3U\n#EXTINF:2,\ncam-é17.ts\n", "").unwrap();
+        assert_eq!(w.entries[0].id, 17);
+        assert!(PlaylistWindow::parse("#EXTM3U\n#EXTINF:2,\ncam-é.ts\n", "").is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ const MIN_STALE_AFTER: Duration = Duration::from_secs(10);
 
 /// The parts of a media playlist the scan needs.
 #[derive(Debug, Default, PartialEq)]
-struct PlaylistFacts {
+pub(crate) struct PlaylistFacts {
     ended: bool,
     target_duration: Option<u64>,
     first_date: Option<time::OffsetDateTime>,
@@ -47,7 +47,7 @@ struct PlaylistFacts {
     segments: Vec<(String, f64)>,
 }
 
-fn parse_playlist(text: &str) -> PlaylistFacts {
+pub(crate) fn parse_playlist(text: &str) -> PlaylistFacts {
     let mut facts = PlaylistFacts::default();
     let mut duration = None;
     for line in text.lines().map(str::trim) {

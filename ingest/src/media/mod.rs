@@ -4,6 +4,7 @@
 
 pub mod aac;
 pub mod avc;
+pub mod flv;
 pub mod sps;
 pub mod timestamp;
 
@@ -11,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 
 pub use aac::AacConfig;
 pub use avc::AvcConfig;
+pub use flv::{AacPacket, AudioTag, AvcPacket, VideoTag};
 pub use timestamp::{TimestampExtender, TICKS_PER_MS};
 
 /// Why a tag could not be remuxed. The tag is dropped; the stream goes on.
@@ -54,14 +56,6 @@ pub struct MediaFrame {
     pub data: Bytes,
 }
 
-const FLV_CODEC_AVC: u8 = 7;
-const FLV_FRAME_KEY: u8 = 1;
-const FLV_FRAME_INFO: u8 = 5;
-const FLV_SOUND_AAC: u8 = 10;
-const AVC_SEQUENCE_HEADER: u8 = 0;
-const AVC_NALU: u8 = 1;
-const AAC_SEQUENCE_HEADER: u8 = 0;
-
 /// Turns one publisher's FLV audio and video tags into [`MediaFrame`]s.
 #[derive(Debug, Default)]
 pub struct Remuxer {
@@ -100,31 +94,29 @@ impl Remuxer {
         tag: &[u8],
     ) -> Result<Option<MediaFrame>, MediaError> {
         let ts = self.clock.extend(timestamp_ms) * TICKS_PER_MS;
-        let (&head, body) = tag.split_first().ok_or(MediaError::TruncatedTag)?;
-        if head & 0x80 != 0 {
-            return Err(MediaError::UnsupportedVideo(
-                "enhanced RTMP (HEVC/AV1/VP9) is not supported; publish H.264".into(),
-            ));
-        }
-        let frame_type = head >> 4;
-        let codec = head & 0x0f;
-        if frame_type == FLV_FRAME_INFO {
-            return Ok(None);
-        }
-        if codec != FLV_CODEC_AVC {
-            return Err(MediaError::UnsupportedVideo(format!(
-                "FLV video codec id {codec}; publish H.264"
-            )));
-        }
-        if body.len() < 4 {
+        let (keyframe, packet) = match VideoTag::classify(tag) {
+            VideoTag::Empty => return Err(MediaError::TruncatedTag),
+            VideoTag::Enhanced => {
+                return Err(MediaError::UnsupportedVideo(
+                    "enhanced RTMP (HEVC/AV1/VP9) is not supported; publish H.264".into(),
+                ))
+            }
+            VideoTag::Info => return Ok(None),
+            VideoTag::Other { codec, .. } => {
+                return Err(MediaError::UnsupportedVideo(format!(
+                    "FLV video codec id {codec}; publish H.264"
+                )))
+            }
+            VideoTag::Avc { keyframe, packet } => (keyframe, packet),
+        };
+        // After the packet type: the composition time offset, signed 24-bit ms.
+        let Some(&[_, c0, c1, c2]) = tag.get(1..5) else {
             return Err(MediaError::TruncatedTag);
-        }
-        let packet_type = body[0];
-        // Composition time offset: signed 24-bit milliseconds.
-        let cts = (i32::from_be_bytes([body[1], body[2], body[3], 0]) >> 8) as i64;
-        let payload = &body[4..];
-        match packet_type {
-            AVC_SEQUENCE_HEADER => {
+        };
+        let cts = (i32::from_be_bytes([c0, c1, c2, 0]) >> 8) as i64;
+        let payload = &tag[5..];
+        match packet {
+            Some(AvcPacket::SequenceHeader) => {
                 let config = AvcConfig::parse(payload)?;
                 if self.avc.as_ref().is_some_and(|old| *old != config) {
                     self.config_changed = true;
@@ -132,9 +124,8 @@ impl Remuxer {
                 self.avc = Some(config);
                 Ok(None)
             }
-            AVC_NALU => {
+            Some(AvcPacket::Nalu) => {
                 let config = self.avc.as_ref().ok_or(MediaError::MissingSequenceHeader)?;
-                let keyframe = frame_type == FLV_FRAME_KEY;
                 avc::avcc_to_annexb(config, payload, keyframe, &mut self.scratch)
                     .inspect_err(|_| self.scratch.clear())?;
                 Ok(Some(MediaFrame {
@@ -156,15 +147,19 @@ impl Remuxer {
         tag: &[u8],
     ) -> Result<Option<MediaFrame>, MediaError> {
         let ts = self.clock.extend(timestamp_ms) * TICKS_PER_MS;
-        let (&head, body) = tag.split_first().ok_or(MediaError::TruncatedTag)?;
-        let format = head >> 4;
-        if format != FLV_SOUND_AAC {
-            return Err(MediaError::UnsupportedAudio(format!(
-                "FLV sound format {format}; publish AAC"
-            )));
-        }
-        let (&packet_type, payload) = body.split_first().ok_or(MediaError::TruncatedTag)?;
-        if packet_type == AAC_SEQUENCE_HEADER {
+        let packet = match AudioTag::classify(tag) {
+            AudioTag::Empty | AudioTag::Aac { packet: None } => {
+                return Err(MediaError::TruncatedTag)
+            }
+            AudioTag::Other { format } => {
+                return Err(MediaError::UnsupportedAudio(format!(
+                    "FLV sound format {format}; publish AAC"
+                )))
+            }
+            AudioTag::Aac { packet: Some(p) } => p,
+        };
+        let payload = &tag[2..];
+        if packet == AacPacket::SequenceHeader {
             let config = AacConfig::parse(payload)?;
             if self.aac.is_some_and(|old| old != config) {
                 self.config_changed = true;

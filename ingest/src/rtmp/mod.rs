@@ -7,6 +7,7 @@
 pub mod amf;
 pub mod chunks;
 mod connection;
+pub mod machine;
 mod publication;
 
 use std::net::SocketAddr;

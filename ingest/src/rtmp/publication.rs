@@ -10,7 +10,7 @@ use rml_rtmp::sessions::StreamMetadata;
 use crate::hls::segmenter::SegmenterStats;
 use crate::hls::{SegmentEvent, Segmenter, SegmenterConfig, Tracks};
 use crate::live::{LiveGuard, LiveStream, PlayPacket};
-use crate::media::{MediaError, MediaFrame, Remuxer};
+use crate::media::{AudioTag, MediaError, MediaFrame, Remuxer, VideoTag};
 use crate::metrics::GaugeShare;
 use crate::ownership::StreamClaim;
 use crate::store::StorageWriter;
@@ -98,8 +98,9 @@ impl Publication {
     }
 
     pub fn video(&mut self, timestamp: u32, data: Bytes) {
-        let keyframe = data.first().is_some_and(|b| b >> 4 == 1);
-        let is_header = data.len() > 1 && data[1] == 0 && data[0] & 0x0f == 7;
+        let tag = VideoTag::classify(&data);
+        let keyframe = tag.is_keyframe();
+        let is_header = tag.is_sequence_header();
         if is_header {
             self.live.headers().video = Some((timestamp, data.clone()));
             self.segmenter.expect_tracks(Tracks {
@@ -121,7 +122,7 @@ impl Publication {
     }
 
     pub fn audio(&mut self, timestamp: u32, data: Bytes) {
-        let is_header = data.len() > 1 && data[1] == 0 && data[0] >> 4 == 10;
+        let is_header = AudioTag::classify(&data).is_sequence_header();
         if is_header {
             self.live.headers().audio = Some((timestamp, data.clone()));
             self.segmenter.expect_tracks(Tracks {

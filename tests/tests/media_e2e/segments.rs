@@ -244,7 +244,10 @@ fn gop_longer_than_fragment_gives_whole_gop_segments_that_decode_alone() {
                 api_interval = Some(v);
             }
         }
-        if let Ok(r) = http::get(http, "/metrics") {
+        // The gauge while live: once the playlist is ended the publication
+        // is gone (ffmpeg may still be running after its deleteStream).
+        let metrics = (!pl.end_list).then(|| http::get(http, "/metrics"));
+        if let Some(Ok(r)) = metrics {
             let text = r.text();
             if let Some(line) = text
                 .lines()
