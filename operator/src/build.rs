@@ -114,10 +114,13 @@ pub struct Desired {
     pub role_binding: RoleBinding,
     /// The claim the operator creates (storage.persistentVolumeClaim only).
     pub pvc: Option<PersistentVolumeClaim>,
-    /// The ingest Deployment first, then the HTTP one in deployment mode.
-    pub deployments: Vec<Deployment>,
-    /// RTMP Service, then HTTP Service.
-    pub services: Vec<Service>,
+    /// The ingest pods (with the HTTP sidecar unless http.mode is
+    /// deployment).
+    pub ingest_deployment: Deployment,
+    /// The HTTP server's own pods (http.mode: deployment only).
+    pub http_deployment: Option<Deployment>,
+    pub rtmp_service: Service,
+    pub http_service: Service,
     /// The ingest pods' PodDisruptionBudget (spec.podDisruptionBudget only).
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
     pub obsolete: Vec<Obsolete>,
@@ -232,11 +235,14 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
         .map(|_| stamp(b.pvc()))
         .transpose()?;
     let deployment_mode = spec.http.mode == HttpMode::Deployment;
-    let mut deployments = vec![stamp(b.ingest_deployment(&checksums))?];
-    if deployment_mode {
-        deployments.push(stamp(b.http_deployment(&checksums))?);
-    }
-    let services = vec![stamp(b.rtmp_service())?, stamp(b.http_service())?];
+    let ingest_deployment = stamp(b.ingest_deployment(&checksums))?;
+    let http_deployment = if deployment_mode {
+        Some(stamp(b.http_deployment(&checksums))?)
+    } else {
+        None
+    };
+    let rtmp_service = stamp(b.rtmp_service())?;
+    let http_service = stamp(b.http_service())?;
     let pod_disruption_budget = b.pod_disruption_budget().map(stamp).transpose()?;
 
     let mut obsolete = Vec::new();
@@ -264,8 +270,10 @@ pub fn build(app: &LiveApplication, settings: &BuildSettings) -> Result<Desired,
         role,
         role_binding,
         pvc,
-        deployments,
-        services,
+        ingest_deployment,
+        http_deployment,
+        rtmp_service,
+        http_service,
         pod_disruption_budget,
         obsolete,
     })

@@ -247,11 +247,10 @@ fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
     let app = minimal();
     let d = build(&app, &settings()).expect("build");
     assert!(d.pvc.is_none());
-    assert_eq!(d.deployments.len(), 1);
-    assert_eq!(d.services.len(), 2);
+    assert!(d.http_deployment.is_none());
     assert_owned(&d.config_map.metadata, &app);
 
-    let ingest = &d.deployments[0];
+    let ingest = &d.ingest_deployment;
     assert_owned(&ingest.metadata, &app);
     assert_eq!(ingest.metadata.name.as_deref(), Some("live"));
     let spec = ingest.spec.as_ref().expect("spec");
@@ -365,8 +364,8 @@ fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
         Some("RollingUpdate")
     );
 
-    let rtmp_svc = d.services[0].spec.as_ref().expect("spec");
-    assert_eq!(d.services[0].metadata.name.as_deref(), Some("live-rtmp"));
+    let rtmp_svc = d.rtmp_service.spec.as_ref().expect("spec");
+    assert_eq!(d.rtmp_service.metadata.name.as_deref(), Some("live-rtmp"));
     assert_eq!(rtmp_svc.type_.as_deref(), Some("LoadBalancer"));
     let port = &rtmp_svc.ports.as_ref().expect("ports")[0];
     assert_eq!(port.port, 1935);
@@ -376,8 +375,8 @@ fn minimal_example_is_one_pod_with_an_http_sidecar_on_an_empty_dir() {
         Some(Names::new("live").selector(Component::Ingest))
     );
 
-    let http_svc = d.services[1].spec.as_ref().expect("spec");
-    assert_eq!(d.services[1].metadata.name.as_deref(), Some("live-http"));
+    let http_svc = d.http_service.spec.as_ref().expect("spec");
+    assert_eq!(d.http_service.metadata.name.as_deref(), Some("live-http"));
     assert_eq!(http_svc.type_.as_deref(), Some("ClusterIP"));
     assert_eq!(http_svc.ports.as_ref().expect("ports")[0].port, 80);
     assert_eq!(
@@ -437,8 +436,10 @@ fn scale_out_example_shares_a_read_write_many_claim_with_an_http_deployment() {
         Some("20Gi")
     );
 
-    assert_eq!(d.deployments.len(), 2);
-    let (ingest, http) = (&d.deployments[0], &d.deployments[1]);
+    let (ingest, http) = (
+        &d.ingest_deployment,
+        d.http_deployment.as_ref().expect("an HTTP Deployment"),
+    );
     assert_eq!(ingest.spec.as_ref().and_then(|s| s.replicas), Some(3));
     assert_eq!(http.metadata.name.as_deref(), Some("scale-out-http"));
     assert_eq!(http.spec.as_ref().and_then(|s| s.replicas), Some(2));
@@ -500,9 +501,9 @@ fn scale_out_example_shares_a_read_write_many_claim_with_an_http_deployment() {
     assert_eq!(config.ownership.mode, oxcast_crds::OwnershipMode::Leases);
     assert_eq!(config.ownership.lease_prefix.as_deref(), Some("scale-out"));
 
-    let rtmp_svc = d.services[0].spec.as_ref().expect("spec");
+    let rtmp_svc = d.rtmp_service.spec.as_ref().expect("spec");
     assert_eq!(rtmp_svc.external_traffic_policy.as_deref(), Some("Local"));
-    let http_svc = d.services[1].spec.as_ref().expect("spec");
+    let http_svc = d.http_service.spec.as_ref().expect("spec");
     assert_eq!(
         http_svc.selector,
         Some(Names::new("scale-out").selector(Component::Http)),
@@ -527,7 +528,7 @@ fn scale_out_example_shares_a_read_write_many_claim_with_an_http_deployment() {
 fn stream_keys_example_mounts_the_secret_where_the_config_points() {
     let app = stream_keys();
     let d = build(&app, &settings()).expect("build");
-    let ingest = &d.deployments[0];
+    let ingest = &d.ingest_deployment;
     let keys = volume(ingest, "stream-keys")
         .secret
         .as_ref()
@@ -571,15 +572,15 @@ fn a_config_change_changes_the_pod_template_and_nothing_else_does_not() {
     let before = build(&app, &settings()).expect("build");
     let again = build(&app, &settings()).expect("build");
     let checksum =
-        |d: &Desired| template_annotation(&d.deployments[0], ANNOTATION_INGEST_CONFIG_CHECKSUM);
+        |d: &Desired| template_annotation(&d.ingest_deployment, ANNOTATION_INGEST_CONFIG_CHECKSUM);
     assert_eq!(
         checksum(&before),
         checksum(&again),
         "building is deterministic"
     );
     assert_eq!(
-        before.deployments[0].metadata.annotations,
-        again.deployments[0].metadata.annotations
+        before.ingest_deployment.metadata.annotations,
+        again.ingest_deployment.metadata.annotations
     );
 
     let mut changed = app.clone();
@@ -597,7 +598,10 @@ fn template(d: &Deployment) -> serde_json::Value {
 fn http_only_changes_leave_the_ingest_pods_alone_and_ingest_only_changes_the_http_pods() {
     let app = scale_out();
     let before = build(&app, &settings()).expect("build");
-    let (ingest, http) = (&before.deployments[0], &before.deployments[1]);
+    let (ingest, http) = (
+        &before.ingest_deployment,
+        before.http_deployment.as_ref().expect("an HTTP Deployment"),
+    );
 
     // HTTP server settings and the HTTP pods' own fields.
     let mut http_only = app.clone();
@@ -612,16 +616,16 @@ fn http_only_changes_leave_the_ingest_pods_alone_and_ingest_only_changes_the_htt
     );
     assert_eq!(
         template(ingest),
-        template(&after.deployments[0]),
+        template(&after.ingest_deployment),
         "an HTTP-only change must not roll the ingest pods (publishers would be cut)"
     );
     assert_eq!(
-        ingest.metadata.annotations, after.deployments[0].metadata.annotations,
+        ingest.metadata.annotations, after.ingest_deployment.metadata.annotations,
         "the ingest Deployment is not even re-applied"
     );
     assert_ne!(
         template(http),
-        template(&after.deployments[1]),
+        template(after.http_deployment.as_ref().expect("an HTTP Deployment")),
         "the HTTP pods roll"
     );
 
@@ -634,10 +638,10 @@ fn http_only_changes_leave_the_ingest_pods_alone_and_ingest_only_changes_the_htt
         let mut ingest_only = app.clone();
         change(&mut ingest_only);
         let after = build(&ingest_only, &settings()).expect("build");
-        assert_ne!(template(ingest), template(&after.deployments[0]));
+        assert_ne!(template(ingest), template(&after.ingest_deployment));
         assert_eq!(
             template(http),
-            template(&after.deployments[1]),
+            template(after.http_deployment.as_ref().expect("an HTTP Deployment")),
             "an ingest-only change must not roll the HTTP pods"
         );
     }
@@ -650,8 +654,8 @@ fn http_only_changes_leave_the_ingest_pods_alone_and_ingest_only_changes_the_htt
     changed.spec.http.settings.cors_allow_origin = "https://player.example".into();
     let after = build(&changed, &settings()).expect("build");
     assert_ne!(
-        template(&before.deployments[0]),
-        template(&after.deployments[0])
+        template(&before.ingest_deployment),
+        template(&after.ingest_deployment)
     );
 }
 
@@ -678,7 +682,10 @@ fn the_pre_stop_delay_is_configurable_and_the_grace_period_covers_it() {
         std::time::Duration::from_secs(4)
     );
     let d = build(&app, &settings()).expect("build");
-    let (ingest, http) = (&d.deployments[0], &d.deployments[1]);
+    let (ingest, http) = (
+        &d.ingest_deployment,
+        d.http_deployment.as_ref().expect("an HTTP Deployment"),
+    );
     assert_eq!(pre_stop_seconds(container(ingest, "ingest")), Some(5));
     assert_eq!(pre_stop_seconds(container(http, "http")), Some(5));
     assert_eq!(grace(ingest), Some(5 + 4 + 10));
@@ -688,7 +695,10 @@ fn the_pre_stop_delay_is_configurable_and_the_grace_period_covers_it() {
     let mut slow_lb = app.clone();
     slow_lb.spec.pre_stop_delay = oxcast_crds::HumanDuration::from_secs(30);
     let d = build(&slow_lb, &settings()).expect("build");
-    let (ingest, http) = (&d.deployments[0], &d.deployments[1]);
+    let (ingest, http) = (
+        &d.ingest_deployment,
+        d.http_deployment.as_ref().expect("an HTTP Deployment"),
+    );
     assert_eq!(pre_stop_seconds(container(ingest, "ingest")), Some(30));
     assert_eq!(pre_stop_seconds(container(http, "http")), Some(30));
     assert_eq!(grace(ingest), Some(30 + 4 + 10));
@@ -712,17 +722,17 @@ fn the_pre_stop_delay_is_configurable_and_the_grace_period_covers_it() {
     short.spec.pre_stop_delay = oxcast_crds::HumanDuration::from_millis(1500);
     let d = build(&short, &settings()).expect("build");
     assert_eq!(
-        pre_stop_seconds(container(&d.deployments[0], "ingest")),
+        pre_stop_seconds(container(&d.ingest_deployment, "ingest")),
         Some(2)
     );
     let mut none = minimal();
     none.spec.pre_stop_delay = oxcast_crds::HumanDuration::from_secs(0);
     let d = build(&none, &settings()).expect("build");
-    for c in &pod(&d.deployments[0]).containers {
+    for c in &pod(&d.ingest_deployment).containers {
         assert_eq!(c.lifecycle, None, "{}", c.name);
     }
     assert_eq!(
-        grace(&d.deployments[0]),
+        grace(&d.ingest_deployment),
         Some(10 + 10),
         "the longest segment (twice the default 5 s fragment) + margin"
     );
@@ -813,7 +823,7 @@ fn service_options_only_where_they_apply() {
         .annotations
         .insert("lb.example/type".into(), "nlb".into());
     let d = build(&app, &settings()).expect("build");
-    let svc = &d.services[0];
+    let svc = &d.rtmp_service;
     assert_eq!(
         svc.spec
             .as_ref()
@@ -832,7 +842,7 @@ fn service_options_only_where_they_apply() {
     // Removing an option removes the field from what is applied.
     app.spec.rtmp.service.options = ServiceOptions::default();
     let d = build(&app, &settings()).expect("build");
-    let json = serde_json::to_value(&d.services[0]).expect("json");
+    let json = serde_json::to_value(&d.rtmp_service).expect("json");
     assert!(
         json["spec"].get("loadBalancerSourceRanges").is_none(),
         "{json}"
@@ -857,7 +867,7 @@ fn read_write_once_claims_recreate_instead_of_surging() {
         existing_claim: None,
     };
     let d = build(&app, &settings()).expect("build");
-    assert_eq!(strategy(&d.deployments[0]), Some("Recreate"));
+    assert_eq!(strategy(&d.ingest_deployment), Some("Recreate"));
 }
 
 fn strategy(d: &Deployment) -> Option<&str> {
@@ -884,14 +894,13 @@ fn existing_claims_declared_read_write_once_recreate_and_allow_one_pod() {
         let mut app = minimal();
         app.spec.storage = existing_claim(mode);
         let d = build(&app, &settings()).expect("build");
-        assert_eq!(
-            d.deployments.len(),
-            1,
+        assert!(
+            d.http_deployment.is_none(),
             "{mode:?}: the HTTP server is a sidecar"
         );
-        assert_eq!(strategy(&d.deployments[0]), Some("Recreate"), "{mode:?}");
+        assert_eq!(strategy(&d.ingest_deployment), Some("Recreate"), "{mode:?}");
         assert_eq!(
-            d.deployments[0]
+            d.ingest_deployment
                 .spec
                 .as_ref()
                 .and_then(|s| s.strategy.as_ref())
@@ -921,7 +930,7 @@ fn existing_claims_declared_read_write_once_recreate_and_allow_one_pod() {
     app.spec.storage = existing_claim(AccessMode::ReadWriteMany);
     app.spec.replicas = 3;
     let d = build(&app, &settings()).expect("build");
-    assert_eq!(strategy(&d.deployments[0]), Some("RollingUpdate"));
+    assert_eq!(strategy(&d.ingest_deployment), Some("RollingUpdate"));
     let declared: oxcast_crds::live_application::ExistingClaim =
         serde_json::from_value(serde_json::json!({"claimName": "hls"})).expect("parse");
     assert_eq!(declared.access_mode, AccessMode::ReadWriteMany);
@@ -942,7 +951,7 @@ fn existing_claims_are_mounted_but_never_created_or_deleted() {
     };
     let d = build(&app, &settings()).expect("build");
     assert!(d.pvc.is_none());
-    for dep in &d.deployments {
+    for dep in std::iter::once(&d.ingest_deployment).chain(&d.http_deployment) {
         assert_eq!(
             volume(dep, "hls")
                 .persistent_volume_claim
@@ -951,7 +960,7 @@ fn existing_claims_are_mounted_but_never_created_or_deleted() {
             Some("shared-hls")
         );
     }
-    let ingest = &d.deployments[0];
+    let ingest = &d.ingest_deployment;
     assert_api_access(ingest, true);
     assert_eq!(
         ingest_config_of(&d).ownership.mode,
@@ -970,7 +979,7 @@ fn the_image_in_the_spec_wins() {
     app.spec.image = Some("my.registry/ingest:1.2".into());
     app.spec.image_pull_policy = Some(oxcast_crds::live_application::ImagePullPolicy::IfNotPresent);
     let d = build(&app, &settings()).expect("build");
-    for c in &pod(&d.deployments[0]).containers {
+    for c in &pod(&d.ingest_deployment).containers {
         assert_eq!(c.image.as_deref(), Some("my.registry/ingest:1.2"));
         assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
     }
@@ -1049,7 +1058,7 @@ fn ingest_pods_get_a_service_account_allowed_exactly_the_lease_verbs() {
         assert_eq!(subjects[0].namespace.as_deref(), Some("media"));
 
         assert_eq!(
-            pod(&d.deployments[0]).service_account_name.as_deref(),
+            pod(&d.ingest_deployment).service_account_name.as_deref(),
             Some(name.as_str())
         );
     }
@@ -1067,7 +1076,7 @@ fn the_sidecar_layout_on_a_claim_mounts_credentials_into_the_ingest_container_on
         existing_claim: None,
     };
     let d = build(&app, &settings()).expect("build");
-    let ingest = &d.deployments[0];
+    let ingest = &d.ingest_deployment;
     let names: Vec<_> = pod(ingest)
         .containers
         .iter()
@@ -1096,7 +1105,7 @@ fn encrypted_example_keeps_keys_on_the_volume_and_the_token_secret_in_http_only(
         e.authorization.previous_secret_file.as_deref(),
         Some("/var/run/oxcast/key-token/previous")
     );
-    let ingest = &desired.deployments[0];
+    let ingest = &desired.ingest_deployment;
     let arg_after = |c: &Container, flag: &str| -> Option<String> {
         let args = c.args.as_ref()?;
         let i = args.iter().position(|a| a == flag)?;
@@ -1145,7 +1154,7 @@ fn encrypted_example_keeps_keys_on_the_volume_and_the_token_secret_in_http_only(
 
     // Without encryption nothing moves.
     let plain = build(&minimal(), &settings()).unwrap();
-    let c = container(&plain.deployments[0], "ingest");
+    let c = container(&plain.ingest_deployment, "ingest");
     assert_eq!(
         arg_after(c, "--hls-root").as_deref(),
         Some("/var/lib/oxcast/hls")

@@ -423,7 +423,7 @@ async fn reconcile_app(app: &LiveApplication, ctx: &Context) -> Result<Action, E
     };
 
     let mut changes = Changes::default();
-    let children = match apply_all(app, ctx, &desired, &mut changes).await {
+    let children = match apply_all(ctx, &desired, &mut changes).await {
         Ok(children) => children,
         Err(e) => {
             let message = e.to_string();
@@ -573,7 +573,6 @@ async fn write_status(
 }
 
 async fn apply_all(
-    app: &LiveApplication,
     ctx: &Context,
     desired: &Desired,
     changes: &mut Changes,
@@ -595,29 +594,27 @@ async fn apply_all(
         Some(pvc) => Some(apply(ctx, &stores.pvcs, pvc, changes).await?),
         None => None,
     };
-    let mut deployments = Vec::with_capacity(desired.deployments.len());
-    for deployment in &desired.deployments {
-        deployments.push(apply(ctx, &stores.deployments, deployment, changes).await?);
-    }
-    let mut services = Vec::with_capacity(desired.services.len());
-    for service in &desired.services {
-        services.push(apply(ctx, &stores.services, service, changes).await?);
-    }
+    let ingest = apply(
+        ctx,
+        &stores.deployments,
+        &desired.ingest_deployment,
+        changes,
+    )
+    .await?;
+    let http = match &desired.http_deployment {
+        Some(deployment) => Some(apply(ctx, &stores.deployments, deployment, changes).await?),
+        None => None,
+    };
+    let rtmp_service = apply(ctx, &stores.services, &desired.rtmp_service, changes).await?;
+    let http_service = apply(ctx, &stores.services, &desired.http_service, changes).await?;
     if let Some(budget) = &desired.pod_disruption_budget {
         apply(ctx, &stores.pod_disruption_budgets, budget, changes).await?;
     }
-    let mut deployments = deployments.into_iter();
-    let mut services = services.into_iter();
-    let http_mode = app.spec.http.mode;
     Ok(Children {
-        ingest: deployments.next(),
-        http: if http_mode == HttpMode::Deployment {
-            deployments.next()
-        } else {
-            None
-        },
-        rtmp_service: services.next(),
-        http_service: services.next(),
+        ingest: Some(ingest),
+        http,
+        rtmp_service: Some(rtmp_service),
+        http_service: Some(http_service),
         pvc,
     })
 }
