@@ -238,15 +238,14 @@ pub fn sps(data: &[u8]) -> Option<(u32, u32)> {
     crate::media::sps::resolution(data).ok()
 }
 
-/// Text through both playlist parsers: the model's
-/// ([`PlaylistWindow::parse`], used to continue a stream after a restart)
-/// and the HTTP scan's (the streams API). A playlist the model parses
+/// Text through the playlist parser ([`PlaylistWindow::parse`], used to
+/// continue a stream after a restart and by the HTTP role's stream scan).
+/// A playlist it parses
 /// must render to text that parses back to the same rendering: the
 /// rendering is a fixed point after one round. Returns the number of
 /// segments the model parsed.
 pub fn playlist(data: &[u8]) -> usize {
     let text = String::from_utf8_lossy(data);
-    let _ = crate::http::scan::parse_playlist(&text);
     let base = "https://cdn.example/live/cam/";
     let Ok(window) = PlaylistWindow::parse(&text, base) else {
         return 0;

@@ -239,7 +239,7 @@ pub async fn run(
         let source = if options.rtmp_listen.is_some() {
             StreamSource::Publishers {
                 streams: streams.clone(),
-                nested: hls.nested,
+                layout: layout.clone(),
             }
         } else {
             StreamSource::Tree

@@ -7,7 +7,6 @@
 //! HLS tree is scanned instead (see `scan`) and only what the playlists
 //! reveal is reported; the other fields are `null`.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,16 +19,16 @@ use serde::Serialize;
 
 use super::{error_response, scan, HttpState};
 use crate::live::{LiveStream, LiveStreams};
-use crate::store::layout::NESTED_PLAYLIST;
+use crate::store::Layout;
 
 /// Where the list of live streams comes from.
 #[derive(Clone)]
 pub enum StreamSource {
-    /// The stream table of this process's RTMP ingest; `nested` is the
-    /// HLS layout it writes.
+    /// The stream table of this process's RTMP ingest, and the layout of
+    /// the tree it writes.
     Publishers {
         streams: Arc<LiveStreams>,
-        nested: bool,
+        layout: Layout,
     },
     /// Only the HLS tree on disk (the `http` role).
     Tree,
@@ -38,7 +37,7 @@ pub enum StreamSource {
 impl std::fmt::Debug for StreamSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Publishers { nested, .. } => write!(f, "Publishers {{ nested: {nested} }}"),
+            Self::Publishers { layout, .. } => write!(f, "Publishers {{ {layout:?} }}"),
             Self::Tree => f.write_str("Tree"),
         }
     }
@@ -92,14 +91,10 @@ fn rfc3339(t: time::OffsetDateTime) -> Option<String> {
         .ok()
 }
 
-fn from_publisher(live: &LiveStream, prefix: &str, nested: bool, root: &Path) -> StreamJson {
+fn from_publisher(live: &LiveStream, prefix: &str, layout: &Layout) -> StreamJson {
     let info = live.info();
     let key = live.key.as_str();
-    let rel = if nested {
-        format!("{key}/{NESTED_PLAYLIST}")
-    } else {
-        format!("{key}.m3u8")
-    };
+    let rel = layout.playlist_url(&live.key);
     let codecs: Vec<&str> = [&info.video_codec, &info.audio_codec]
         .into_iter()
         .flatten()
@@ -109,7 +104,7 @@ fn from_publisher(live: &LiveStream, prefix: &str, nested: bool, root: &Path) ->
     StreamJson {
         name: key.to_string(),
         playlist_url: format!("{prefix}/{rel}"),
-        playlist_ready: root.join(&rel).is_file(),
+        playlist_ready: layout.playlist_path(&live.key).is_file(),
         started_at: rfc3339(live.started_at.into()),
         codecs: (!codecs.is_empty()).then(|| codecs.join(",")),
         video_codec: info.video_codec,
@@ -176,12 +171,12 @@ async fn compute(state: &HttpState) -> Option<Vec<StreamJson>> {
     let prefix = state.prefix.clone();
     let root = state.hls.root().path().to_path_buf();
     let list = match &state.source {
-        StreamSource::Publishers { streams, nested } => {
-            let nested = *nested;
+        StreamSource::Publishers { streams, layout } => {
+            let layout = layout.clone();
             let live = streams.all_live();
             tokio::task::spawn_blocking(move || {
                 live.iter()
-                    .map(|l| from_publisher(l, &prefix, nested, &root))
+                    .map(|l| from_publisher(l, &prefix, &layout))
                     .collect::<Vec<_>>()
             })
             .await
@@ -240,7 +235,7 @@ mod tests {
         let streams = LiveStreams::default();
         let key = StreamKey::parse("cam").unwrap();
         let (live, _) = streams.claim(&key, 10).unwrap();
-        let j = from_publisher(&live, "/live", true, Path::new("/nonexistent"));
+        let j = from_publisher(&live, "/live", &Layout::new("/nonexistent", true));
         assert_eq!(j.playlist_url, "/live/cam/index.m3u8");
         assert!(!j.playlist_ready);
         assert!(j.started_at.is_some());
@@ -259,9 +254,9 @@ mod tests {
             assert!(text.get(field).is_some(), "{field} missing");
         }
         live.record_keyframe_interval(8.333_33);
-        let j = from_publisher(&live, "/live", true, Path::new("/nonexistent"));
+        let j = from_publisher(&live, "/live", &Layout::new("/nonexistent", true));
         assert_eq!(j.keyframe_interval, Some(8.33));
-        let flat = from_publisher(&live, "", false, Path::new("/nonexistent"));
+        let flat = from_publisher(&live, "", &Layout::new("/nonexistent", false));
         assert_eq!(flat.playlist_url, "/cam.m3u8");
     }
 }

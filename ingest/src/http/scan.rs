@@ -13,7 +13,8 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::store::layout::NESTED_PLAYLIST;
+use crate::hls::PlaylistWindow;
+use crate::store::Layout;
 use crate::stream_key::StreamKey;
 
 /// A live stream found in the tree.
@@ -36,46 +37,6 @@ const MAX_ENTRIES: usize = 10_000;
 /// A playlist untouched for this long (or three target durations, if
 /// longer) belongs to a publisher that is gone without ending it.
 const MIN_STALE_AFTER: Duration = Duration::from_secs(10);
-
-/// The parts of a media playlist the scan needs.
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct PlaylistFacts {
-    ended: bool,
-    target_duration: Option<u64>,
-    first_date: Option<time::OffsetDateTime>,
-    /// (URI, duration in seconds) of each segment.
-    segments: Vec<(String, f64)>,
-}
-
-pub(crate) fn parse_playlist(text: &str) -> PlaylistFacts {
-    let mut facts = PlaylistFacts::default();
-    let mut duration = None;
-    for line in text.lines().map(str::trim) {
-        if line == "#EXT-X-ENDLIST" {
-            facts.ended = true;
-        } else if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
-            facts.target_duration = v.trim().parse().ok();
-        } else if let Some(v) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
-            if facts.first_date.is_none() && facts.segments.is_empty() {
-                facts.first_date = time::OffsetDateTime::parse(
-                    v.trim(),
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .ok();
-            }
-        } else if let Some(v) = line.strip_prefix("#EXTINF:") {
-            duration = v
-                .split(',')
-                .next()
-                .and_then(|d| d.trim().parse::<f64>().ok());
-        } else if !line.is_empty() && !line.starts_with('#') {
-            facts
-                .segments
-                .push((line.to_string(), duration.take().unwrap_or(0.0)));
-        }
-    }
-    facts
-}
 
 /// Reads at most [`MAX_PLAYLIST`] bytes of a playlist.
 fn read_playlist(path: &Path) -> Option<String> {
@@ -106,29 +67,36 @@ fn inspect(
     if age > MIN_STALE_AFTER * 30 {
         return None; // cheap early out before reading
     }
-    let facts = parse_playlist(&read_playlist(playlist_path)?);
-    let stale_after = facts
-        .target_duration
-        .map(|t| Duration::from_secs(t.saturating_mul(3)))
-        .unwrap_or_default()
-        .max(MIN_STALE_AFTER);
-    if facts.ended || age > stale_after {
+    // The one playlist parser (the one a restarted ingest continues from);
+    // a playlist it refuses is not one of ours.
+    let window = PlaylistWindow::parse(&read_playlist(playlist_path)?, "").ok()?;
+    let stale_after =
+        Duration::from_secs(window.target_duration.saturating_mul(3)).max(MIN_STALE_AFTER);
+    if window.ended || age > stale_after {
         return None;
     }
-    // Bitrate from segment sizes; only plain relative URIs are local files.
+    // Bitrate from segment sizes; only plain file names are local files.
     let (mut bytes, mut secs) = (0u64, 0f64);
-    for (uri, d) in &facts.segments {
-        let plain = !uri.contains(['/', '\\', '?', '#', ':']) && !uri.starts_with('.');
-        if let Some(m) = plain.then(|| fs::metadata(dir.join(uri)).ok()).flatten() {
+    for entry in &window.entries {
+        let name = &entry.file_name;
+        let plain = !name.contains(['\\', '?', '#', ':']) && !name.starts_with('.');
+        if let Some(m) = plain.then(|| fs::metadata(dir.join(name)).ok()).flatten() {
             bytes += m.len();
-            secs += d;
+            secs += entry.duration as f64 / 90_000.0;
         }
     }
     let bitrate = (secs > 0.0).then(|| (bytes as f64 * 8.0 / secs).round() as u64);
+    let first_segment_at = window
+        .entries
+        .front()
+        .and_then(|e| e.program_date_time)
+        .and_then(|ms| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        });
     Some(TreeStream {
         name: name.to_string(),
         playlist: url,
-        first_segment_at: facts.first_date,
+        first_segment_at,
         bitrate,
     })
 }
@@ -139,6 +107,7 @@ pub fn live_streams(root: &Path, now: SystemTime) -> Vec<TreeStream> {
     let Ok(entries) = fs::read_dir(root) else {
         return Vec::new();
     };
+    let (nested, flat) = (Layout::new(root, true), Layout::new(root, false));
     let mut out = Vec::new();
     for entry in entries.take(MAX_ENTRIES).flatten() {
         let file_name = entry.file_name();
@@ -148,21 +117,23 @@ pub fn live_streams(root: &Path, now: SystemTime) -> Vec<TreeStream> {
         let Ok(kind) = entry.file_type() else {
             continue;
         };
-        let found = if kind.is_dir() {
-            StreamKey::parse(file_name).ok().and_then(|key| {
-                let dir = entry.path();
-                let url = format!("{key}/{NESTED_PLAYLIST}");
-                inspect(key.as_str(), &dir.join(NESTED_PLAYLIST), &dir, url, now)
-            })
+        let candidate = if kind.is_dir() {
+            StreamKey::parse(file_name).ok().map(|key| (key, &nested))
         } else {
             file_name
                 .strip_suffix(".m3u8")
                 .and_then(|n| StreamKey::parse(n).ok())
-                .and_then(|key| {
-                    let url = format!("{key}.m3u8");
-                    inspect(key.as_str(), &entry.path(), root, url, now)
-                })
+                .map(|key| (key, &flat))
         };
+        let found = candidate.and_then(|(key, layout)| {
+            inspect(
+                key.as_str(),
+                &layout.playlist_path(&key),
+                &layout.stream_dir(&key),
+                layout.playlist_url(&key),
+                now,
+            )
+        });
         out.extend(found);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -177,19 +148,6 @@ mod tests {
         "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:4\n\
         #EXT-X-PROGRAM-DATE-TIME:2024-05-01T10:00:00.000+00:00\n#EXTINF:2.000,\n1.ts\n\
         #EXT-X-PROGRAM-DATE-TIME:2024-05-01T10:00:02.000+00:00\n#EXTINF:2.000,\n2.ts\n";
-
-    #[test]
-    fn parses_the_facts_it_needs() {
-        let f = parse_playlist(LIVE);
-        assert!(!f.ended);
-        assert_eq!(f.target_duration, Some(2));
-        assert_eq!(
-            f.first_date.map(|d| d.unix_timestamp()),
-            Some(1_714_557_600)
-        );
-        assert_eq!(f.segments, vec![("1.ts".into(), 2.0), ("2.ts".into(), 2.0)]);
-        assert!(parse_playlist(&format!("{LIVE}#EXT-X-ENDLIST\n")).ended);
-    }
 
     #[test]
     fn finds_live_nested_and_flat_streams() {
@@ -215,6 +173,10 @@ mod tests {
         assert_eq!(names, ["cam", "flat"]);
         assert_eq!(found[0].playlist, "cam/index.m3u8");
         assert_eq!(found[0].bitrate, Some(2000 * 8 / 4));
+        assert_eq!(
+            found[0].first_segment_at.map(|d| d.unix_timestamp()),
+            Some(1_714_557_600)
+        );
         assert_eq!(found[1].playlist, "flat.m3u8");
         assert_eq!(found[1].bitrate, None, "its segments are not on disk");
 

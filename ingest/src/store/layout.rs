@@ -52,10 +52,16 @@ impl Layout {
     }
 
     pub fn playlist_path(&self, key: &StreamKey) -> PathBuf {
+        self.root.join(self.playlist_url(key))
+    }
+
+    /// The playlist's URL path relative to the tree's HTTP prefix
+    /// (`cam/index.m3u8` or `cam.m3u8`); stream keys need no escaping.
+    pub fn playlist_url(&self, key: &StreamKey) -> String {
         if self.nested {
-            self.root.join(key.as_str()).join(NESTED_PLAYLIST)
+            format!("{key}/{NESTED_PLAYLIST}")
         } else {
-            self.root.join(format!("{key}.m3u8"))
+            format!("{key}.m3u8")
         }
     }
 
@@ -97,25 +103,30 @@ impl Layout {
         Ok(keys)
     }
 
+    /// The id of one of this stream's segment files, complete or partial:
+    /// the inverse of [`Layout::segment_file_name`] (plus the partial
+    /// suffix); `None` for any other file.
+    pub fn segment_id(&self, key: &StreamKey, file_name: &str) -> Option<u64> {
+        let stem = file_name.strip_suffix(PARTIAL_SUFFIX).unwrap_or(file_name);
+        let stem = stem.strip_suffix(".ts")?;
+        let digits = if self.nested {
+            stem
+        } else {
+            stem.strip_prefix(key.as_str())?.strip_prefix('-')?
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
     /// Segment files (complete or partial) of this stream found on disk.
     pub fn segment_files(&self, key: &StreamKey) -> std::io::Result<Vec<String>> {
-        let prefix = if self.nested {
-            String::new()
-        } else {
-            format!("{key}-")
-        };
         let mut names = Vec::new();
         for entry in std::fs::read_dir(self.stream_dir(key))? {
             let name = entry?.file_name();
             let Some(name) = name.to_str() else { continue };
-            let stem = name.strip_suffix(PARTIAL_SUFFIX).unwrap_or(name);
-            let Some(id) = stem
-                .strip_prefix(&prefix)
-                .and_then(|s| s.strip_suffix(".ts"))
-            else {
-                continue;
-            };
-            if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
+            if self.segment_id(key, name).is_some() {
                 names.push(name.to_string());
             }
         }
@@ -127,6 +138,38 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_ids_are_read_back_from_the_names_the_layout_gives() {
+        let key = StreamKey::parse("cam-1").unwrap();
+        for nested in [true, false] {
+            let layout = Layout::new("/srv/hls", nested);
+            for id in [0, 7, 1_717_171_717_171] {
+                let name = layout.segment_file_name(&key, id);
+                assert_eq!(layout.segment_id(&key, &name), Some(id), "{name}");
+                let part = format!("{name}{PARTIAL_SUFFIX}");
+                assert_eq!(layout.segment_id(&key, &part), Some(id), "{part}");
+            }
+            for other in [
+                "index.m3u8",
+                ".ts",
+                "x.ts",
+                "cam-1-.ts",
+                "12.ts.tmp",
+                "99999999999999999999999.ts",
+            ] {
+                assert_eq!(
+                    layout.segment_id(&key, other),
+                    None,
+                    "{other} (nested {nested})"
+                );
+            }
+        }
+        // Flat: another stream's segments are not this stream's.
+        let flat = Layout::new("/srv/hls", false);
+        assert_eq!(flat.segment_id(&key, "cam-2-12.ts"), None);
+        assert_eq!(flat.segment_id(&key, "12.ts"), None);
+    }
 
     #[test]
     fn nested_and_flat_paths() {

@@ -488,13 +488,7 @@ pub fn load_history(
     if let Ok(files) = layout.segment_files(key) {
         for name in files {
             if !window.entries.iter().any(|e| e.file_name == name) {
-                if let Some(id) = name
-                    .trim_end_matches(PARTIAL_SUFFIX)
-                    .trim_end_matches(".ts")
-                    .rsplit('-')
-                    .next()
-                    .and_then(|d| d.parse::<u64>().ok())
-                {
+                if let Some(id) = layout.segment_id(key, &name) {
                     last_id = last_id.max(Some(id));
                 }
                 unlisted.push(name);
