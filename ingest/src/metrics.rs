@@ -28,6 +28,19 @@ impl Buckets for Latency {
     ];
 }
 
+/// From the media that closes a segment to the playlist listing it on
+/// disk: a fraction of a millisecond on a local disk with an idle writer,
+/// milliseconds under load, seconds when storage stalls.
+#[derive(Debug)]
+pub struct PublishLatency;
+
+impl Buckets for PublishLatency {
+    const BOUNDS: &'static [f64] = &[
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ];
+}
+
 /// Segment durations: around `hls.fragment` (2 s by default) when the
 /// publisher's keyframes fit it, up to 10 fragments when they do not, and
 /// short ones at the end of a publication or before a discontinuity.
@@ -139,6 +152,9 @@ pub struct Metrics {
     pub bytes_received: AtomicU64,
     /// Complete segments written and listed.
     pub segments_written: AtomicU64,
+    /// Segments cut because the publisher's timestamps stopped advancing
+    /// while media kept coming (see `hls::segmenter`).
+    pub segments_cut_on_frozen_timestamps: AtomicU64,
     /// Segment or playlist writes that failed (disk full, permissions…).
     pub storage_errors: AtomicU64,
     /// Time spent in storage calls for one segment: creating, writing and
@@ -146,6 +162,10 @@ pub struct Metrics {
     pub segment_write_seconds: Histogram<Latency>,
     /// Media duration of each segment listed.
     pub segment_duration_seconds: Histogram<SegmentLength>,
+    /// From the arrival of the media that closed a segment (the keyframe
+    /// starting the next one) to the playlist listing it written: queueing
+    /// behind other writes of the stream plus the storage calls.
+    pub playlist_publish_latency_seconds: Histogram<PublishLatency>,
     /// Publish attempts refused, by reason.
     pub publish_rejections: LabeledCounter,
     /// HTTP responses by status class (`2xx`, `3xx`, `4xx`, `5xx`).
@@ -249,6 +269,11 @@ impl Metrics {
                 &self.segments_written,
             ),
             (
+                "oxcast_segments_cut_on_frozen_timestamps_total",
+                "Segments cut by the length of their media because the publisher's timestamps stopped advancing.",
+                &self.segments_cut_on_frozen_timestamps,
+            ),
+            (
                 "oxcast_storage_errors_total",
                 "Failed segment or playlist writes.",
                 &self.storage_errors,
@@ -272,6 +297,11 @@ impl Metrics {
             &mut s,
             "oxcast_segment_duration_seconds",
             "Media duration of the segments listed.",
+        );
+        self.playlist_publish_latency_seconds.render(
+            &mut s,
+            "oxcast_playlist_publish_latency_seconds",
+            "From the arrival of the media that closed a segment to the playlist listing it written to storage.",
         );
         let labeled = [
             (
@@ -327,6 +357,23 @@ mod tests {
         assert!(text.contains("oxcast_segment_write_seconds_bucket{le=\"0.0025\"} 0\n"));
         assert!(text.contains("oxcast_segment_write_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("oxcast_segment_write_seconds_count 1\n"));
+    }
+
+    #[test]
+    fn publish_latency_resolves_fractions_of_a_millisecond() {
+        let m = Metrics::default();
+        m.playlist_publish_latency_seconds
+            .observe(Duration::from_micros(300));
+        m.playlist_publish_latency_seconds
+            .observe(Duration::from_millis(7));
+        let text = m.render();
+        let name = "oxcast_playlist_publish_latency_seconds";
+        assert!(text.contains(&format!("# TYPE {name} histogram\n")));
+        assert!(text.contains(&format!("{name}_bucket{{le=\"0.00025\"}} 0\n")));
+        assert!(text.contains(&format!("{name}_bucket{{le=\"0.0005\"}} 1\n")));
+        assert!(text.contains(&format!("{name}_bucket{{le=\"0.005\"}} 1\n")));
+        assert!(text.contains(&format!("{name}_bucket{{le=\"0.01\"}} 2\n")));
+        assert!(text.contains(&format!("{name}_sum 0.0073\n")));
     }
 
     #[test]

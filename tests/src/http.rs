@@ -206,12 +206,17 @@ pub fn http_date(value: &str) -> i64 {
         .as_secs() as i64
 }
 
-/// The value of a Prometheus sample line `name{labels} value` in a
-/// `/metrics` body, or 0 when the sample is absent.
-pub fn metric(text: &str, sample: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
+/// The value of the Prometheus sample `name{labels}` (exactly that name
+/// and label set) in a `/metrics` body, if present.
+pub fn sample(text: &str, sample: &str) -> Option<f64> {
+    let sample = sample.trim_end();
+    text.lines().find_map(|l| {
+        let value = l.strip_prefix(sample)?;
+        value
+            .starts_with(' ')
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
 }
 
 #[cfg(test)]
@@ -267,10 +272,11 @@ mod tests {
     }
 
     #[test]
-    fn metric_reads_a_sample_or_zero() {
-        let text = "# HELP x\nx_total{a=\"b\"} 7\ny 3\n";
-        assert_eq!(metric(text, "x_total{a=\"b\"}"), 7);
-        assert_eq!(metric(text, "y"), 3);
-        assert_eq!(metric(text, "z"), 0);
+    fn sample_reads_exactly_the_named_sample() {
+        let text = "# HELP x\nx_total{a=\"b\"} 7\ny_sum 0.25\ny 3\n";
+        assert_eq!(sample(text, "x_total{a=\"b\"}"), Some(7.0));
+        assert_eq!(sample(text, "y"), Some(3.0), "not y_sum");
+        assert_eq!(sample(text, "y_sum "), Some(0.25));
+        assert_eq!(sample(text, "z"), None);
     }
 }

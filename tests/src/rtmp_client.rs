@@ -12,62 +12,9 @@ pub struct RawRtmp {
     stream: TcpStream,
 }
 
-/// AMF0 encoders for building commands by hand.
-pub mod amf0 {
-    pub fn number(v: f64) -> Vec<u8> {
-        let mut out = vec![0x00];
-        out.extend_from_slice(&v.to_be_bytes());
-        out
-    }
-
-    pub fn string(s: &str) -> Vec<u8> {
-        let mut out = vec![0x02];
-        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
-        out
-    }
-
-    pub fn null() -> Vec<u8> {
-        vec![0x05]
-    }
-
-    /// A command message payload as clients send it: the command's name,
-    /// its transaction id, a null command object, then `args`.
-    pub fn command(name: &str, transaction: f64, args: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = string(name);
-        out.extend(number(transaction));
-        out.extend(null());
-        for arg in args {
-            out.extend_from_slice(arg);
-        }
-        out
-    }
-
-    /// An object with string properties.
-    pub fn object(props: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = vec![0x03];
-        for (k, v) in props {
-            out.extend_from_slice(&(k.len() as u16).to_be_bytes());
-            out.extend_from_slice(k.as_bytes());
-            out.extend(string(v));
-        }
-        out.extend_from_slice(&[0, 0, 0x09]);
-        out
-    }
-
-    /// `depth` objects nested inside each other (each `{a: …}`).
-    pub fn nested_objects(depth: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(depth * 7);
-        for _ in 0..depth {
-            out.extend_from_slice(&[0x03, 0, 1, b'a']);
-        }
-        out.push(0x05);
-        for _ in 0..depth {
-            out.extend_from_slice(&[0, 0, 0x09]);
-        }
-        out
-    }
-}
+/// AMF0 encoders for building commands by hand: the ingest crate's, so
+/// the tests and the connection machine's unit tests build the same bytes.
+pub use oxcast_ingest::rtmp::amf::encode as amf0;
 
 /// Message type ids.
 pub const SET_CHUNK_SIZE: u8 = 1;

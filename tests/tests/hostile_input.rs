@@ -13,7 +13,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oxcast_tests::media::http;
 use oxcast_tests::media::{
     require, wait_until, Fixture, Playlist, Publisher, Server, ServerBuilder,
 };
@@ -60,14 +59,6 @@ fn assert_serves_normal_publish(server: &mut Server, key: &str) {
     });
     drop(publisher);
     assert!(server.is_running(), "server died:\n{}", server.stderr());
-}
-
-fn metric(server: &Server, name: &str) -> u64 {
-    let addr = server.http.expect("http listener");
-    let body = http::get(addr, "/metrics").expect("GET /metrics").text();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 #[test]
@@ -253,14 +244,14 @@ fn connections_beyond_max_connections_are_refused() {
     assert!(!a.closed_by_server_within(Duration::from_millis(200)));
     assert!(!b.closed_by_server_within(Duration::from_millis(200)));
     assert!(
-        metric(
-            &server,
-            "oxcast_publish_rejections_total{reason=\"max_connections\"}"
-        ) >= 1
+        server
+            .metric("oxcast_publish_rejections_total{reason=\"max_connections\"}")
+            .unwrap_or(0.0)
+            >= 1.0
     );
     drop((a, b));
     wait_until("connections released", Duration::from_secs(5), || {
-        metric(&server, "oxcast_rtmp_connections") == 0
+        server.metric("oxcast_rtmp_connections") == Some(0.0)
     });
     assert_serves_normal_publish(&mut server, "after-max-connections");
 }
@@ -282,10 +273,10 @@ fn publishers_beyond_max_publishers_are_refused() {
     assert!(!result.success(), "second publisher was accepted");
     assert!(!server.playlist_path("two").exists());
     assert!(
-        metric(
-            &server,
-            "oxcast_publish_rejections_total{reason=\"max_publishers\"}"
-        ) >= 1
+        server
+            .metric("oxcast_publish_rejections_total{reason=\"max_publishers\"}")
+            .unwrap_or(0.0)
+            >= 1.0
     );
     drop(first);
     assert_serves_normal_publish(&mut server, "after-max-publishers");

@@ -138,6 +138,21 @@ fn load_generator_publishes_looping_streams_to_oxcast() {
         }
     }
 
+    // Every listed segment's playlist publish latency was measured (the
+    // server's histogram), and on a local disk none took a second.
+    let listed = server
+        .metric("oxcast_segments_written_total")
+        .expect("oxcast_segments_written_total");
+    let latency = "oxcast_playlist_publish_latency_seconds";
+    let measured = server.metric(&format!("{latency}_count"));
+    assert_eq!(measured, Some(listed), "one latency per listed segment");
+    assert!(listed >= keys.len() as f64);
+    assert_eq!(
+        server.metric(&format!("{latency}_bucket{{le=\"1\"}}")),
+        Some(listed),
+        "a publish latency over 1 s on a local disk"
+    );
+
     // The report.
     let text = std::fs::read_to_string(&report_path).expect("report file");
     let report: Value = serde_json::from_str(&text).expect("report is JSON");

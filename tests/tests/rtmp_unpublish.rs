@@ -14,10 +14,9 @@ use oxcast_tests::media::{http, wait_until, ServerBuilder};
 use oxcast_tests::rtmp_client::publisher::{self, RtmpUrl};
 use tokio::io::AsyncWriteExt;
 
-fn publishers(addr: std::net::SocketAddr) -> Option<u64> {
+fn publishers(addr: std::net::SocketAddr) -> Option<f64> {
     let body = http::get(addr, "/metrics").ok()?.text();
-    body.lines()
-        .find_map(|l| l.strip_prefix("oxcast_publishers ")?.trim().parse().ok())
+    http::sample(&body, "oxcast_publishers")
 }
 
 #[test]
@@ -41,7 +40,7 @@ fn unpublish_ends_the_stream_while_the_connection_stays_open() {
         let drain = tokio::spawn(publisher::drain(publishing.reader));
         tokio::task::spawn_blocking(move || {
             wait_until("one publisher", Duration::from_secs(10), || {
-                publishers(metrics) == Some(1)
+                publishers(metrics) == Some(1.0)
             })
         })
         .await
@@ -59,7 +58,7 @@ fn unpublish_ends_the_stream_while_the_connection_stays_open() {
             wait_until(
                 "no publisher after the unpublish",
                 Duration::from_secs(5),
-                || publishers(metrics) == Some(0),
+                || publishers(metrics) == Some(0.0),
             )
         })
         .await

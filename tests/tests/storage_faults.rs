@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use oxcast_tests::media::http;
 use oxcast_tests::media::{
     require, wait_until, Fixture, Playlist, Publisher, Server, ServerBuilder,
 };
@@ -22,9 +21,9 @@ use oxcast_tests::media::{
 const FAULT_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn storage_errors(server: &Server) -> u64 {
-    let addr = server.http.expect("http listener");
-    let body = http::get(addr, "/metrics").expect("GET /metrics").text();
-    http::metric(&body, "oxcast_storage_errors_total")
+    server
+        .metric("oxcast_storage_errors_total")
+        .expect("GET /metrics with oxcast_storage_errors_total") as u64
 }
 
 fn segment_count(playlist: &Path) -> Option<u64> {

@@ -31,7 +31,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oxcast_tests::media::http;
 use oxcast_tests::media::process::send_signal;
 use oxcast_tests::media::{
     require, wait_for, wait_until, Fixture, Playlist, Publisher, Server, ServerBuilder,
@@ -153,13 +152,6 @@ impl Drop for BindMount {
 fn produced(playlist: &Path) -> Option<u64> {
     let p = Playlist::read(playlist).ok().flatten()?;
     Some(p.media_sequence + p.segments.len() as u64)
-}
-
-fn metric(server: &Server, line_prefix: &str) -> Option<f64> {
-    let addr = server.http.expect("http listener");
-    let body = http::get(addr, "/metrics").ok()?.text();
-    body.lines()
-        .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse::<f64>().ok())
 }
 
 /// The server's log without colour escapes (`key=value` as printed).
@@ -317,7 +309,7 @@ fn a_stalled_volume_stalls_only_its_own_stream() {
         while Instant::now() < stall_to {
             cadence.observe(&server, &HEALTHY);
             let asked = Instant::now();
-            let backlog = metric(&server, "oxcast_storage_backlog_bytes ");
+            let backlog = server.metric("oxcast_storage_backlog_bytes ");
             worst_metrics_latency = worst_metrics_latency.max(asked.elapsed());
             match backlog {
                 Some(b) => peak_backlog = peak_backlog.max(b),
@@ -397,18 +389,14 @@ fn a_stalled_volume_stalls_only_its_own_stream() {
         "the segments dropped during the stall are counted",
         TIMEOUT,
         || {
-            metric(
-                &server,
-                "oxcast_segments_dropped_total{reason=\"storage_backlog\"} ",
-            )
-            .is_some_and(|n| n >= 1.0)
+            server
+                .metric("oxcast_segments_dropped_total{reason=\"storage_backlog\"} ")
+                .is_some_and(|n| n >= 1.0)
         },
     );
-    let dropped = metric(
-        &server,
-        "oxcast_segments_dropped_total{reason=\"storage_backlog\"} ",
-    )
-    .unwrap_or(0.0);
+    let dropped = server
+        .metric("oxcast_segments_dropped_total{reason=\"storage_backlog\"} ")
+        .unwrap_or(0.0);
     let p = wait_for("a discontinuity after the gap", TIMEOUT, || {
         Playlist::read(&stalled_playlist)
             .ok()
@@ -437,16 +425,23 @@ fn a_stalled_volume_stalls_only_its_own_stream() {
          {dropped} segments dropped (backlog over 256 KiB), DISCONTINUITY after the gap",
         recovered_after.as_secs_f64()
     ));
-    assert!(
-        metric(&server, "oxcast_storage_backlog_bytes ").is_some_and(|b| b <= BACKLOG_LIMIT as f64)
-    );
+    assert!(server
+        .metric("oxcast_storage_backlog_bytes ")
+        .is_some_and(|b| b <= BACKLOG_LIMIT as f64));
 
-    let writes = metric(&server, "oxcast_segment_write_seconds_count ").unwrap_or(0.0);
-    let write_time = metric(&server, "oxcast_segment_write_seconds_sum ").unwrap_or(0.0);
-    let under_10ms =
-        metric(&server, "oxcast_segment_write_seconds_bucket{le=\"0.01\"} ").unwrap_or(0.0);
-    let over_5s =
-        writes - metric(&server, "oxcast_segment_write_seconds_bucket{le=\"5\"} ").unwrap_or(0.0);
+    let writes = server
+        .metric("oxcast_segment_write_seconds_count ")
+        .unwrap_or(0.0);
+    let write_time = server
+        .metric("oxcast_segment_write_seconds_sum ")
+        .unwrap_or(0.0);
+    let under_10ms = server
+        .metric("oxcast_segment_write_seconds_bucket{le=\"0.01\"} ")
+        .unwrap_or(0.0);
+    let over_5s = writes
+        - server
+            .metric("oxcast_segment_write_seconds_bucket{le=\"5\"} ")
+            .unwrap_or(0.0);
     report.push(format!(
         "segment writes: {writes} segments, mean storage time {:.1} ms, {under_10ms} under 10 ms, \
          {over_5s} over 5 s (the one in flight when the volume stopped)",

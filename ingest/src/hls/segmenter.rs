@@ -17,6 +17,17 @@
 //!   continuous, so there is no discontinuity, but the next segment starts
 //!   mid-GOP: a player that joins on it shows nothing until the next keyframe.
 //!
+//! Timestamps that stop advancing while frames keep coming (a frozen
+//! encoder clock, a muxer that repeats one timestamp) would hold a segment
+//! open forever, its file growing without bound, since no elapsed time ever
+//! reaches `fragment`. The segmenter also adds up the media it put into the
+//! open segment (a frame duration per clock-track frame) and, for the rules
+//! above, takes the segment's elapsed time as at least that length less
+//! `max_fragment` of slack: a frozen clock gives segments of `max_fragment`
+//! plus `fragment` (cut on a keyframe, or by the `max_fragment` rule two
+//! `max_fragment`s in), listed with the media's own length. Timestamps that
+//! advance, even unevenly, never come near the slack.
+//!
 //! The target duration (RFC 8216 §6.2.1: must not change) is sized by the
 //! first segment, that is by the publisher's keyframe interval; a keyframe
 //! before `fragment` closes a segment early when waiting for the next one
@@ -115,6 +126,9 @@ pub struct SegmenterStats {
     pub keyframe_waits_given_up: u64,
     /// Segments cut between keyframes (only with forced cuts).
     pub forced_cuts: u64,
+    /// Segments closed because the timestamps stopped advancing while media
+    /// kept coming (their content ran `max_fragment` ahead of the clock).
+    pub frozen_timestamp_cuts: u64,
 }
 
 #[derive(Debug)]
@@ -123,6 +137,9 @@ struct OpenSegment {
     clock: TrackKind,
     last: i64,
     last_delta: i64,
+    /// Media put into the segment on the clock track, in 90 kHz ticks: one
+    /// frame duration per frame, whatever the timestamps say.
+    content: i64,
 }
 
 #[derive(Debug)]
@@ -185,7 +202,7 @@ impl Segmenter {
 
     /// The duration of one audio frame in 90 kHz ticks, from the stream's
     /// codec configuration ([`crate::media::AacConfig::frame_duration_90khz`]:
-    /// 2089 at 44.1 kHz, 3840 for HE-AAC at 48 kHz). An audio-only segment's
+    /// 2090 at 44.1 kHz, 3840 for HE-AAC at 48 kHz). An audio-only segment's
     /// last frame lasts this long; RTMP's millisecond timestamps only give
     /// it to within a millisecond. Values below one tick are ignored.
     pub fn set_audio_frame_duration(&mut self, ticks: i64) {
@@ -276,7 +293,12 @@ impl Segmenter {
                 self.begin(ts, discontinuity, frame.kind, events)?;
             }
             Some(open) if frame.kind == clock => {
-                let elapsed = ts - open.start;
+                // The media's own length, less `max_fragment` of slack for
+                // timestamps that merely lag, stands in for a clock that
+                // stopped (see the module docs).
+                let by_content = open.content.saturating_sub(self.config.max_fragment);
+                let frozen = by_content > ts - open.start;
+                let elapsed = (ts - open.start).max(by_content);
                 // Half a frame interval: a keyframe stamped a millisecond
                 // before the boundary is on it.
                 let tolerance = open.last_delta / 2;
@@ -304,8 +326,16 @@ impl Segmenter {
                         self.stats.keyframe_waits_given_up += 1;
                         self.end(Some(ts), events)?;
                         self.pending_discontinuity = true;
+                        if frozen {
+                            self.stats.frozen_timestamp_cuts += 1;
+                        }
                         return Ok(());
                     }
+                }
+                // A segment just begun holds no media yet: it was cut here.
+                let cut = self.open.as_ref().is_some_and(|o| o.content == 0);
+                if frozen && cut {
+                    self.stats.frozen_timestamp_cuts += 1;
                 }
             }
             Some(_) => {}
@@ -336,11 +366,17 @@ impl Segmenter {
             }
         }
         if frame.kind == clock {
+            let audio_frame = self.audio_frame;
             if let Some(open) = &mut self.open {
                 if ts > open.last {
                     open.last_delta = ts - open.last;
                 }
                 open.last = open.last.max(ts);
+                let frame_duration = match frame.kind {
+                    TrackKind::Audio => audio_frame,
+                    TrackKind::Video => open.last_delta,
+                };
+                open.content = open.content.saturating_add(frame_duration);
             }
         }
         if self.out.len() >= FLUSH_BYTES {
@@ -403,6 +439,7 @@ impl Segmenter {
             clock,
             last: start,
             last_delta: default_delta,
+            content: 0,
         });
         Ok(())
     }
@@ -425,11 +462,17 @@ impl Segmenter {
             TrackKind::Audio => self.audio_frame,
             TrackKind::Video => open.last_delta,
         };
-        let duration = match next_start {
+        let span = match next_start {
             Some(next) => next - open.start,
             None => open.last - open.start + last_frame,
         }
         .max(1);
+        // Cut for frozen timestamps: the clock says nothing of its length.
+        let duration = if open.content.saturating_sub(span) > self.config.max_fragment {
+            open.content
+        } else {
+            span
+        };
         if !self.out.is_empty() {
             events.push(SegmentEvent::Bytes(std::mem::take(&mut self.out)));
         }
@@ -774,6 +817,74 @@ mod tests {
     }
 
     #[test]
+    fn an_audio_only_stream_whose_clock_stops_is_cut_by_its_content() {
+        // 2 s fragments, 20 s max: a frozen clock gives 22 s segments, each
+        // listed with the length of the audio it holds.
+        let mut s = keyframe_segmenter(2_000);
+        let mut ev = Vec::new();
+        let frames = 4_219; // 90 s of 48 kHz AAC
+        for _ in 0..frames {
+            s.push(&audio(1_920), &mut ev).unwrap();
+        }
+        s.finish(&mut ev).unwrap();
+        let segs = segments(&ev);
+        assert_eq!(segs.len(), 5, "{segs:?}");
+        for (_, discontinuity, duration) in &segs[..4] {
+            assert!(!discontinuity);
+            // 22 s less half a frame (the keyframe tolerance).
+            assert_eq!(*duration, 1_031 * 1_920);
+        }
+        // The last segment's 95 frames are within the slack: it keeps its
+        // timestamp span (one frame).
+        assert_eq!(segs[4].2, 1_920);
+        assert_eq!(s.stats().frozen_timestamp_cuts, 4);
+        let audio_bytes: usize = audio_pes(&ev).iter().map(|(_, len)| len).sum();
+        assert_eq!(audio_bytes, frames as usize * 8, "no audio lost");
+    }
+
+    #[test]
+    fn a_video_stream_whose_clock_stops_is_cut_on_keyframes_by_its_content() {
+        // 30 fps, a keyframe every 2 s, and a DTS that never moves.
+        let mut s = keyframe_segmenter(2_000);
+        let mut ev = Vec::new();
+        for i in 0..1_800 {
+            s.push(&video(0, i % 60 == 0), &mut ev).unwrap();
+        }
+        s.finish(&mut ev).unwrap();
+        let segs = segments(&ev);
+        assert_eq!(segs.len(), 3, "{segs:?}");
+        // Cut on the first keyframe 22 s of frames in: nothing dropped.
+        assert_eq!(segs[0].2, 660 * 3_000);
+        assert_eq!(segs[1].2, 660 * 3_000);
+        // The rest is within the slack: its timestamp span, one frame.
+        assert_eq!(segs[2].2, 3_000);
+        assert!(segs.iter().all(|(_, discontinuity, _)| !discontinuity));
+        let stats = s.stats();
+        assert_eq!(stats.frozen_timestamp_cuts, 2);
+        assert_eq!(stats.keyframe_waits_given_up, 0);
+    }
+
+    #[test]
+    fn timestamps_that_advance_are_never_overruled_by_the_content() {
+        // 25 fps frames stamped 40 ms apart, every other one repeated
+        // (a muxer that duplicates timestamps): the content runs ahead of
+        // the clock by half, never by max_fragment within a segment.
+        let mut s = keyframe_segmenter(2_000);
+        let mut ev = Vec::new();
+        for i in 0..1_500_i64 {
+            s.push(&video(i / 2 * 3_600, i % 100 == 0), &mut ev)
+                .unwrap();
+        }
+        s.finish(&mut ev).unwrap();
+        assert_eq!(s.stats().frozen_timestamp_cuts, 0);
+        let segs = segments(&ev);
+        assert!(
+            segs[..segs.len() - 1].iter().all(|s| s.2 == 2 * SEC),
+            "{segs:?}"
+        );
+    }
+
+    #[test]
     fn a_single_frame_larger_than_the_bound_gets_its_own_pes() {
         let mut s = segmenter(1, 2);
         let mut ev = Vec::new();
@@ -810,7 +921,10 @@ mod tests {
         let frame = crate::media::AacConfig::parse(&[0x12, 0x08])
             .unwrap()
             .frame_duration_90khz();
-        assert_eq!(frame, 2_089, "1024 samples at 44.1 kHz");
+        assert_eq!(
+            frame, 2_090,
+            "1024 samples at 44.1 kHz, to the nearest tick"
+        );
         // One frame: the segment lasts one 44.1 kHz frame, not 48 kHz's 1920.
         let (segs, _) = audio_only_at(frame, 1);
         assert_eq!(segs, vec![(0, false, frame)]);

@@ -104,9 +104,13 @@ impl AacConfig {
         self.core_sample_rate() * if self.sbr { 2 } else { 1 }
     }
 
-    /// Duration of one AAC frame (1024 core samples) in 90 kHz ticks.
+    /// Duration of one AAC frame (1024 core samples) in 90 kHz ticks,
+    /// rounded to the nearest tick (2089.8 → 2090 at 44.1 kHz; exact at
+    /// 48, 32, 24, 16 and 8 kHz). The error stays below half a tick (6 µs)
+    /// per frame; timestamps, not this sum, place frames on the timeline.
     pub fn frame_duration_90khz(&self) -> i64 {
-        1024 * 90_000 / i64::from(self.core_sample_rate())
+        let rate = i64::from(self.core_sample_rate());
+        (1024 * 90_000 + rate / 2) / rate
     }
 
     /// Appends a 7-byte ADTS header (no CRC) and the raw frame to `out`.
@@ -155,6 +159,7 @@ mod tests {
             (c.object_type, c.core_sample_rate(), c.channel_config),
             (2, 44100, 1)
         );
+        assert_eq!(c.frame_duration_90khz(), 2090, "2089.795… rounded");
     }
 
     #[test]

@@ -167,28 +167,88 @@ pub fn scan(data: &[u8]) -> Result<AmfSummary, AmfError> {
     Ok(summary)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// AMF0 encoders, the writing side of the grammar [`scan`] walks: for RTMP
+/// clients built by hand — the connection machine's unit tests and the
+/// cross-crate tests' raw client and load generator. The server's own
+/// replies are encoded by `rml_rtmp`.
+pub mod encode {
+    use super::{NULL, NUMBER, OBJECT, OBJECT_END, STRING};
 
-    fn string(s: &str) -> Vec<u8> {
-        let mut v = vec![STRING];
-        v.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        v.extend_from_slice(s.as_bytes());
-        v
+    pub fn number(v: f64) -> Vec<u8> {
+        let mut out = vec![NUMBER];
+        out.extend_from_slice(&v.to_be_bytes());
+        out
     }
 
-    fn nested_objects(depth: usize) -> Vec<u8> {
-        let mut v = Vec::new();
-        for _ in 0..depth {
-            v.push(OBJECT);
-            v.extend_from_slice(&[0, 1, b'a']);
+    /// A string value (marker 0x02, 16-bit length).
+    ///
+    /// # Panics
+    /// If `s` is longer than 65,535 bytes: the long-string form is not in
+    /// the grammar [`super::scan`] accepts, so no client should send one.
+    pub fn string(s: &str) -> Vec<u8> {
+        let len = u16::try_from(s.len()).expect("an AMF0 string of at most 65,535 bytes");
+        let mut out = Vec::with_capacity(s.len() + 3);
+        out.push(STRING);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+        out
+    }
+
+    pub fn null() -> Vec<u8> {
+        vec![NULL]
+    }
+
+    /// A command message payload as clients send it: the command's name,
+    /// its transaction id, a null command object, then `args`.
+    pub fn command(name: &str, transaction: f64, args: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = string(name);
+        out.extend(number(transaction));
+        out.extend(null());
+        for arg in args {
+            out.extend_from_slice(arg);
         }
-        v.push(NULL);
-        for _ in 0..depth {
-            v.extend_from_slice(&[0, 0, OBJECT_END]);
+        out
+    }
+
+    /// An object with string properties.
+    pub fn object(props: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = vec![OBJECT];
+        for (k, v) in props {
+            out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+            out.extend_from_slice(k.as_bytes());
+            out.extend(string(v));
         }
-        v
+        out.extend_from_slice(&[0, 0, OBJECT_END]);
+        out
+    }
+
+    /// `depth` objects nested inside each other (each `{a: …}`).
+    pub fn nested_objects(depth: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(depth * 7);
+        for _ in 0..depth {
+            out.extend_from_slice(&[OBJECT, 0, 1, b'a']);
+        }
+        out.push(NULL);
+        for _ in 0..depth {
+            out.extend_from_slice(&[0, 0, OBJECT_END]);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode::{nested_objects, string};
+    use super::*;
+
+    #[test]
+    fn reads_what_the_encoder_writes() {
+        let mut m = encode::command("connect", 1.0, &[encode::object(&[("app", "live")])]);
+        m.extend(string(&"x".repeat(65_535)));
+        let summary = scan(&m).unwrap();
+        assert_eq!(summary.values, 5);
+        assert_eq!(summary.first_string.as_deref(), Some("connect"));
+        assert_eq!(m.len(), 36 + 3 + 65_535);
     }
 
     #[test]

@@ -29,35 +29,7 @@ fn peer() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50_000))
 }
 
-mod amf0 {
-    pub fn number(v: f64) -> Vec<u8> {
-        let mut out = vec![0x00];
-        out.extend_from_slice(&v.to_be_bytes());
-        out
-    }
-
-    pub fn string(s: &str) -> Vec<u8> {
-        let mut out = vec![0x02];
-        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
-        out
-    }
-
-    pub fn null() -> Vec<u8> {
-        vec![0x05]
-    }
-
-    pub fn object(props: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = vec![0x03];
-        for (k, v) in props {
-            out.extend_from_slice(&(k.len() as u16).to_be_bytes());
-            out.extend_from_slice(k.as_bytes());
-            out.extend(string(v));
-        }
-        out.extend_from_slice(&[0, 0, 0x09]);
-        out
-    }
-}
+use crate::rtmp::amf::encode as amf0;
 
 const AUDIO: u8 = 8;
 const VIDEO: u8 = 9;
@@ -85,12 +57,7 @@ fn message(csid: u8, timestamp: u32, type_id: u8, stream_id: u32, payload: &[u8]
 }
 
 fn command(stream_id: u32, name: &str, transaction: f64, args: &[Vec<u8>]) -> Vec<u8> {
-    let mut payload = amf0::string(name);
-    payload.extend(amf0::number(transaction));
-    payload.extend(amf0::null());
-    for a in args {
-        payload.extend_from_slice(a);
-    }
+    let payload = amf0::command(name, transaction, args);
     message(3, 0, AMF0_COMMAND, stream_id, &payload)
 }
 

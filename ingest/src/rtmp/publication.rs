@@ -193,6 +193,16 @@ impl Publication {
         if now.keyframe_waits_given_up > before.keyframe_waits_given_up {
             tracing::warn!(stream = %self.live.key, "no keyframe for 10 fragments: media up to the next keyframe is dropped (it could not be played); set the encoder's keyframe interval to the fragment length");
         }
+        if now.frozen_timestamp_cuts > before.frozen_timestamp_cuts {
+            let cuts = now.frozen_timestamp_cuts - before.frozen_timestamp_cuts;
+            self.slot
+                .metrics()
+                .segments_cut_on_frozen_timestamps
+                .fetch_add(cuts, std::sync::atomic::Ordering::Relaxed);
+            if before.frozen_timestamp_cuts == 0 {
+                tracing::warn!(stream = %self.live.key, "the publisher's timestamps stopped advancing while media kept coming: segments are cut by the length of the media they hold; check the encoder's clock or muxer");
+            }
+        }
         if now.forced_cuts > before.forced_cuts && before.forced_cuts == 0 {
             tracing::info!(stream = %self.live.key, "segment cut between keyframes at hls.maxFragment; viewers who join on such a segment wait for the next keyframe");
         }

@@ -78,6 +78,24 @@ pub struct HlsOutput {
     encryption: Option<StreamEncryption>,
 }
 
+/// When the segmenter produced an event, on both clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Produced {
+    /// Unix milliseconds: program date-times and system segment ids.
+    pub wall_ms: i64,
+    /// Monotonic: latencies.
+    pub at: Instant,
+}
+
+impl Produced {
+    pub fn now() -> Self {
+        Self {
+            wall_ms: now_unix_ms(),
+            at: Instant::now(),
+        }
+    }
+}
+
 fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -177,20 +195,21 @@ impl HlsOutput {
     }
 
     pub fn handle(&mut self, event: SegmentEvent) {
-        self.handle_at(event, now_unix_ms());
+        self.handle_at(event, Produced::now());
     }
 
-    /// Handles `event`, produced when the wall clock read `wall_ms` (Unix
-    /// ms): date-times and system ids follow the media, not the time the
-    /// write got to storage.
-    pub fn handle_at(&mut self, event: SegmentEvent, wall_ms: i64) {
+    /// Handles `event`, produced by the segmenter at `produced`: date-times
+    /// and system ids follow the media, not the time the write got to
+    /// storage, and a segment's publish latency runs from the media that
+    /// closed it to its playlist on disk.
+    pub fn handle_at(&mut self, event: SegmentEvent, produced: Produced) {
         match event {
             SegmentEvent::Begin {
                 start,
                 discontinuity,
-            } => self.begin(start, discontinuity, wall_ms),
+            } => self.begin(start, discontinuity, produced.wall_ms),
             SegmentEvent::Bytes(bytes) => self.write(&bytes),
-            SegmentEvent::End { duration } => self.end(duration),
+            SegmentEvent::End { duration } => self.end(duration, produced.at),
         }
     }
 
@@ -315,7 +334,9 @@ impl HlsOutput {
         }
     }
 
-    fn end(&mut self, duration: i64) {
+    /// Completes the open segment; `closed_at` is when the media that closed
+    /// it reached the server.
+    fn end(&mut self, duration: i64, closed_at: Instant) {
         if !self.owned() {
             self.open = None;
             return;
@@ -393,6 +414,9 @@ impl HlsOutput {
             .segment_duration_seconds
             .observe(Duration::from_micros(duration.max(0) as u64 * 100 / 9));
         if listed {
+            self.metrics
+                .playlist_publish_latency_seconds
+                .observe(closed_at.elapsed());
             self.live.set(true);
         }
     }
@@ -586,6 +610,9 @@ mod tests {
         // Writing two tiny files to a temporary directory takes far less
         // than the segments last: the write histogram measures the writes.
         assert!(text.contains("oxcast_segment_write_seconds_bucket{le=\"1\"} 2\n"));
+        // Both were listed, so both have a publish latency.
+        assert_eq!(metrics.playlist_publish_latency_seconds.count(), 2);
+        assert!(text.contains("oxcast_playlist_publish_latency_seconds_bucket{le=\"1\"} 2\n"));
     }
 
     #[test]

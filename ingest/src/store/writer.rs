@@ -66,13 +66,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::hls::SegmentEvent;
 use crate::metrics::Metrics;
 use crate::stream_key::StreamKey;
 
-use super::output::{HlsOutput, StreamHistory};
+use super::output::{HlsOutput, Produced, StreamHistory};
 
 /// Default per-stream backlog limit: 16 MiB, about 20 s of a 6 Mbit/s
 /// stream or 40 s at 3 Mbit/s.
@@ -101,7 +101,9 @@ pub type OnFinish = Box<dyn FnOnce(StreamHistory) + Send>;
 enum Command {
     Event {
         event: SegmentEvent,
-        wall_ms: i64,
+        /// When the event loop produced it: the wall clock (Unix ms) for
+        /// date-times and system ids, the monotonic clock for latency.
+        produced: Produced,
     },
     /// The open segment was dropped (backlog overflow): discard it.
     Abort,
@@ -327,7 +329,7 @@ fn write_loop(key: StreamKey, mut output: HlsOutput, ticket: WriterTicket) {
             }
         };
         match command {
-            Some(Command::Event { event, wall_ms }) => output.handle_at(event, wall_ms),
+            Some(Command::Event { event, produced }) => output.handle_at(event, produced),
             Some(Command::Abort) => output.abort_segment(),
             Some(Command::Finish(done)) => {
                 let history = output.finish();
@@ -443,10 +445,13 @@ impl StorageWriter {
     fn push(&mut self, event: SegmentEvent) -> bool {
         let command = Command::Event {
             event,
-            wall_ms: now_unix_ms(),
+            produced: Produced {
+                wall_ms: now_unix_ms(),
+                at: Instant::now(),
+            },
         };
         let cost = command.cost();
-        let mut q = self.shared.lock();
+        let q = self.shared.lock();
         if q.writer_gone {
             drop(q);
             if !std::mem::replace(&mut self.dead_logged, true) {
@@ -458,14 +463,7 @@ impl StorageWriter {
         if q.bytes + cost > self.limit {
             return false;
         }
-        q.bytes += cost;
-        q.commands.push_back((command, cost));
-        drop(q);
-        self.shared
-            .metrics
-            .storage_backlog_bytes
-            .fetch_add(cost as i64, Ordering::Relaxed);
-        self.shared.wake.notify_one();
+        self.enqueue(q, command, cost);
         true
     }
 
@@ -473,10 +471,15 @@ impl StorageWriter {
     /// still counted, and at most one is queued per dropped segment).
     fn push_control(&self, command: Command) {
         let cost = command.cost();
-        let mut q = self.shared.lock();
-        if q.writer_gone {
-            return;
+        let q = self.shared.lock();
+        if !q.writer_gone {
+            self.enqueue(q, command, cost);
         }
+    }
+
+    /// Appends `command` to the locked queue, counts its cost in the queue
+    /// and the backlog gauge, and wakes the writer.
+    fn enqueue(&self, mut q: MutexGuard<'_, Queue>, command: Command, cost: u64) {
         q.bytes += cost;
         q.commands.push_back((command, cost));
         drop(q);

@@ -406,6 +406,15 @@ impl Server {
         Ok(server)
     }
 
+    /// The value of one sample (`name{labels}`) of this server's
+    /// `/metrics`; None when it is absent or the server does not answer.
+    #[track_caller]
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let addr = self.http.expect("this server role has no HTTP listener");
+        let body = crate::http::get(addr, "/metrics").ok()?.text();
+        crate::http::sample(&body, sample)
+    }
+
     /// The HLS root directory.
     pub fn root(&self) -> &Path {
         &self.root
