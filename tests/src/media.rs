@@ -10,12 +10,15 @@
 //! - [`checks`]: the checks the media tests share (playlists read and
 //!   awaited on disk, segments that decode and start with a keyframe).
 //! - [`process`]: running external tools with time limits.
+//! - [`hls_keys`]: key tokens, key lines and segment decryption for
+//!   encrypted HLS, independent of the server's code.
 //!
 //! The HTTP client ([`http`]) and the poll helpers ([`wait`]) are the
 //! crate's own ([`crate::http`], [`crate::wait`]), re-exported here.
 
 pub mod checks;
 pub mod fixtures;
+pub mod hls_keys;
 pub mod m3u8;
 pub mod probe;
 pub mod process;

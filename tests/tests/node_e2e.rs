@@ -349,6 +349,82 @@ fn diagnostics(setup: &Setup, ns: &str) -> String {
     out
 }
 
+/// A ReadWriteMany volume shared by the pods of one test: a 1777 directory
+/// of this machine (the node) behind a hostPath PersistentVolume and a
+/// StorageClass of its own, both called `name`. Dropping it deletes both
+/// (without waiting: the claim goes with the test's namespace) and the
+/// directory.
+struct SharedVolume {
+    setup: &'static Setup,
+    name: &'static str,
+    dir: tempfile::TempDir,
+}
+
+impl SharedVolume {
+    fn new(setup: &'static Setup, name: &'static str) -> Self {
+        let _ = kubectl_try(setup, &["delete", "persistentvolume", name]);
+        let _ = kubectl_try(setup, &["delete", "storageclass", name]);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir()
+            .expect("a directory for the volume");
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .expect("chmod the volume");
+        Self { setup, name, dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The StorageClass and PersistentVolume, to apply with the
+    /// LiveApplication whose `storage.persistentVolumeClaim` names the class.
+    fn objects(&self) -> String {
+        format!(
+            r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: {name}}}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: Immediate
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {name}}}
+spec:
+  storageClassName: {name}
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {{path: {dir}, type: Directory}}"#,
+            name = self.name,
+            dir = self.path().display(),
+        )
+    }
+
+    /// `kubectl apply` of `manifest`, written next to (not inside) the
+    /// trees the pods serve.
+    fn apply(&self, manifest: &str) {
+        let file = self.path().join("manifest.yaml");
+        std::fs::write(&file, manifest).expect("write the manifest");
+        kubectl(
+            self.setup,
+            &["apply", "-f", file.to_str().expect("utf-8 path")],
+        );
+    }
+}
+
+impl Drop for SharedVolume {
+    fn drop(&mut self) {
+        for kind in ["persistentvolume", "storageclass"] {
+            let _ = kubectl_try(self.setup, &["delete", kind, self.name, "--wait=false"]);
+        }
+    }
+}
+
 /// Waits (a minute at most) until the playlist at `path`, fetched through
 /// the HTTP Service at `addr`, is served (200) and contains `needle`.
 fn wait_for_playlist(
@@ -451,32 +527,9 @@ fn ingest_pods_run_restricted_and_end_streams_cleanly_on_sigterm_and_rollout() {
 
     // The shared volume: a directory of this machine, as in e2e.sh's
     // host-rwx-storage, with a StorageClass of its own.
-    let volume = tempfile::Builder::new()
-        .prefix("oxcast-pods-")
-        .tempdir()
-        .expect("a directory for the volume");
-    std::fs::set_permissions(
-        volume.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
-    )
-    .expect("chmod the volume");
+    let volume = SharedVolume::new(setup, "oxcast-pods");
     let manifest = format!(
-        r#"
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {{name: oxcast-pods}}
-provisioner: kubernetes.io/no-provisioner
-volumeBindingMode: Immediate
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: oxcast-pods}}
-spec:
-  storageClassName: oxcast-pods
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteMany]
-  persistentVolumeReclaimPolicy: Retain
-  hostPath: {{path: {dir}, type: Directory}}
+        r#"{volume_objects}
 ---
 apiVersion: live.oxcast.dev/v1alpha1
 kind: LiveApplication
@@ -497,15 +550,9 @@ spec:
       size: 1Gi
       accessModes: [ReadWriteMany]
 "#,
-        dir = volume.path().display()
+        volume_objects = volume.objects(),
     );
-    let manifest_file = volume.path().join("manifest.yaml");
-    // The manifest sits outside the served tree (the tree is <volume>/<key>/...).
-    std::fs::write(&manifest_file, manifest).expect("write the manifest");
-    kubectl(
-        setup,
-        &["apply", "-f", manifest_file.to_str().expect("utf-8 path")],
-    );
+    volume.apply(&manifest);
     kubectl(
         setup,
         &[
@@ -805,8 +852,6 @@ spec:
         setup,
         &["delete", "namespace", ns, "--wait=true", "--timeout=180s"],
     );
-    let _ = kubectl_try(setup, &["delete", "persistentvolume", "oxcast-pods"]);
-    let _ = kubectl_try(setup, &["delete", "storageclass", "oxcast-pods"]);
 }
 
 /// `EXT-X-MEDIA-SEQUENCE` of a playlist.
@@ -891,34 +936,10 @@ fn scale_out_streams_survive_the_owner_pod_and_keep_one_owner() {
     let pre_stop = 3u64;
     let playlist_length = Duration::from_secs(10);
     let _ = kubectl_try(setup, &["delete", "namespace", ns, "--wait=true"]);
-    let _ = kubectl_try(setup, &["delete", "persistentvolume", "oxcast-scale"]);
     kubectl(setup, &["create", "namespace", ns]);
-    let volume = tempfile::Builder::new()
-        .prefix("oxcast-scale-")
-        .tempdir()
-        .expect("a directory for the volume");
-    std::fs::set_permissions(
-        volume.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
-    )
-    .expect("chmod the volume");
+    let volume = SharedVolume::new(setup, "oxcast-scale");
     let manifest = format!(
-        r#"
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {{name: oxcast-scale}}
-provisioner: kubernetes.io/no-provisioner
-volumeBindingMode: Immediate
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: oxcast-scale}}
-spec:
-  storageClassName: oxcast-scale
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteMany]
-  persistentVolumeReclaimPolicy: Retain
-  hostPath: {{path: {dir}, type: Directory}}
+        r#"{volume_objects}
 ---
 apiVersion: live.oxcast.dev/v1alpha1
 kind: LiveApplication
@@ -942,15 +963,10 @@ spec:
       size: 1Gi
       accessModes: [ReadWriteMany]
 "#,
-        dir = volume.path().display(),
+        volume_objects = volume.objects(),
         playlist = playlist_length.as_secs(),
     );
-    let manifest_file = volume.path().join("manifest.yaml");
-    std::fs::write(&manifest_file, manifest).expect("write the manifest");
-    kubectl(
-        setup,
-        &["apply", "-f", manifest_file.to_str().expect("utf-8 path")],
-    );
+    volume.apply(&manifest);
     kubectl(
         setup,
         &[
@@ -1261,6 +1277,221 @@ spec:
         setup,
         &["delete", "namespace", ns, "--wait=true", "--timeout=180s"],
     );
-    let _ = kubectl_try(setup, &["delete", "persistentvolume", "oxcast-scale"]);
-    let _ = kubectl_try(setup, &["delete", "storageclass", "oxcast-scale"]);
+}
+
+/// Encrypted HLS in the scale-out layout under a real kubelet: two ingest
+/// replicas and a separate HTTP Deployment on one shared volume, the
+/// key-token Secret mounted by the kubelet into the HTTP pod. The keys an
+/// ingest pod writes are served by the HTTP pod only with a token, never
+/// from the HLS tree; every listed segment fetched over the Service
+/// decrypts with the key its playlist names; ffmpeg plays the stream
+/// through the Service with a token and not without one.
+#[test]
+fn encrypted_streams_share_keys_across_pods_and_need_a_token_on_a_real_node() {
+    use oxcast_tests::media::fixtures::{require, Fixture};
+    use oxcast_tests::media::hls_keys::{decrypt, is_transport_stream, key_id, listed, mint};
+    use oxcast_tests::media::http;
+    use oxcast_tests::media::probe::frame_sizes;
+
+    let _serial = serial();
+    let setup = setup();
+    run_line(setup, "tests/kind/e2e.sh install", &[]);
+
+    let ns = "oxcast-enc";
+    let app = "secure";
+    let key = "paid";
+    let secret = "node-e2e key-token secret";
+    let _ = kubectl_try(setup, &["delete", "namespace", ns, "--wait=true"]);
+    kubectl(setup, &["create", "namespace", ns]);
+    let volume = SharedVolume::new(setup, "oxcast-enc");
+    kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "create",
+            "secret",
+            "generic",
+            "key-token",
+            &format!("--from-literal=secret={secret}"),
+        ],
+    );
+    let manifest = format!(
+        r#"{volume_objects}
+---
+apiVersion: live.oxcast.dev/v1alpha1
+kind: LiveApplication
+metadata: {{name: {app}, namespace: {ns}}}
+spec:
+  replicas: 2
+  rtmp:
+    service: {{type: LoadBalancer}}
+  hls:
+    fragment: 1s
+    playlistLength: 10s
+    encryption:
+      enabled: true
+      fragmentsPerKey: 2
+      authorization:
+        mode: signed
+        secretName: key-token
+  http:
+    mode: deployment
+    replicas: 1
+    service: {{type: ClusterIP, port: 80}}
+  storage:
+    persistentVolumeClaim:
+      storageClassName: oxcast-enc
+      size: 1Gi
+      accessModes: [ReadWriteMany]
+"#,
+        volume_objects = volume.objects(),
+    );
+    volume.apply(&manifest);
+    kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "wait",
+            &format!("liveapplication/{app}"),
+            "--for=condition=Ready",
+            "--timeout=300s",
+        ],
+    );
+    let rtmp_url = jsonpath(
+        setup,
+        ns,
+        &format!("liveapplication/{app}"),
+        "{.status.rtmpUrl}",
+    );
+    let cluster_ip = jsonpath(
+        setup,
+        ns,
+        &format!("service/{app}-http"),
+        "{.spec.clusterIP}",
+    );
+    let http_addr: std::net::SocketAddr = format!("{cluster_ip}:80").parse().expect("ClusterIP");
+
+    let media = require(Fixture::Av14s);
+    let publisher = start_publisher(setup, ns, media, &format!("{rtmp_url}/{key}"));
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 600;
+    let token = mint(secret, key, expires, "");
+    let playlist_path = format!("/live/{key}/index.m3u8");
+    let with_token = format!("{playlist_path}?token={token}");
+
+    // Four segments (two keys) listed, fetched as a viewer with a token.
+    let playlist = wait_or_dump(
+        setup,
+        ns,
+        "four encrypted segments in the playlist over the HTTP Service",
+        Duration::from_secs(90),
+        || {
+            http::get(http_addr, &with_token)
+                .ok()
+                .filter(|r| r.status == 200)
+                .map(|r| r.text().to_string())
+                .filter(|p| listed(p).len() >= 4)
+        },
+    );
+    let segments = listed(&playlist);
+    assert!(
+        segments
+            .iter()
+            .all(|s| s.key_uri.ends_with(&format!("?token={token}"))),
+        "the token is carried onto every key URI:\n{playlist}"
+    );
+    let key_ids: std::collections::BTreeSet<u64> =
+        segments.iter().map(|s| key_id(&s.key_uri)).collect();
+    assert!(
+        key_ids.len() >= 2,
+        "a new key every 2 segments:\n{playlist}"
+    );
+
+    for s in &segments {
+        // The key, from the HTTP pod, as an ingest pod wrote it.
+        let got = http::get(http_addr, &s.key_uri).expect("fetch the key");
+        assert_eq!(got.status, 200, "{}: {}", s.key_uri, got.text());
+        assert_eq!(got.body.len(), 16, "{}", s.key_uri);
+        assert_eq!(
+            got.header("cache-control"),
+            Some("private, no-store"),
+            "{}",
+            s.key_uri
+        );
+        let bare = s.key_uri.split('?').next().expect("a path");
+        let refused = http::get(http_addr, bare).expect("fetch the key without a token");
+        assert_eq!(refused.status, 403, "{bare} without a token");
+        assert!(
+            !refused.body.windows(16).any(|w| w == got.body.as_slice()),
+            "{bare}: key bytes in a refusal"
+        );
+        // The segment, shared by every viewer (no token), decrypts with it.
+        let segment = http::get(http_addr, &format!("/live/{key}/{}", s.uri)).expect("segment");
+        assert_eq!(segment.status, 200, "{}", s.uri);
+        assert!(
+            !is_transport_stream(&segment.body),
+            "{} is served in clear",
+            s.uri
+        );
+        let plain = decrypt(&got.body, &s.iv, &segment.body)
+            .unwrap_or_else(|| panic!("{} does not decrypt with {}", s.uri, s.key_uri));
+        assert!(
+            is_transport_stream(&plain),
+            "{} decrypts to something that is not MPEG-TS",
+            s.uri
+        );
+    }
+
+    // Keys live on the shared volume beside the tree, never inside it.
+    let keys_dir = volume.path().join("keys").join(key);
+    for id in &key_ids {
+        assert!(
+            keys_dir.join(format!("{id}.key")).is_file(),
+            "key {id} is not in {}",
+            keys_dir.display()
+        );
+    }
+    let served = oxcast_tests::media::files_under(&volume.path().join("hls"));
+    assert!(
+        served
+            .iter()
+            .all(|f| f.extension().is_none_or(|e| e != "key")),
+        "a key file inside the served tree: {served:?}"
+    );
+    for id in &key_ids {
+        let probe = http::get(http_addr, &format!("/live/{key}/../../keys/{key}/{id}.key"))
+            .expect("a traversal attempt");
+        assert_ne!(probe.status, 200, "key {id} reachable under the HLS prefix");
+    }
+
+    // A player: once the stream has ended (so ffprobe reads to the end),
+    // ffmpeg decodes it through the Service with the token, and nothing
+    // without it.
+    drop(publisher);
+    wait_or_dump(
+        setup,
+        ns,
+        "ENDLIST after the publisher stopped",
+        Duration::from_secs(60),
+        || {
+            http::get(http_addr, &with_token)
+                .ok()
+                .filter(|r| r.status == 200 && r.text().contains("#EXT-X-ENDLIST"))
+        },
+    );
+    let url = |path: &str| format!("http://{http_addr}{path}");
+    let frames = frame_sizes(&url(&with_token)).unwrap_or_default().len();
+    assert!(frames >= 30, "{frames} frames decoded with a token");
+    let frames = frame_sizes(&url(&playlist_path)).unwrap_or_default().len();
+    assert_eq!(frames, 0, "frames decoded without a token");
+
+    kubectl(
+        setup,
+        &["delete", "namespace", ns, "--wait=true", "--timeout=180s"],
+    );
 }
