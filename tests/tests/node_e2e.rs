@@ -79,6 +79,18 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The start of a test on the node: one test at a time, the chart
+/// installed as the README's end-to-end script does, and namespace `ns`
+/// created afresh. Hold the guard for the whole test.
+fn begin(ns: &str) -> (MutexGuard<'static, ()>, &'static Setup) {
+    let serial = serial();
+    let setup = setup();
+    run_line(setup, "tests/kind/e2e.sh install", &[]);
+    let _ = kubectl_try(setup, &["delete", "namespace", ns, "--wait=true"]);
+    kubectl(setup, &["create", "namespace", ns]);
+    (serial, setup)
+}
+
 /// Runs a shell command line from the README or a workflow, as written, in
 /// the repository, against the node's cluster.
 fn run_line(setup: &Setup, line: &str, extra_env: &[(&str, &Path)]) {
@@ -283,6 +295,34 @@ fn jsonpath(setup: &Setup, ns: &str, object: &str, path: &str) -> String {
     )
 }
 
+/// Waits (at most 300 s, kubectl's own wait) until LiveApplication `app`
+/// is Ready.
+fn wait_ready(setup: &Setup, ns: &str, app: &str) {
+    kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "wait",
+            &format!("liveapplication/{app}"),
+            "--for=condition=Ready",
+            "--timeout=300s",
+        ],
+    );
+}
+
+/// The address of `app`'s HTTP Service (ClusterIP, port 80), reachable
+/// from this machine through the node's routes.
+fn http_service(setup: &Setup, ns: &str, app: &str) -> std::net::SocketAddr {
+    let cluster_ip = jsonpath(
+        setup,
+        ns,
+        &format!("service/{app}-http"),
+        "{.spec.clusterIP}",
+    );
+    format!("{cluster_ip}:80").parse().expect("ClusterIP")
+}
+
 /// Polls `check` every 200 ms until it returns `Some`, for at most `limit`;
 /// a time-out fails with what the cluster says about namespace `ns`
 /// (objects, pod descriptions, every container's log): the node is gone
@@ -405,6 +445,25 @@ spec:
         )
     }
 
+    /// A LiveApplication's `spec.http` and `spec.storage` (indented for
+    /// its spec): the HTTP server in a Deployment of its own behind a
+    /// ClusterIP Service on port 80, the volume claimed ReadWriteMany.
+    fn http_deployment_and_claim(&self) -> String {
+        format!(
+            r#"  http:
+    mode: deployment
+    replicas: 1
+    service: {{type: ClusterIP, port: 80}}
+  storage:
+    persistentVolumeClaim:
+      storageClassName: {name}
+      size: 1Gi
+      accessModes: [ReadWriteMany]
+"#,
+            name = self.name
+        )
+    }
+
     /// `kubectl apply` of `manifest`, written next to (not inside) the
     /// trees the pods serve.
     fn apply(&self, manifest: &str) {
@@ -493,15 +552,10 @@ fn ingest_pods_run_restricted_and_end_streams_cleanly_on_sigterm_and_rollout() {
     use oxcast_tests::media::fixtures::{require, Fixture};
     use oxcast_tests::media::http;
 
-    let _serial = serial();
-    let setup = setup();
-    run_line(setup, "tests/kind/e2e.sh install", &[]);
-
     let ns = "oxcast-pods";
+    let (_serial, setup) = begin(ns);
     let app = "pods";
     let key = "sigterm";
-    let _ = kubectl_try(setup, &["delete", "namespace", ns, "--wait=true"]);
-    kubectl(setup, &["create", "namespace", ns]);
 
     // Restricted Pod Security is enforced on this namespace without any
     // label of ours: a pod that asks for root is refused.
@@ -540,30 +594,12 @@ spec:
   hls:
     fragment: 1s
     playlistLength: 10s
-  http:
-    mode: deployment
-    replicas: 1
-    service: {{type: ClusterIP, port: 80}}
-  storage:
-    persistentVolumeClaim:
-      storageClassName: oxcast-pods
-      size: 1Gi
-      accessModes: [ReadWriteMany]
-"#,
+{served_from_volume}"#,
         volume_objects = volume.objects(),
+        served_from_volume = volume.http_deployment_and_claim(),
     );
     volume.apply(&manifest);
-    kubectl(
-        setup,
-        &[
-            "-n",
-            ns,
-            "wait",
-            &format!("liveapplication/{app}"),
-            "--for=condition=Ready",
-            "--timeout=300s",
-        ],
-    );
+    wait_ready(setup, ns, app);
     let rtmp_url = wait_or_dump(
         setup,
         ns,
@@ -579,13 +615,7 @@ spec:
             .filter(|u| u.starts_with("rtmp://198.18.200."))
         },
     );
-    let cluster_ip = jsonpath(
-        setup,
-        ns,
-        &format!("service/{app}-http"),
-        "{.spec.clusterIP}",
-    );
-    let http_addr: std::net::SocketAddr = format!("{cluster_ip}:80").parse().expect("ClusterIP");
+    let http_addr = http_service(setup, ns, app);
     let ingest_pod = || {
         kubectl(
             setup,
@@ -766,17 +796,7 @@ spec:
 
     // A config change rolls the ingest pod: a new publisher is cut by the
     // rollout and its playlist ends cleanly.
-    kubectl(
-        setup,
-        &[
-            "-n",
-            ns,
-            "wait",
-            &format!("liveapplication/{app}"),
-            "--for=condition=Ready",
-            "--timeout=300s",
-        ],
-    );
+    wait_ready(setup, ns, app);
     let second_key = "rollout";
     let mut publisher = start_publisher(setup, ns, media, &format!("{rtmp_url}/{second_key}"));
     let second_playlist = format!("/live/{second_key}/index.m3u8");
@@ -926,17 +946,12 @@ fn scale_out_streams_survive_the_owner_pod_and_keep_one_owner() {
     use oxcast_tests::media::http;
     use std::time::Instant;
 
-    let _serial = serial();
-    let setup = setup();
-    run_line(setup, "tests/kind/e2e.sh install", &[]);
-
     let ns = "oxcast-scale";
+    let (_serial, setup) = begin(ns);
     let app = "scale";
     let key = "owned";
     let pre_stop = 3u64;
     let playlist_length = Duration::from_secs(10);
-    let _ = kubectl_try(setup, &["delete", "namespace", ns, "--wait=true"]);
-    kubectl(setup, &["create", "namespace", ns]);
     let volume = SharedVolume::new(setup, "oxcast-scale");
     let manifest = format!(
         r#"{volume_objects}
@@ -953,31 +968,13 @@ spec:
   hls:
     fragment: 1s
     playlistLength: {playlist}s
-  http:
-    mode: deployment
-    replicas: 1
-    service: {{type: ClusterIP, port: 80}}
-  storage:
-    persistentVolumeClaim:
-      storageClassName: oxcast-scale
-      size: 1Gi
-      accessModes: [ReadWriteMany]
-"#,
+{served_from_volume}"#,
         volume_objects = volume.objects(),
+        served_from_volume = volume.http_deployment_and_claim(),
         playlist = playlist_length.as_secs(),
     );
     volume.apply(&manifest);
-    kubectl(
-        setup,
-        &[
-            "-n",
-            ns,
-            "wait",
-            &format!("liveapplication/{app}"),
-            "--for=condition=Ready",
-            "--timeout=300s",
-        ],
-    );
+    wait_ready(setup, ns, app);
     let ready_at = Instant::now();
     let rtmp_url = jsonpath(
         setup,
@@ -989,13 +986,7 @@ spec:
         rtmp_url.starts_with("rtmp://198.18.200."),
         "Ready without a LoadBalancer address: {rtmp_url:?}"
     );
-    let cluster_ip = jsonpath(
-        setup,
-        ns,
-        &format!("service/{app}-http"),
-        "{.spec.clusterIP}",
-    );
-    let http_addr: std::net::SocketAddr = format!("{cluster_ip}:80").parse().expect("ClusterIP");
+    let http_addr = http_service(setup, ns, app);
 
     // The operator's PodDisruptionBudget over the three ingest pods.
     wait_or_dump(
@@ -1293,16 +1284,11 @@ fn encrypted_streams_share_keys_across_pods_and_need_a_token_on_a_real_node() {
     use oxcast_tests::media::http;
     use oxcast_tests::media::probe::frame_sizes;
 
-    let _serial = serial();
-    let setup = setup();
-    run_line(setup, "tests/kind/e2e.sh install", &[]);
-
     let ns = "oxcast-enc";
+    let (_serial, setup) = begin(ns);
     let app = "secure";
     let key = "paid";
     let secret = "node-e2e key-token secret";
-    let _ = kubectl_try(setup, &["delete", "namespace", ns, "--wait=true"]);
-    kubectl(setup, &["create", "namespace", ns]);
     let volume = SharedVolume::new(setup, "oxcast-enc");
     kubectl(
         setup,
@@ -1335,43 +1321,19 @@ spec:
       authorization:
         mode: signed
         secretName: key-token
-  http:
-    mode: deployment
-    replicas: 1
-    service: {{type: ClusterIP, port: 80}}
-  storage:
-    persistentVolumeClaim:
-      storageClassName: oxcast-enc
-      size: 1Gi
-      accessModes: [ReadWriteMany]
-"#,
+{served_from_volume}"#,
         volume_objects = volume.objects(),
+        served_from_volume = volume.http_deployment_and_claim(),
     );
     volume.apply(&manifest);
-    kubectl(
-        setup,
-        &[
-            "-n",
-            ns,
-            "wait",
-            &format!("liveapplication/{app}"),
-            "--for=condition=Ready",
-            "--timeout=300s",
-        ],
-    );
+    wait_ready(setup, ns, app);
     let rtmp_url = jsonpath(
         setup,
         ns,
         &format!("liveapplication/{app}"),
         "{.status.rtmpUrl}",
     );
-    let cluster_ip = jsonpath(
-        setup,
-        ns,
-        &format!("service/{app}-http"),
-        "{.spec.clusterIP}",
-    );
-    let http_addr: std::net::SocketAddr = format!("{cluster_ip}:80").parse().expect("ClusterIP");
+    let http_addr = http_service(setup, ns, app);
 
     let media = require(Fixture::Av14s);
     let publisher = start_publisher(setup, ns, media, &format!("{rtmp_url}/{key}"));
