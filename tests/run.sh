@@ -118,7 +118,7 @@ tests/tools.sh
 # every shell script of the repository.
 "$(tests/tools.sh path actionlint)" -shellcheck "$(command -v shellcheck)"
 # (SC1091: sourced files named at run time, such as versions.env, are not followed.)
-shellcheck -e SC1091 tests/*.sh tests/kind/*.sh tests/cluster/*.sh docker/*.sh .ci/run
+shellcheck -e SC1091 tests/*.sh tests/kind/*.sh tests/cluster/*.sh docker/*.sh bench/*.sh .ci/run
 
 # --- The player page in a real browser ---------------------------------------
 # Debian's Chromium, driven by playwright-core (which never downloads a
