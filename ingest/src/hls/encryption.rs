@@ -38,6 +38,10 @@ pub struct SegmentCipher {
     cbc: Encryptor,
     /// Input not yet encrypted: less than one block.
     pending: Vec<u8>,
+    /// The blocks [`update`](Self::update) returns, reused from call to
+    /// call: a segment is written in many small pieces, and an allocation
+    /// per piece would cost more than the copy.
+    out: Vec<u8>,
 }
 
 impl std::fmt::Debug for SegmentCipher {
@@ -51,30 +55,32 @@ impl SegmentCipher {
         Self {
             cbc: Encryptor::new(key.into(), iv.into()),
             pending: Vec::with_capacity(BLOCK),
+            out: Vec::new(),
         }
     }
 
-    /// Encrypts what whole blocks `plaintext` completes and returns them.
-    pub fn update(&mut self, plaintext: &[u8]) -> Vec<u8> {
+    /// Encrypts what whole blocks `plaintext` completes and returns them
+    /// (valid until the next call).
+    pub fn update(&mut self, plaintext: &[u8]) -> &[u8] {
         let total = self.pending.len() + plaintext.len();
         let whole = total - total % BLOCK;
+        self.out.clear();
         if whole == 0 {
             self.pending.extend_from_slice(plaintext);
-            return Vec::new();
+            return &self.out;
         }
         // One copy of the input: into the output, encrypted in place; the
         // incomplete last block (under 16 bytes) waits for more.
-        let mut out = Vec::with_capacity(total);
-        out.extend_from_slice(&self.pending);
-        out.extend_from_slice(plaintext);
+        self.out.extend_from_slice(&self.pending);
+        self.out.extend_from_slice(plaintext);
         self.pending.clear();
-        self.pending.extend_from_slice(&out[whole..]);
-        out.truncate(whole);
-        for block in out.chunks_exact_mut(BLOCK) {
+        self.pending.extend_from_slice(&self.out[whole..]);
+        self.out.truncate(whole);
+        for block in self.out.chunks_exact_mut(BLOCK) {
             self.cbc
                 .encrypt_block_mut(GenericArray::from_mut_slice(block));
         }
-        out
+        &self.out
     }
 
     /// The last, padded block(s).

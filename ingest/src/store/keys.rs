@@ -298,7 +298,7 @@ mod tests {
             assert_eq!(key.id, seg - seg % 2);
             let ct = {
                 let mut c = cipher;
-                let mut out = c.update(&[0x47; 188]);
+                let mut out = c.update(&[0x47; 188]).to_vec();
                 out.extend(c.finish());
                 out
             };

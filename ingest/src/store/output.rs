@@ -304,12 +304,8 @@ impl HlsOutput {
         }
         let Some(open) = &mut self.open else { return };
         if let Some(f) = &mut open.file {
-            let encrypted;
             let bytes = match &mut open.cipher {
-                Some(cipher) => {
-                    encrypted = cipher.update(bytes);
-                    &encrypted[..]
-                }
+                Some(cipher) => cipher.update(bytes),
                 None => bytes,
             };
             if let Err(e) = timed(&mut open.storage_time, || f.write_all(bytes)) {
