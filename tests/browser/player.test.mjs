@@ -14,8 +14,9 @@
 //   OXCAST_ARTIFACTS      where the screenshot goes (default: $CARGO_TARGET_DIR/test-artifacts)
 
 import { execFileSync, spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
-import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { homedir, tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -62,10 +63,11 @@ function stop(child) {
 }
 
 /**
- * Starts the all-in-one server with player assets from `assets` and waits
- * for its `listening` lines. Returns `{ rtmp, http, log }` (log grows).
+ * Starts the all-in-one server with player assets from `assets` (and any
+ * `extra` flags) and waits for its `listening` lines. Returns
+ * `{ rtmp, http, log }` (log grows).
  */
-async function startServer(assets, name) {
+async function startServer(assets, name, extra = []) {
   const args = [
     "run",
     "--rtmp-listen", "127.0.0.1:0",
@@ -73,6 +75,7 @@ async function startServer(assets, name) {
     "--hls-root", path.join(tempRoot, `hls-${name}`),
     "--hls-fragment", "1s",
     "--player-assets", assets,
+    ...extra,
   ];
   const started = { rtmp: null, http: null, log: "" };
   const server = start(serverBin, args);
@@ -132,23 +135,7 @@ after(async () => {
 
 test("the player page plays a live stream with hls.js", { timeout: 180_000 }, async (t) => {
   const withHlsJs = existsSync(path.join(assetsDir, "hls.min.js"));
-  // A fresh profile every run; playwright never downloads a browser here.
-  const profile = path.join(tempRoot, "chromium-profile");
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: chromiumBin,
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-      "--autoplay-policy=no-user-gesture-required",
-    ],
-    viewport: { width: 1280, height: 720 },
-  });
+  const context = await launch("main");
   t.after(() => context.close());
   const page = context.pages()[0] ?? (await context.newPage());
   const console = [];
@@ -207,6 +194,120 @@ test("the player page plays a live stream with hls.js", { timeout: 180_000 }, as
   );
 });
 
+/** Headless Chromium with a fresh profile; playwright never downloads one. */
+async function launch(name) {
+  return chromium.launchPersistentContext(path.join(tempRoot, `chromium-${name}`), {
+    executablePath: chromiumBin,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+      "--autoplay-policy=no-user-gesture-required",
+    ],
+    viewport: { width: 1280, height: 720 },
+  });
+}
+
+/**
+ * A key token as the README's "Minting a key token" section defines it
+ * (docs/key-token-vectors.json): expires.viewer.hex(HMAC-SHA-256(secret,
+ * "oxcast-key-v1\n" + stream + "\n" + expires + "\n" + viewer)).
+ */
+function mintToken(secret, stream, expires, viewer) {
+  const mac = createHmac("sha256", secret)
+    .update(`oxcast-key-v1\n${stream}\n${expires}\n${viewer}`)
+    .digest("hex");
+  return `${expires}.${viewer}.${mac}`;
+}
+
+// The reference's "DRM" step in a browser: segments are AES-128 encrypted,
+// the website links to the player page with a token bound to the viewer's
+// cookie, and hls.js fetches every key through the HTTP role. Without the
+// token the key requests are refused and nothing plays.
+test("the player page plays an encrypted stream with a token", { timeout: 180_000 }, async (t) => {
+  assert.ok(existsSync(path.join(assetsDir, "hls.min.js")), `no hls.js in ${assetsDir}`);
+  const secret = "browser test secret";
+  const secretFile = path.join(tempRoot, "key-token-secret");
+  await writeFile(secretFile, `${secret}\n`);
+  const server = await startServer(assetsDir, "encrypted", [
+    "--hls-encryption",
+    "--hls-fragments-per-key", "2",
+    "--hls-key-auth", "signed",
+    "--hls-key-secret-file", secretFile,
+  ]);
+  startPublisher(server.rtmp);
+  const token = mintToken(secret, STREAM, Math.floor(Date.now() / 1000) + 3600, "viewer-7");
+  const explain = (console) =>
+    `\nbrowser console:\n${console.join("\n")}\nserver log tail:\n${server.log
+      .split("\n")
+      .slice(-30)
+      .join("\n")}\nffmpeg:\n${ffmpegLog}`;
+
+  const context = await launch("encrypted");
+  t.after(() => context.close());
+  // The website's session: the cookie the token is bound to.
+  await context.addCookies([
+    { name: "oxcast_viewer", value: "viewer-7", url: `http://${server.http}/` },
+  ]);
+  const page = context.pages()[0] ?? (await context.newPage());
+  const console = [];
+  page.on("console", (m) => console.push(`[${m.type()}] ${m.text()}`));
+  page.on("pageerror", (e) => console.push(`[pageerror] ${e.message}`));
+  const keys = [];
+  page.on("response", (r) => {
+    if (new URL(r.url()).pathname.startsWith("/keys/")) keys.push(r.status());
+  });
+  try {
+    await page.goto(`http://${server.http}/?token=${token}#${STREAM}`);
+    await page.waitForFunction(() => document.getElementById("video").currentTime > 0, null, {
+      timeout: 60_000,
+      polling: 200,
+    });
+    const t0 = await page.evaluate(() => document.getElementById("video").currentTime);
+    // 3 s at 1 s segments and a key every 2: at least one key change.
+    await page.waitForFunction(
+      (start) => document.getElementById("video").currentTime - start >= 3,
+      t0,
+      { timeout: 60_000, polling: 200 },
+    );
+  } catch (e) {
+    e.message += explain(console);
+    throw e;
+  }
+  const state = await page.evaluate(() => ({
+    fatal: window.oxcastPlayer.fatalErrors,
+    width: document.getElementById("video").videoWidth,
+  }));
+  t.diagnostic(`encrypted: ${JSON.stringify(state)}, key responses ${JSON.stringify(keys)}`);
+  assert.deepEqual(state.fatal, [], `hls.js raised fatal errors${explain(console)}`);
+  assert.equal(state.width, 640, "decoded video has the published width");
+  assert.ok(keys.length >= 2, `keys fetched: ${JSON.stringify(keys)}`);
+  assert.ok(keys.every((s) => s === 200), `key responses: ${JSON.stringify(keys)}`);
+
+  // The same page without the token: every key request is refused, hls.js
+  // gives up on the key, and no frame is shown.
+  const denied = await context.newPage();
+  const deniedKeys = [];
+  denied.on("response", (r) => {
+    if (new URL(r.url()).pathname.startsWith("/keys/")) deniedKeys.push(r.status());
+  });
+  await denied.goto(`http://${server.http}/#${STREAM}`);
+  await denied.waitForFunction(
+    () => window.oxcastPlayer.errors.some((e) => e.details === "keyLoadError"),
+    null,
+    { timeout: 60_000, polling: 200 },
+  );
+  const shown = await denied.evaluate(() => document.getElementById("video").videoWidth);
+  t.diagnostic(`without a token: key responses ${JSON.stringify(deniedKeys)}`);
+  assert.equal(shown, 0, "nothing decoded without a token");
+  assert.ok(deniedKeys.length >= 1 && deniedKeys.every((s) => s === 403), JSON.stringify(deniedKeys));
+});
+
 // The quick start without `npm run build` in player/: no hls.js on the
 // server. The page must say exactly what to run, not show a black video.
 test("without hls.js the page says what to run", { timeout: 120_000 }, async (t) => {
@@ -219,11 +320,7 @@ test("without hls.js the page says what to run", { timeout: 120_000 }, async (t)
   }
   assert.match(server.log, said, "the server says at start what is missing");
   startPublisher(server.rtmp);
-  const context = await chromium.launchPersistentContext(path.join(tempRoot, "chromium-nohlsjs"), {
-    executablePath: chromiumBin,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
-  });
+  const context = await launch("nohlsjs");
   t.after(() => context.close());
   const page = context.pages()[0] ?? (await context.newPage());
   await page.goto(`http://${server.http}/`);
@@ -332,17 +429,7 @@ test("the README quick start plays in the browser", { timeout: 40 * 60_000 }, as
   let publishLog = "";
   publisher.stderr.on("data", (d) => (publishLog += d));
 
-  const context = await chromium.launchPersistentContext(path.join(tempRoot, "chromium-quickstart"), {
-    executablePath: chromiumBin,
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--no-first-run",
-      "--autoplay-policy=no-user-gesture-required",
-    ],
-  });
+  const context = await launch("quickstart");
   t.after(() => context.close());
   const page = context.pages()[0] ?? (await context.newPage());
   const explain = () => `\nserver:\n${log.slice(-3000)}\nffmpeg:\n${publishLog.slice(-2000)}`;

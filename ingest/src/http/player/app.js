@@ -23,6 +23,18 @@
   let hls = null;
   let playingUrl = null;
 
+  // Encrypted streams (hls.encryption, mode signed): the website links to
+  // this page as /?token=<token>#<stream>. The token goes on the playlist
+  // URL only; the server carries it onto the key URIs of the playlist.
+  const token = new URLSearchParams(location.search).get("token");
+
+  function playlistSource(url) {
+    if (!token) return url;
+    const u = new URL(url, location.href);
+    u.searchParams.set("token", token);
+    return u.toString();
+  }
+
   function formatBitrate(bps) {
     if (bps == null) return null;
     if (bps >= 1e6) return (bps / 1e6).toFixed(2) + " Mb/s";
@@ -195,7 +207,7 @@
       message("Waiting for the first segment…");
       return;
     }
-    start(s.playlistUrl);
+    start(playlistSource(s.playlistUrl));
   }
 
   async function poll() {
