@@ -133,13 +133,21 @@ pub struct KeyAuthorization {
     /// key `previous`) the operator mounts into the HTTP pods only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// `signed`: the cookie holding the viewer id. A token minted for a
+    /// viewer (non-empty viewer field) gets keys only for requests whose
+    /// cookie of this name has exactly that value, so a leaked playlist URL
+    /// does not play in somebody else's browser; tokens with an empty
+    /// viewer are not bound.
+    pub viewer_cookie: String,
     /// `webhook`: the URL asked about every key request (GET).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
     /// `webhook`: no answer within this time denies the key.
     pub webhook_timeout: HumanDuration,
-    /// `webhook`: a decision is reused this long for the same viewer
-    /// (Cookie and Authorization) and stream; 0 asks every time.
+    /// `webhook`: the webhook's decision (2xx allows, 4xx denies) is reused
+    /// this long for the same viewer (Cookie and Authorization) and stream;
+    /// 0 asks every time. Timeouts, 3xx and 5xx deny that one request and
+    /// are not reused.
     pub webhook_cache: HumanDuration,
 }
 
@@ -151,6 +159,7 @@ impl Default for KeyAuthorization {
             previous_secret_file: None,
             previous_secret_grace: HumanDuration::from_secs(3600),
             secret_name: None,
+            viewer_cookie: "oxcast_viewer".to_string(),
             webhook_url: None,
             webhook_timeout: HumanDuration::from_secs(2),
             webhook_cache: HumanDuration::from_secs(5),
@@ -218,6 +227,15 @@ impl HlsEncryption {
     }
 }
 
+/// Is `name` usable as a cookie name? (An RFC 7230 token without the
+/// quote characters; the CRD's CEL rule allows the same set.)
+pub fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&*+-.^_|~".contains(&b))
+}
+
 impl KeyAuthorization {
     /// Checks that the chosen mode has what it needs (the HTTP role's
     /// concern: an ingest-only process never sees the secret).
@@ -238,6 +256,15 @@ impl KeyAuthorization {
                 "hls.encryption.authorization.webhookTimeout",
                 "must be greater than zero",
             )),
+            KeyAuthMode::Signed if !valid_cookie_name(&a.viewer_cookie) => {
+                Err(InvalidSetting::new(
+                    "hls.encryption.authorization.viewerCookie",
+                    format!(
+                        "{:?} is not a cookie name: use letters, digits and !#$%&*+-.^_|~",
+                        a.viewer_cookie
+                    ),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -381,6 +408,14 @@ mod tests {
             "hls.encryption.authorization.secretFile"
         );
         a.secret_file = Some("/etc/oxcast/secret".into());
+        assert!(a.validate().is_ok());
+        assert_eq!(a.viewer_cookie, "oxcast_viewer");
+        a.viewer_cookie = "viewer id".into();
+        assert_eq!(
+            a.validate().unwrap_err().field,
+            "hls.encryption.authorization.viewerCookie"
+        );
+        a.viewer_cookie = "sid".into();
         assert!(a.validate().is_ok());
         a.mode = KeyAuthMode::Webhook;
         assert_eq!(

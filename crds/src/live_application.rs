@@ -114,6 +114,9 @@ pub struct LiveApplicationSpec {
         validation = Rule::new("!has(self.encryption) || !has(self.encryption.enabled) || !self.encryption.enabled || !has(self.encryption.authorization) || !has(self.encryption.authorization.mode) || self.encryption.authorization.mode != 'webhook' || has(self.encryption.authorization.webhookUrl)")
             .message("hls.encryption.authorization.mode webhook needs webhookUrl")
             .field_path(".encryption.authorization.webhookUrl"),
+        validation = Rule::new("!has(self.encryption) || !has(self.encryption.authorization) || !has(self.encryption.authorization.viewerCookie) || self.encryption.authorization.viewerCookie.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')")
+            .message("hls.encryption.authorization.viewerCookie must be a cookie name: letters, digits and !#$%&*+-.^_|~ (e.g. oxcast_viewer)")
+            .field_path(".encryption.authorization.viewerCookie"),
     )]
     pub hls: HlsSettings,
     /// HLS over HTTP: where the HTTP server runs (a sidecar in each ingest

@@ -213,6 +213,13 @@ impl IngestConfig {
                 format!("{keys:?} overlaps http.pathPrefix {prefix:?}: keys are never served under the HLS prefix"),
             ));
         }
+        let cookie = &self.hls.encryption.authorization.viewer_cookie;
+        if self.hls.encryption.enabled && !crate::hls::valid_cookie_name(cookie) {
+            return Err(InvalidSetting::new(
+                "hls.encryption.authorization.viewerCookie",
+                format!("{cookie:?} must be a cookie name: letters, digits and !#$%&*+-.^_|~"),
+            ));
+        }
         let cors = &self.http.cors_allow_origin;
         if !cors.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
             return Err(InvalidSetting::new(

@@ -185,6 +185,10 @@ pub struct HttpArgs {
     /// [default: 1h].
     #[arg(long)]
     pub hls_key_previous_secret_grace: Option<HumanDuration>,
+    /// Cookie holding the viewer id that viewer-bound tokens must match
+    /// (signed mode) [default: oxcast_viewer].
+    #[arg(long)]
+    pub hls_key_viewer_cookie: Option<String>,
     /// URL asked whether a viewer may have a key (webhook mode).
     #[arg(long)]
     pub hls_key_webhook_url: Option<String>,
@@ -369,6 +373,9 @@ impl HttpArgs {
         }
         if let Some(v) = self.hls_key_previous_secret_grace {
             a.previous_secret_grace = v;
+        }
+        if let Some(v) = &self.hls_key_viewer_cookie {
+            a.viewer_cookie = v.clone();
         }
         if let Some(v) = &self.hls_key_webhook_url {
             a.webhook_url = Some(v.clone());

@@ -16,13 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
-use hmac::{Hmac, Mac};
+use oxcast_tests::media::hls_keys::{decrypt, is_transport_stream, key_id, listed, mint};
 use oxcast_tests::media::http;
 use oxcast_tests::media::probe::{decode_errors, frame_sizes, probe};
 use oxcast_tests::media::process::Running;
 use oxcast_tests::media::{have_ffmpeg, require, wait_for, Fixture, Publisher, Role, Server};
-use sha2::Sha256;
 
 const SECRET: &str = "test secret for encrypted HLS";
 const TIMEOUT: Duration = Duration::from_secs(40);
@@ -40,81 +38,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
-}
-
-/// A key token as docs/key-token-vectors.json and the README define it.
-fn mint(secret: &str, stream: &str, expires: u64, viewer: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(format!("oxcast-key-v1\n{stream}\n{expires}\n{viewer}").as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{expires}.{viewer}.{hex}")
-}
-
-fn decrypt(key: &[u8], iv: &[u8; 16], data: &[u8]) -> Option<Vec<u8>> {
-    cbc::Decryptor::<aes::Aes128>::new_from_slices(key, iv)
-        .ok()?
-        .decrypt_padded_vec_mut::<Pkcs7>(data)
-        .ok()
-}
-
-/// One listed segment and the key line in force for it.
-#[derive(Debug, Clone)]
-struct Listed {
-    uri: String,
-    key_uri: String,
-    iv: [u8; 16],
-}
-
-/// Reads the segments of a playlist with their `EXT-X-KEY` (every listed
-/// segment must have one).
-#[track_caller]
-fn listed(text: &str) -> Vec<Listed> {
-    let mut key: Option<(String, [u8; 16])> = None;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if let Some(attrs) = line.strip_prefix("#EXT-X-KEY:") {
-            assert!(attrs.starts_with("METHOD=AES-128,"), "{line}");
-            let uri = attrs
-                .split("URI=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or_else(|| panic!("no URI in {line}"));
-            let hex = attrs
-                .split("IV=0x")
-                .nth(1)
-                .unwrap_or_else(|| panic!("no IV in {line}"));
-            assert_eq!(hex.len(), 32, "{line}");
-            let mut iv = [0u8; 16];
-            for (i, b) in iv.iter_mut().enumerate() {
-                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex IV");
-            }
-            key = Some((uri.to_string(), iv));
-        } else if !line.starts_with('#') && !line.trim().is_empty() {
-            let (key_uri, iv) = key
-                .clone()
-                .unwrap_or_else(|| panic!("segment {line} without a key line:\n{text}"));
-            out.push(Listed {
-                uri: line.to_string(),
-                key_uri,
-                iv,
-            });
-        }
-    }
-    out
-}
-
-/// `/keys/cam/12.key` → 12.
-fn key_id(uri: &str) -> u64 {
-    let name = uri.rsplit('/').next().unwrap_or(uri);
-    let name = name.split('?').next().unwrap_or(name);
-    name.strip_suffix(".key")
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("key URI {uri:?}"))
 }
 
 /// Every listed segment on disk is ciphertext and decrypts, with the key
@@ -144,7 +67,7 @@ fn check_segments_decrypt(root: &Path, keys: &Path, stream: &str, text: &str) ->
         let plain = decrypt(&key, &s.iv, &on_disk)
             .unwrap_or_else(|| panic!("{} does not decrypt with {}", s.uri, s.key_uri));
         assert!(
-            plain.len().is_multiple_of(188) && plain.chunks(188).all(|p| p[0] == 0x47),
+            is_transport_stream(&plain),
             "{} decrypts to something that is not MPEG-TS",
             s.uri
         );
@@ -193,7 +116,9 @@ fn encrypted_live_stream_plays_with_a_token_only_and_keys_rotate() {
         .start();
     let http_addr = web.http.expect("http listener");
     let base = format!("http://{http_addr}/live/cam/index.m3u8");
-    let token = mint(SECRET, "cam", unix_now() + 3600, "viewer-1");
+    // Not bound to a viewer (ffmpeg sends no viewer cookie); the binding
+    // is checked on the key route below.
+    let token = mint(SECRET, "cam", unix_now() + 3600, "");
     let with_token = format!("{base}?token={token}");
 
     let started = Instant::now();
@@ -346,6 +271,40 @@ fn encrypted_live_stream_plays_with_a_token_only_and_keys_rotate() {
         );
     }
 
+    // A token minted for a viewer serves keys only to that viewer's cookie
+    // (hls.encryption.authorization.viewerCookie, default oxcast_viewer).
+    let bound = format!(
+        "{key_path}?token={}",
+        mint(SECRET, "cam", unix_now() + 3600, "viewer-1")
+    );
+    let mine = http::get_with(
+        http_addr,
+        &bound,
+        &[("Cookie", "theme=dark; oxcast_viewer=viewer-1")],
+    )
+    .unwrap();
+    assert_eq!(mine.status, 200, "the bound viewer's own cookie");
+    assert_eq!(mine.body, key_bytes);
+    for (what, cookies) in [
+        ("no cookie", vec![]),
+        ("another viewer", vec![("Cookie", "oxcast_viewer=viewer-2")]),
+        (
+            "a similar name",
+            vec![("Cookie", "my_oxcast_viewer=viewer-1")],
+        ),
+        (
+            "two viewers",
+            vec![("Cookie", "oxcast_viewer=viewer-1; oxcast_viewer=viewer-2")],
+        ),
+    ] {
+        let r = http::get_with(http_addr, &bound, &cookies).unwrap();
+        assert_eq!(r.status, 403, "bound token, {what}");
+        assert!(
+            !r.body.windows(16).any(|w| w == &key_bytes[..]),
+            "{what}: key bytes in a refusal"
+        );
+    }
+
     // No URL under the HLS prefix reaches a key, traversal included.
     let id = key_id(&key_path);
     for path in [
@@ -387,7 +346,8 @@ fn encrypted_live_stream_plays_with_a_token_only_and_keys_rotate() {
 }
 
 /// A tiny key-authorization webhook: 2xx for `Cookie: session=good`, a
-/// slow answer for `session=slow`, 403 otherwise; records what it got.
+/// slow answer for `session=slow`, 500 for `session=broken`, 403
+/// otherwise; records what it got.
 struct Hook {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<String>>>,
@@ -444,6 +404,8 @@ fn answer(mut conn: TcpStream, seen: &Mutex<Vec<String>>) {
     } else if lower.contains("cookie: session=slow") {
         std::thread::sleep(Duration::from_secs(3));
         "204 No Content"
+    } else if lower.contains("cookie: session=broken") {
+        "500 Internal Server Error"
     } else {
         "403 Forbidden"
     };
@@ -539,6 +501,55 @@ fn webhook_mode_asks_with_the_viewers_cookie_and_denies_on_timeout() {
     );
     // ffmpeg without the cookie gets nothing to decode.
     assert_eq!(frames(&format!("http://{addr}/live/cam/index.m3u8")), 0);
+}
+
+#[test]
+fn webhook_decisions_are_reused_but_failures_are_asked_again() {
+    let hook = Hook::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("hls");
+    std::fs::create_dir_all(&root).unwrap();
+    let server = Server::builder()
+        .root(&root)
+        .hls("encryption", "true")
+        .hls("key-auth", "webhook")
+        .hls("key-webhook-url", &hook.url())
+        .hls("key-webhook-timeout", "1s")
+        .hls("key-webhook-cache", "60s")
+        .start();
+    let addr = server.http.unwrap();
+    // A key where the server keeps them (next to the root), as a
+    // publication would have stored it.
+    let key_dir = dir.path().join("hls-keys").join("cam");
+    std::fs::create_dir_all(&key_dir).unwrap();
+    let key_bytes = *b"0123456789abcdef";
+    std::fs::write(key_dir.join("0.key"), key_bytes).unwrap();
+    let asked = || hook.requests().len();
+    let fetch = |cookie: &str| {
+        http::get_with(addr, "/keys/cam/0.key", &[("Cookie", cookie)])
+            .unwrap()
+            .status
+    };
+
+    // Allowed (2xx) and denied (4xx) are the webhook's decisions: asked
+    // once per viewer and stream, then reused for the cache time.
+    assert_eq!(fetch("session=good"), 200);
+    assert_eq!(asked(), 1);
+    assert_eq!(fetch("session=good"), 200);
+    assert_eq!(asked(), 1, "a 2xx is reused");
+    assert_eq!(fetch("session=bad"), 403);
+    assert_eq!(fetch("session=bad"), 403);
+    assert_eq!(asked(), 2, "a 4xx is reused");
+    // No decision: a 5xx or a timeout denies that request only.
+    assert_eq!(fetch("session=broken"), 403);
+    assert_eq!(fetch("session=broken"), 403);
+    assert_eq!(asked(), 4, "a 5xx is asked again");
+    assert_eq!(fetch("session=slow"), 403);
+    assert_eq!(fetch("session=slow"), 403);
+    assert_eq!(asked(), 6, "a timeout is asked again");
+    // The good viewer's decision is still cached.
+    assert_eq!(fetch("session=good"), 200);
+    assert_eq!(asked(), 6);
 }
 
 #[test]

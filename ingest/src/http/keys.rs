@@ -3,9 +3,11 @@
 //! `Cache-Control: private, no-store`, CORS as the HLS tree, only when the
 //! request is authorized ([`KeyAuthMode`]):
 //!
-//! - `signed`: `?token=` must be a valid token for the stream ([`token`]).
-//!   The website puts the token on the playlist URL only; [`carry_token`]
-//!   copies it onto the key URIs of the playlist the HLS route returns.
+//! - `signed`: `?token=` must be a valid token for the stream ([`token`]),
+//!   and a token minted for a viewer needs that viewer in the request's
+//!   viewer cookie. The website puts the token on the playlist URL only;
+//!   [`carry_token`] copies it onto the key URIs of the playlist the HLS
+//!   route returns.
 //! - `webhook`: the viewer's `Cookie` and `Authorization` headers, the
 //!   stream and key id go to a URL (nginx `auth_request`); 2xx serves.
 //!   Decisions are cached briefly per viewer and stream.
@@ -82,6 +84,8 @@ fn trimmed(mut bytes: Vec<u8>) -> Vec<u8> {
 /// a rotation needs no restart.
 #[derive(Debug)]
 struct SecretFiles {
+    /// The cookie a viewer-bound token's viewer must be in.
+    viewer_cookie: String,
     current: PathBuf,
     previous: Option<PathBuf>,
     grace: Duration,
@@ -117,6 +121,7 @@ impl SecretFiles {
         if stale {
             // File reads off the async threads.
             let me = SecretFiles {
+                viewer_cookie: self.viewer_cookie.clone(),
                 current: self.current.clone(),
                 previous: self.previous.clone(),
                 grace: self.grace,
@@ -161,6 +166,28 @@ impl std::fmt::Debug for KeyWebhook {
     }
 }
 
+/// What the key webhook said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WebhookAnswer {
+    /// 2xx.
+    Allowed,
+    /// 4xx: the webhook decided against this viewer.
+    Denied,
+    /// No decision (timeout, unreachable, 3xx, 5xx): denied this time.
+    Unavailable,
+}
+
+impl WebhookAnswer {
+    /// The decision to reuse for a while, if the webhook made one.
+    fn decision(self) -> Option<bool> {
+        match self {
+            Self::Allowed => Some(true),
+            Self::Denied => Some(false),
+            Self::Unavailable => None,
+        }
+    }
+}
+
 const FORWARDED: [header::HeaderName; 2] = [header::COOKIE, header::AUTHORIZATION];
 
 impl KeyWebhook {
@@ -189,8 +216,11 @@ impl KeyWebhook {
                 }
             }
         }
-        let ok = self.ask(headers, stream, id, uri).await;
-        if !self.cache_for.is_zero() {
+        let answer = self.ask(headers, stream, id, uri).await;
+        // Only the webhook's own decisions are reused: a timeout, an
+        // unreachable webhook or its 5xx is asked again next time, so a
+        // blip does not lock a viewer out for the cache time.
+        if let (false, Some(ok)) = (self.cache_for.is_zero(), answer.decision()) {
             if let Ok(mut d) = self.decisions.lock() {
                 if d.len() >= WEBHOOK_CACHE_MAX {
                     d.clear();
@@ -198,10 +228,10 @@ impl KeyWebhook {
                 d.insert(who, (Instant::now(), ok));
             }
         }
-        ok
+        answer == WebhookAnswer::Allowed
     }
 
-    async fn ask(&self, headers: &HeaderMap, stream: &str, id: u64, uri: &str) -> bool {
+    async fn ask(&self, headers: &HeaderMap, stream: &str, id: u64, uri: &str) -> WebhookAnswer {
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("stream", stream)
             .append_pair("key", &id.to_string())
@@ -220,7 +250,7 @@ impl KeyWebhook {
             }
         }
         let Ok(request) = request.body(Full::new(Bytes::new())) else {
-            return false;
+            return WebhookAnswer::Unavailable;
         };
         let call = async {
             let response = self.client.request(request).await.ok()?;
@@ -230,18 +260,22 @@ impl KeyWebhook {
             Some(status)
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Some(status)) if status.is_success() => true,
-            Ok(Some(status)) => {
+            Ok(Some(status)) if status.is_success() => WebhookAnswer::Allowed,
+            Ok(Some(status)) if status.is_client_error() => {
                 tracing::debug!(stream, key_id = id, %status, "key webhook denied");
-                false
+                WebhookAnswer::Denied
+            }
+            Ok(Some(status)) => {
+                tracing::warn!(stream, key_id = id, %status, "key webhook failed; denied");
+                WebhookAnswer::Unavailable
             }
             Ok(None) => {
                 tracing::warn!(stream, key_id = id, "key webhook unreachable; denied");
-                false
+                WebhookAnswer::Unavailable
             }
             Err(_) => {
                 tracing::warn!(stream, key_id = id, timeout = ?self.timeout, "key webhook timed out; denied");
-                false
+                WebhookAnswer::Unavailable
             }
         }
     }
@@ -278,6 +312,7 @@ impl KeyDelivery {
             KeyAuthMode::Signed => {
                 let current = a.secret_file.clone().ok_or(KeyDeliveryError::NoSecret)?;
                 let files = SecretFiles {
+                    viewer_cookie: a.viewer_cookie.clone(),
                     current: current.into(),
                     previous: a.previous_secret_file.clone().map(PathBuf::from),
                     grace: a.previous_secret_grace.get(),
@@ -378,19 +413,27 @@ async fn answer(
         Authorization::Public => true,
         Authorization::Signed(secrets) => {
             let token = query_token(request.uri.query()).unwrap_or_default();
+            let cookies = request
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            let presented = token::cookie(cookies, &secrets.viewer_cookie);
             let secrets = secrets.get().await;
             let refs: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
-            match token::verify(&refs, stream, &token, unix_now()) {
+            let checked = token::verify(&refs, stream, &token, unix_now())
+                .and_then(|claims| token::check_viewer(&claims, presented).map(|()| claims));
+            match checked {
                 Ok(claims) => {
                     tracing::debug!(stream, key_id = id, viewer = claims.viewer, "key served");
                     true
                 }
                 Err(e @ (TokenError::Missing | TokenError::Expired)) => {
-                    tracing::debug!(stream, key_id = id, error = %e, "key refused");
+                    tracing::debug!(stream, key_id = id, reason = e.reason(), "key refused");
                     false
                 }
                 Err(e) => {
-                    tracing::info!(stream, key_id = id, error = %e, "key refused");
+                    tracing::info!(stream, key_id = id, reason = e.reason(), error = %e, "key refused");
                     false
                 }
             }
@@ -504,6 +547,7 @@ mod tests {
 
     fn secret_files(dir: &std::path::Path, grace: Duration) -> SecretFiles {
         let files = SecretFiles {
+            viewer_cookie: "oxcast_viewer".into(),
             current: dir.join("secret"),
             previous: Some(dir.join("previous")),
             grace,
@@ -540,6 +584,7 @@ mod tests {
         );
         std::fs::write(dir.path().join("secret"), "\n").unwrap();
         let empty = SecretFiles {
+            viewer_cookie: "oxcast_viewer".into(),
             current: dir.path().join("secret"),
             previous: None,
             grace: Duration::ZERO,

@@ -11,7 +11,10 @@
 //! token     = expires "." viewer "." signature
 //! expires   = Unix time in seconds (decimal) after which the token is refused
 //! viewer    = 0-64 characters of A-Z a-z 0-9 _ - (may be empty): whom the
-//!             token was minted for; signed, and logged with key requests
+//!             token was minted for; signed, logged with key requests, and
+//!             when not empty bound to the viewer: a key is served only to
+//!             a request whose viewer cookie (`viewerCookie`, default
+//!             `oxcast_viewer`) has exactly this value ([`check_viewer`])
 //! signature = lowercase hex of HMAC-SHA-256(secret,
 //!             "oxcast-key-v1\n" + stream + "\n" + expires + "\n" + viewer)
 //! ```
@@ -42,6 +45,23 @@ pub enum TokenError {
     BadSignature,
     #[error("token expired")]
     Expired,
+    #[error(
+        "token is bound to another viewer (the request's viewer cookie is missing or differs)"
+    )]
+    ViewerMismatch,
+}
+
+impl TokenError {
+    /// The refusal as one word, for logs and the test vectors.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::BadSignature => "bad-signature",
+            Self::Expired => "expired",
+            Self::ViewerMismatch => "viewer-mismatch",
+        }
+    }
 }
 
 /// What a valid token says.
@@ -157,6 +177,45 @@ pub fn verify<'t>(
     })
 }
 
+/// The value of cookie `name` in `Cookie` header values (RFC 6265 §5.4:
+/// `name=value` pairs separated by `; `; a value may be in double quotes).
+/// `None` when absent or given more than once with different values (an
+/// ambiguous request is not trusted).
+pub fn cookie<'h>(headers: impl IntoIterator<Item = &'h str>, name: &str) -> Option<&'h str> {
+    let mut found: Option<&str> = None;
+    for header in headers {
+        for pair in header.split(';') {
+            let Some((n, v)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if n.trim() != name {
+                continue;
+            }
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            match found {
+                Some(f) if f != v => return None,
+                _ => found = Some(v),
+            }
+        }
+    }
+    found
+}
+
+/// A token minted for a viewer is good only for that viewer: `presented`
+/// is the request's viewer cookie. Tokens with an empty viewer are bound
+/// to nobody.
+pub fn check_viewer(claims: &Claims<'_>, presented: Option<&str>) -> Result<(), TokenError> {
+    if claims.viewer.is_empty() || presented == Some(claims.viewer) {
+        Ok(())
+    } else {
+        Err(TokenError::ViewerMismatch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,10 +262,7 @@ mod tests {
         for c in &v.verify {
             let got = match verify(&[c.secret.as_bytes()], &c.stream, &c.token, c.now) {
                 Ok(_) => "ok",
-                Err(TokenError::Missing) => "missing",
-                Err(TokenError::Malformed) => "malformed",
-                Err(TokenError::BadSignature) => "bad-signature",
-                Err(TokenError::Expired) => "expired",
+                Err(e) => e.reason(),
             };
             assert_eq!(got, c.result, "{} for {}", c.token, c.stream);
         }
@@ -257,5 +313,38 @@ mod tests {
         assert!(is_token_shaped(&t));
         assert!(!is_token_shaped("a\"b"));
         assert!(!is_token_shaped("a&b=c"));
+    }
+
+    #[test]
+    fn a_bound_token_needs_its_viewer_cookie() {
+        let secret = b"s3cret";
+        let alice = sign(secret, "cam", 2_000, "alice").unwrap();
+        let claims = verify(&[secret], "cam", &alice, 0).unwrap();
+        assert_eq!(check_viewer(&claims, Some("alice")), Ok(()));
+        for other in [None, Some(""), Some("bob"), Some("alice2")] {
+            assert_eq!(
+                check_viewer(&claims, other),
+                Err(TokenError::ViewerMismatch),
+                "{other:?}"
+            );
+        }
+        let anyone = sign(secret, "cam", 2_000, "").unwrap();
+        let claims = verify(&[secret], "cam", &anyone, 0).unwrap();
+        assert_eq!(check_viewer(&claims, None), Ok(()));
+        assert_eq!(check_viewer(&claims, Some("bob")), Ok(()));
+    }
+
+    #[test]
+    fn cookies_are_read_by_exact_name() {
+        let c = |headers: &[&'static str]| cookie(headers.iter().copied(), "oxcast_viewer");
+        assert_eq!(c(&["oxcast_viewer=alice"]), Some("alice"));
+        assert_eq!(c(&["a=1; oxcast_viewer=alice; b=2"]), Some("alice"));
+        assert_eq!(c(&["a=1", "oxcast_viewer=\"alice\""]), Some("alice"));
+        assert_eq!(c(&["xoxcast_viewer=alice; oxcast_viewer2=bob"]), None);
+        assert_eq!(c(&[]), None);
+        assert_eq!(c(&["oxcast_viewer"]), None);
+        // Sent twice: the same value is fine, two values are not trusted.
+        assert_eq!(c(&["oxcast_viewer=a; oxcast_viewer=a"]), Some("a"));
+        assert_eq!(c(&["oxcast_viewer=a", "oxcast_viewer=b"]), None);
     }
 }
