@@ -19,7 +19,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
@@ -246,9 +246,19 @@ fn secret_watch(
 ) {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+    let namespace = scope.unwrap_or("<all>").to_string();
     // An Api of PartialObjectMeta makes metadata-only requests
     // (PartialObjectMetadata): Secret data never reaches the operator.
     let stream = watcher(scoped::<PartialObjectMeta<Secret>>(client, scope), config)
+        // Until it lists, no reconcile runs (the stores are not synced):
+        // say why, at a level that is logged by default.
+        .inspect_err(move |e| {
+            tracing::warn!(
+                namespace,
+                error = %e,
+                "cannot watch Secrets: the operator needs get, list and watch on secrets, or --check-secrets=false"
+            )
+        })
         .default_backoff()
         .modify(trim::presence::<PartialObjectMeta<Secret>>)
         .reflect(writer)
