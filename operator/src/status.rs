@@ -390,7 +390,7 @@ fn degradation(o: &Observed<'_>) -> Option<(&'static str, String)> {
 }
 
 /// What to do about a missing key-token Secret, as a command to paste.
-pub fn missing_secret_message(secret: &str, namespace: &str) -> String {
+fn missing_secret_message(secret: &str, namespace: &str) -> String {
     format!(
         "Secret {secret:?} (hls.encryption.authorization.secretName) not found in namespace {namespace:?}; \
          the HTTP pods cannot start without it: create it with \
