@@ -8,22 +8,29 @@
 //! changed. Observed objects come from reflector stores fed by the same
 //! watches that trigger reconciles, so a reconcile that has nothing to
 //! change sends no request at all.
+//!
+//! With [`ControllerSettings::check_secrets`] the controller also watches
+//! Secrets, metadata only, to report a key-token Secret the spec names but
+//! the namespace lacks (`KeySecretMissing`) and to reconcile again when it
+//! appears or goes away.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -39,6 +46,7 @@ use crate::build::{self, BuildError, BuildSettings, Desired, ObsoleteKind};
 use crate::diff::needs_apply;
 use crate::metrics::Metrics;
 use crate::names::{Names, LABEL_INSTANCE, MANAGED_SELECTOR, MANAGER};
+use crate::render;
 use crate::status::{self, Observed};
 use crate::trim::{self, Compact};
 use crate::{Error, Health};
@@ -60,6 +68,10 @@ pub struct ControllerSettings {
     pub concurrency: u16,
     /// This instance, for Events (`reportingInstance`).
     pub identity: String,
+    /// Watch Secrets (metadata only) and report a missing key-token Secret
+    /// in the status. Off for clusters that grant the operator no access
+    /// to Secrets: then nothing about Secrets is read at all.
+    pub check_secrets: bool,
 }
 
 /// State shared by every reconcile of this operator instance.
@@ -87,6 +99,9 @@ struct Stores {
     /// The Services' EndpointSlices (the EndpointSlice controller copies the
     /// Service's labels onto them, so the managed-by selector finds them).
     endpoint_slices: Store<Compact<EndpointSlice>>,
+    /// Which Secrets exist (names only, see [`trim::presence`]), with
+    /// `check_secrets`.
+    secrets: Option<Store<PartialObjectMeta<Secret>>>,
     /// True once every store above has its initial list.
     synced: watch::Receiver<bool>,
 }
@@ -126,6 +141,10 @@ async fn wait_synced(stores: Stores) -> bool {
             .await
             .is_ok()
         && stores.endpoint_slices.wait_until_ready().await.is_ok()
+        && match &stores.secrets {
+            Some(secrets) => secrets.wait_until_ready().await.is_ok(),
+            None => true,
+        }
 }
 
 struct Context {
@@ -215,6 +234,54 @@ where
     (store, stream)
 }
 
+/// A metadata-only watch of every Secret in scope, feeding a store that
+/// keeps only their names: whether a Secret exists is all a reconcile asks.
+/// Not label-selected: the Secrets are the user's.
+fn secret_watch(
+    client: &Client,
+    scope: Option<&str>,
+) -> (
+    Store<PartialObjectMeta<Secret>>,
+    impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
+) {
+    let (store, writer) = reflector::store();
+    let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+    let namespace = scope.unwrap_or("<all>").to_string();
+    // An Api of PartialObjectMeta makes metadata-only requests
+    // (PartialObjectMetadata): Secret data never reaches the operator.
+    let stream = watcher(scoped::<PartialObjectMeta<Secret>>(client, scope), config)
+        // Until it lists, no reconcile runs (the stores are not synced):
+        // say why, at a level that is logged by default.
+        .inspect_err(move |e| {
+            tracing::warn!(
+                namespace,
+                error = %e,
+                "cannot watch Secrets: the operator needs get, list and watch on secrets, or --check-secrets=false"
+            )
+        })
+        .default_backoff()
+        .modify(trim::presence::<PartialObjectMeta<Secret>>)
+        .reflect(writer)
+        // A deleted Secret counts too: its LiveApplications are missing it now.
+        .touched_objects();
+    (store, stream)
+}
+
+/// The LiveApplications in `secret`'s namespace whose key-token Secret it is.
+fn apps_using_secret(
+    apps: &Store<LiveApplication>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<LiveApplication>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    apps.state_filter(|app| {
+        app.namespace() == namespace && render::key_token_secret(&app.spec) == Some(name.as_str())
+    })
+    .iter()
+    .map(|app| ObjectRef::from_obj(app.as_ref()))
+    .collect()
+}
+
 async fn run_scope(
     shared: Arc<Shared>,
     scope: Option<String>,
@@ -235,6 +302,12 @@ async fn run_scope(
     let (pod_disruption_budgets, pod_disruption_budget_events) =
         child_watch::<PodDisruptionBudget>(&client, scope_ref);
     let (endpoint_slices, endpoint_slice_events) = child_watch::<EndpointSlice>(&client, scope_ref);
+    let (secrets, secret_events) = if shared.settings.check_secrets {
+        let (store, events) = secret_watch(&client, scope_ref);
+        (Some(store), Some(events))
+    } else {
+        (None, None)
+    };
     let (synced_tx, synced) = watch::channel(false);
     let stores = Stores {
         deployments,
@@ -247,6 +320,7 @@ async fn run_scope(
         role_bindings,
         pod_disruption_budgets,
         endpoint_slices,
+        secrets,
         synced,
     };
     tokio::spawn(wait_synced(stores.clone()).then(move |ok| async move {
@@ -274,9 +348,11 @@ async fn run_scope(
     });
     tracing::info!(
         namespace = scope_ref.unwrap_or("<all>"),
+        check_secrets = secret_events.is_some(),
         "starting the LiveApplication controller"
     );
-    Controller::for_stream(app_events, apps)
+    let apps_store = apps.clone();
+    let mut controller = Controller::for_stream(app_events, apps)
         .with_config(config)
         .owns_stream(deployment_events)
         .owns_stream(service_events)
@@ -303,7 +379,15 @@ async fn run_scope(
                 ObjectRef::<LiveApplication>::new(name)
                     .within(namespace.as_deref().unwrap_or_default())
             })
-        })
+        });
+    if let Some(events) = secret_events {
+        // A key-token Secret created (or deleted) changes the status of
+        // the LiveApplications that name it.
+        controller = controller.watches_stream(events, move |secret| {
+            apps_using_secret(&apps_store, &secret)
+        });
+    }
+    controller
         .graceful_shutdown_on(cancel.cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -481,29 +565,40 @@ async fn reconcile_app(app: &LiveApplication, ctx: &Context) -> Result<Action, E
         })?;
     let mut observed = observe(app, &namespace, &names, &children, &pods, None, None);
     observed.rtmp_ready_endpoints = status::ready_endpoints(rtmp_slices.iter());
+    observed.missing_secret = missing_secret(ctx, app, &namespace);
     let before = app.status.as_ref();
     if let Some(after) = write_status(app, ctx, &observed).await? {
+        if let Some(secret) = observed.missing_secret {
+            tracing::warn!(namespace, name = %names.app, secret, "the key-token Secret does not exist");
+        }
         for (type_, event_type) in [
             (status::READY, EventType::Normal),
             (status::DEGRADED, EventType::Warning),
         ] {
-            if status::is_true(before, type_) || !status::is_true(Some(&after), type_) {
+            let Some(c) = status::newly_true(before, &after, type_) else {
                 continue;
-            }
-            if let Some(c) = status::find(&after, type_) {
-                event(
-                    ctx,
-                    app,
-                    event_type,
-                    &c.reason,
-                    "Observe",
-                    c.message.clone(),
-                )
-                .await;
-            }
+            };
+            event(
+                ctx,
+                app,
+                event_type,
+                &c.reason,
+                "Observe",
+                c.message.clone(),
+            )
+            .await;
         }
     }
     Ok(resync)
+}
+
+/// The key-token Secret `app` names, if Secrets are checked and `namespace`
+/// has none of that name.
+fn missing_secret<'a>(ctx: &Context, app: &'a LiveApplication, namespace: &str) -> Option<&'a str> {
+    let secrets = ctx.stores.secrets.as_ref()?;
+    let name = render::key_token_secret(&app.spec)?;
+    let key = ObjectRef::<PartialObjectMeta<Secret>>::new(name).within(namespace);
+    secrets.get(&key).is_none().then_some(name)
 }
 
 fn now() -> Time {
@@ -527,6 +622,7 @@ fn observe<'a>(
         spec,
         invalid,
         apply_error,
+        missing_secret: None,
         ingest: children.ingest.as_ref(),
         http: children.http.as_ref(),
         expect_http_deployment: spec.http.mode == HttpMode::Deployment,

@@ -138,8 +138,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Watch everything, default image, leader election off: what a test
-    /// or a one-replica development setup wants.
+    /// Watch everything, default image, Secrets checked, leader election
+    /// off: what a test or a one-replica development setup wants.
     pub fn new(identity: impl Into<String>) -> Self {
         Self {
             controller: ControllerSettings {
@@ -150,6 +150,7 @@ impl Settings {
                 resync_interval: Duration::from_secs(300),
                 concurrency: 16,
                 identity: identity.into(),
+                check_secrets: true,
             },
             leader_election: None,
         }

@@ -55,6 +55,11 @@ struct Cli {
     /// Reconciles running at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
+    /// Watch Secrets (metadata only) and report a LiveApplication whose
+    /// key-token Secret does not exist (status reason KeySecretMissing).
+    /// Needs get, list and watch on Secrets; false reads no Secrets at all.
+    #[arg(long, env = "OXCAST_CHECK_SECRETS", action = ArgAction::Set, default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
+    check_secrets: bool,
 }
 
 #[tokio::main]
@@ -97,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     settings.controller.build.default_image = cli.ingest_image.clone();
     settings.controller.resync_interval = cli.resync_interval.get().max(Duration::from_secs(1));
     settings.controller.concurrency = cli.concurrency.max(1);
+    settings.controller.check_secrets = cli.check_secrets;
     if cli.leader_election {
         let namespace = cli
             .lease_namespace
@@ -112,6 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ingest_image = cli.ingest_image,
         leader_election = cli.leader_election,
         lease = cli.lease_name,
+        check_secrets = cli.check_secrets,
         "starting"
     );
 
@@ -204,6 +211,7 @@ mod tests {
             "--lease-namespace=ops",
             "--watch-namespaces=a,b",
             "--ingest-image=example.com/ingest:1",
+            "--check-secrets=false",
         ]);
         assert_eq!(cli.listen, "0.0.0.0:9090".parse().expect("addr"));
         assert!(matches!(cli.log_format, LogFormat::Json));
@@ -212,6 +220,7 @@ mod tests {
         assert_eq!(cli.lease_namespace.as_deref(), Some("ops"));
         assert_eq!(cli.watch_namespaces, ["a", "b"]);
         assert_eq!(cli.ingest_image, "example.com/ingest:1");
+        assert!(!cli.check_secrets);
     }
 
     #[test]
@@ -220,6 +229,7 @@ mod tests {
         for var in [
             "OXCAST_WATCH_NAMESPACES",
             "OXCAST_INGEST_IMAGE",
+            "OXCAST_CHECK_SECRETS",
             "POD_NAMESPACE",
         ] {
             if std::env::var_os(var).is_some() {
@@ -237,5 +247,7 @@ mod tests {
         assert_eq!(cli.watch_namespaces, [""], "empty: every namespace");
         assert!(parse(&["--leader-election"]).leader_election);
         assert!(parse(&["--leader-election", "true"]).leader_election);
+        assert!(cli.check_secrets);
+        assert!(parse(&["--check-secrets"]).check_secrets);
     }
 }

@@ -14,6 +14,9 @@ use crate::names::Names;
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Reason of Ready=False and Degraded=True while the key-token Secret is
+/// missing.
+pub const KEY_SECRET_MISSING: &str = "KeySecretMissing";
 
 /// Container waiting reasons that will not fix themselves: the pod needs a
 /// different spec, image, Secret or node.
@@ -38,6 +41,11 @@ pub struct Observed<'a> {
     pub invalid: Option<&'a str>,
     /// Why applying the children failed.
     pub apply_error: Option<&'a str>,
+    /// The key-token Secret (`hls.encryption.authorization.secretName`)
+    /// the spec names but the namespace lacks: the HTTP pods cannot mount
+    /// it, so they never start. `None` when it exists, when the spec names
+    /// none, or when the operator does not check (`--check-secrets=false`).
+    pub missing_secret: Option<&'a str>,
     pub ingest: Option<&'a Deployment>,
     /// The HTTP Deployment, in http.mode deployment.
     pub http: Option<&'a Deployment>,
@@ -152,13 +160,22 @@ fn condition(
     }
 }
 
-/// Whether `type_` is True in `status`.
-pub fn is_true(status: Option<&LiveApplicationStatus>, type_: &str) -> bool {
-    status.is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == type_ && c.status == "True")
-    })
+/// Condition `type_` of `after` if it is True and was not True with the
+/// same reason `before`: worth an Event (Degraded by stuck pods, then by a
+/// deleted Secret, is news too).
+pub fn newly_true<'a>(
+    before: Option<&LiveApplicationStatus>,
+    after: &'a LiveApplicationStatus,
+    type_: &str,
+) -> Option<&'a Condition> {
+    let now = find(after, type_).filter(|c| c.status == "True")?;
+    let was = before
+        .and_then(|b| find(b, type_))
+        .filter(|c| c.status == "True");
+    match was {
+        Some(was) if was.reason == now.reason => None,
+        _ => Some(now),
+    }
 }
 
 /// The condition of `type_`, if any.
@@ -307,6 +324,14 @@ fn unfinished_rollout(d: &Deployment) -> Option<String> {
 
 /// The first problem that needs someone's attention, as (reason, message).
 fn degradation(o: &Observed<'_>) -> Option<(&'static str, String)> {
+    // First: it is why the HTTP pods hang in ContainerCreating (FailedMount),
+    // which no pod state below reports.
+    if let Some(secret) = o.missing_secret {
+        return Some((
+            KEY_SECRET_MISSING,
+            missing_secret_message(secret, o.namespace),
+        ));
+    }
     if o.expect_pvc {
         if let Some(pvc) = o.pvc {
             match pvc.status.as_ref().and_then(|s| s.phase.as_deref()) {
@@ -362,6 +387,15 @@ fn degradation(o: &Observed<'_>) -> Option<(&'static str, String)> {
         }
     }
     None
+}
+
+/// What to do about a missing key-token Secret, as a command to paste.
+fn missing_secret_message(secret: &str, namespace: &str) -> String {
+    format!(
+        "Secret {secret:?} (hls.encryption.authorization.secretName) not found in namespace {namespace:?}; \
+         the HTTP pods cannot start without it: create it with \
+         kubectl create secret generic {secret} -n {namespace} --from-literal=secret=$(openssl rand -hex 32)"
+    )
 }
 
 fn access_modes(pvc: &PersistentVolumeClaim) -> String {

@@ -92,6 +92,7 @@ struct World {
     pvc: Option<PersistentVolumeClaim>,
     pods: Vec<Pod>,
     invalid: Option<String>,
+    missing_secret: Option<String>,
     rtmp_slices: Vec<EndpointSlice>,
 }
 
@@ -129,6 +130,7 @@ impl World {
             pvc: None,
             pods: Vec::new(),
             invalid: None,
+            missing_secret: None,
             rtmp_slices: vec![slice(&[("198.18.1.10", Some(true))])],
         }
     }
@@ -145,6 +147,7 @@ impl World {
             spec: &self.spec,
             invalid: self.invalid.as_deref(),
             apply_error: None,
+            missing_secret: self.missing_secret.as_deref(),
             ingest: self.ingest.as_ref(),
             http: self.http.as_ref(),
             expect_http_deployment: self.spec.http.mode == HttpMode::Deployment,
@@ -416,6 +419,88 @@ fn separate_http_pods_must_be_available_too() {
     assert_eq!(cond(&w.status(None, &t(1)), READY), ("False", "Creating"));
     w.http = Some(deployment(1, 1, 2, 1));
     assert_eq!(cond(&w.status(None, &t(1)), READY), ("False", "RollingOut"));
+}
+
+#[test]
+fn a_missing_key_token_secret_degrades_and_says_how_to_create_it() {
+    let mut w = World::ready();
+    // The HTTP sidecar cannot mount the Secret: the pod stays in
+    // ContainerCreating, which on its own is no problem.
+    w.ingest = Some(deployment(2, 2, 1, 0));
+    w.pods = vec![waiting_pod("ContainerCreating")];
+    w.missing_secret = Some("key-token".into());
+    let s = w.status(None, &t(1));
+    assert_eq!(cond(&s, DEGRADED), ("True", KEY_SECRET_MISSING));
+    assert_eq!(cond(&s, READY), ("False", KEY_SECRET_MISSING));
+    assert_eq!(cond(&s, PROGRESSING), ("True", "RollingOut"));
+    let message = &find(&s, DEGRADED).expect("degraded").message;
+    assert_eq!(
+        message,
+        "Secret \"key-token\" (hls.encryption.authorization.secretName) not found in \
+         namespace \"media\"; the HTTP pods cannot start without it: create it with \
+         kubectl create secret generic key-token -n media \
+         --from-literal=secret=$(openssl rand -hex 32)"
+    );
+    assert_eq!(&find(&s, READY).expect("ready").message, message);
+
+    // It is the first thing to fix, before any pod state.
+    w.pods = vec![waiting_pod("CrashLoopBackOff")];
+    assert_eq!(
+        cond(&w.status(None, &t(1)), DEGRADED),
+        ("True", KEY_SECRET_MISSING)
+    );
+
+    // Once it exists the condition moves on to what the pods say.
+    w.missing_secret = None;
+    let later = w.status(Some(&s), &t(2));
+    assert_eq!(cond(&later, DEGRADED), ("True", "CrashLoopBackOff"));
+    w.pods.clear();
+    w.ingest = Some(deployment(2, 2, 1, 1));
+    let fixed = w.status(Some(&later), &t(3));
+    assert_eq!(cond(&fixed, DEGRADED), ("False", "AsExpected"));
+    assert_eq!(cond(&fixed, READY), ("True", "Ready"));
+}
+
+#[test]
+fn events_follow_conditions_that_become_true_or_change_reason() {
+    let ready = World::ready().status(None, &t(1));
+    let mut w = World::ready();
+    w.ingest = Some(deployment(2, 2, 1, 0));
+    w.pods = vec![waiting_pod("CrashLoopBackOff")];
+    let crashing = w.status(Some(&ready), &t(2));
+    w.missing_secret = Some("key-token".into());
+    let missing = w.status(Some(&crashing), &t(3));
+    let reason = |c: Option<&Condition>| c.map(|c| c.reason.clone());
+
+    assert_eq!(
+        reason(newly_true(None, &ready, READY)),
+        Some("Ready".into())
+    );
+    assert_eq!(reason(newly_true(Some(&ready), &ready, READY)), None);
+    assert_eq!(reason(newly_true(Some(&ready), &crashing, READY)), None);
+    assert_eq!(
+        reason(newly_true(Some(&ready), &crashing, DEGRADED)),
+        Some("CrashLoopBackOff".into())
+    );
+    assert_eq!(
+        reason(newly_true(Some(&crashing), &crashing, DEGRADED)),
+        None
+    );
+    assert_eq!(
+        reason(newly_true(Some(&crashing), &missing, DEGRADED)),
+        Some(KEY_SECRET_MISSING.into())
+    );
+}
+
+#[test]
+fn an_invalid_spec_wins_over_a_missing_secret() {
+    let mut w = World::ready();
+    w.missing_secret = Some("key-token".into());
+    w.invalid = Some("hls.encryption: bad".into());
+    assert_eq!(
+        cond(&w.status(None, &t(1)), DEGRADED),
+        ("True", "InvalidSpec")
+    );
 }
 
 #[test]

@@ -15,7 +15,9 @@
 //!   JSON text the API server sent, decoded again only when a reconcile
 //!   reads the object (a few objects per reconcile);
 //! - a pod's spec is not kept at all: the status reads only the pod's
-//!   name, labels, conditions and container states ([`crate::status`]).
+//!   name, labels, conditions and container states ([`crate::status`]);
+//! - Secrets are watched metadata only, and only their names are kept
+//!   ([`presence`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -41,6 +43,20 @@ fn trim_meta(meta: &mut ObjectMeta) {
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED_ANNOTATION);
     }
+}
+
+/// Keeps only an object's name and namespace: what says it exists. For the
+/// Secrets the operator watches (metadata only) to learn whether a
+/// LiveApplication's key-token Secret exists; their labels and annotations
+/// are never read (and client-side `kubectl apply` copies a Secret's data
+/// into one).
+pub fn presence<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        ..ObjectMeta::default()
+    };
 }
 
 /// Top-level fields of a kind that no reconcile reads, beyond metadata.
@@ -214,6 +230,32 @@ mod tests {
         assert!(pod.spec.is_some(), "metadata() keeps the spec");
     }
 
+    #[test]
+    fn presence_keeps_only_name_and_namespace() {
+        let json = serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": {
+                "name": "key-token", "namespace": "live", "uid": "u1",
+                "resourceVersion": "42",
+                "labels": {"team": "video"},
+                "annotations": {LAST_APPLIED_ANNOTATION: "{\"stringData\":{\"secret\":\"s3cret\"}}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update"}],
+            },
+        });
+        let mut secret: kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Secret> =
+            serde_json::from_value(json).expect("metadata");
+        presence(&mut secret);
+        assert_eq!(
+            secret.metadata,
+            ObjectMeta {
+                name: Some("key-token".into()),
+                namespace: Some("live".into()),
+                ..ObjectMeta::default()
+            }
+        );
+    }
+
     /// A compact child decodes to the object it was made from, minus the
     /// trimmed metadata, and its JSON is what the diff compares.
     #[test]
@@ -278,6 +320,7 @@ mod tests {
                 spec: &spec,
                 invalid: None,
                 apply_error: None,
+                missing_secret: None,
                 ingest: deployment,
                 http: None,
                 expect_http_deployment: false,

@@ -187,6 +187,16 @@ pub fn condition_reason(app: &LiveApplication, type_: &str) -> Option<String> {
         .map(|c| c.reason.clone())
 }
 
+/// The message of condition `type_`, if set.
+pub fn condition_message(app: &LiveApplication, type_: &str) -> Option<String> {
+    app.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.clone())
+}
+
 /// Watches LiveApplication `name` until `check` holds.
 pub async fn wait_for_app(
     apps: &Api<LiveApplication>,

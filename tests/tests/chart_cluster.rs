@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
 use kube::Api;
 use oxcast_crds::live_application::LiveApplication;
 use oxcast_tests::chart::{self, Helm};
@@ -367,11 +367,21 @@ const MANAGED_GRANTS: &[&[&str]] = &[
     &["delete", "leases.coordination.k8s.io"],
 ];
 
-/// What it must never do, anywhere it manages LiveApplications.
-const MANAGED_DENIALS: &[&[&str]] = &[
+/// Secret reads, for its metadata-only watch of Secrets (a missing
+/// key-token Secret): granted with `operator.checkSecrets` (the default),
+/// denied without.
+const SECRET_READS: &[&[&str]] = &[
     &["get", "secrets"],
     &["list", "secrets"],
     &["watch", "secrets"],
+];
+
+/// What it must never do, anywhere it manages LiveApplications.
+const MANAGED_DENIALS: &[&[&str]] = &[
+    &["create", "secrets"],
+    &["update", "secrets"],
+    &["patch", "secrets"],
+    &["delete", "secrets"],
     &["create", "pods"],
     &["delete", "pods"],
     &["create", "pods/exec"],
@@ -413,8 +423,8 @@ const MANAGED_DENIALS: &[&[&str]] = &[
 
 /// Never, cluster-wide.
 const CLUSTER_DENIALS: &[&[&str]] = &[
-    &["list", "secrets", "--all-namespaces"],
-    &["get", "secrets", "--all-namespaces"],
+    &["create", "secrets", "--all-namespaces"],
+    &["delete", "secrets", "--all-namespaces"],
     &["delete", "namespaces"],
     &["create", "namespaces"],
     &["get", "nodes"],
@@ -533,6 +543,7 @@ async fn cluster_wide_rbac_grants_what_the_operator_needs_and_nothing_else() {
 
     for ns in [elsewhere.name(), ctx.ns()] {
         check_all(ctx.cluster, &user, MANAGED_GRANTS, Some(ns), true);
+        check_all(ctx.cluster, &user, SECRET_READS, Some(ns), true);
         check_all(ctx.cluster, &user, MANAGED_DENIALS, Some(ns), false);
     }
     check_all(
@@ -546,6 +557,8 @@ async fn cluster_wide_rbac_grants_what_the_operator_needs_and_nothing_else() {
             ],
             &["watch", "deployments.apps", "--all-namespaces"],
             &["watch", "pods", "--all-namespaces"],
+            // operator.checkSecrets (default): the metadata-only watch.
+            &["watch", "secrets", "--all-namespaces"],
         ],
         None,
         true,
@@ -560,10 +573,22 @@ async fn cluster_wide_rbac_grants_what_the_operator_needs_and_nothing_else() {
         .service_account_client(ctx.ns(), &format!("{release}-oxcast"))
         .await
         .expect("a token of the chart's ServiceAccount");
+    // Secrets: the metadata list the operator makes works, writing one is
+    // forbidden.
     let secrets: Api<Secret> = Api::all(client.clone());
-    match secrets.list(&ListParams::default()).await {
+    secrets
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .expect("the operator may list Secrets' metadata cluster-wide");
+    let in_ns: Api<Secret> = Api::namespaced(client.clone(), ctx.ns());
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "not-yours"},
+        "stringData": {"secret": "x"},
+    }))
+    .expect("Secret literal");
+    match in_ns.create(&PostParams::default(), &secret).await {
         Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => panic!("listing Secrets cluster-wide must be forbidden, got {other:?}"),
+        other => panic!("creating a Secret must be forbidden, got {other:?}"),
     }
     let config_maps: Api<ConfigMap> = Api::all(client);
     config_maps
@@ -591,6 +616,9 @@ async fn namespaced_rbac_reaches_only_the_watched_namespaces() {
         &[
             "crds.enabled=false".into(),
             format!("watchNamespaces={{{},{}}}", team_a.name(), team_b.name()),
+            // No Secret access at all (checkSecrets' default is covered
+            // cluster-wide above).
+            "operator.checkSecrets=false".into(),
         ],
     )
     .await;
@@ -611,6 +639,7 @@ async fn namespaced_rbac_reaches_only_the_watched_namespaces() {
     for ns in [team_a.name(), team_b.name()] {
         check_all(ctx.cluster, &user, MANAGED_GRANTS, Some(ns), true);
         check_all(ctx.cluster, &user, MANAGED_DENIALS, Some(ns), false);
+        check_all(ctx.cluster, &user, SECRET_READS, Some(ns), false);
     }
     // Nothing in a namespace it does not watch, and nothing cluster-wide.
     check_all(
@@ -631,6 +660,8 @@ async fn namespaced_rbac_reaches_only_the_watched_namespaces() {
             ],
             &["list", "deployments.apps", "--all-namespaces"],
             &["list", "pods", "--all-namespaces"],
+            &["list", "secrets", "--all-namespaces"],
+            &["get", "secrets", "--all-namespaces"],
         ],
         None,
         false,
@@ -713,6 +744,10 @@ async fn operator_reconciles_as_the_chart_service_account(namespaced: bool) {
         sets.push(format!("watchNamespaces={{{}}}", apps_ns.name()));
         // Its ingest NetworkPolicy lands in the watched namespace.
         sets.push("networkPolicy.enabled=true".to_string());
+        // No Secret rule: the operator (--check-secrets=false from the
+        // chart's args) must not ask for Secrets either. The cluster-wide
+        // run covers the default, which watches them.
+        sets.push("operator.checkSecrets=false".to_string());
     }
     let rendered = apply_chart(&ctx, release, ctx.ns(), None, &sets).await;
     let container = &rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0];

@@ -192,6 +192,7 @@ fn defaults_run_a_hardened_operator_at_the_chart_app_version() {
         "--lease-name=oxcast-operator",
         "--listen=0.0.0.0:8080",
         "--log-format=json",
+        "--check-secrets=true",
     ] {
         assert!(
             args.contains(&arg.to_string()),
@@ -235,7 +236,7 @@ fn defaults_run_a_hardened_operator_at_the_chart_app_version() {
 }
 
 #[test]
-fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
+fn default_rbac_is_one_cluster_role_without_wildcards_or_secret_writes() {
     let r = Helm::V4.render("rel", NS, &[]);
     let role = r.one("ClusterRole");
     let rules = role["rules"].as_sequence().expect("rules");
@@ -245,7 +246,6 @@ fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
         let groups = strings(&rule["apiGroups"]);
         for forbidden in [
             "*",
-            "secrets",
             "namespaces",
             "nodes",
             "clusterroles",
@@ -289,6 +289,11 @@ fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
             assert_eq!(groups, ["discovery.k8s.io"], "{rule:?}");
             assert_eq!(verbs, ["list", "watch"], "{rule:?}");
         }
+        // Secrets are only watched, metadata only, to report a missing
+        // key-token Secret (operator.checkSecrets, on by default).
+        if resources.contains(&"secrets".to_string()) {
+            assert_eq!(secret_rule(rule), Some(()), "{rule:?}");
+        }
         // Pods are only watched (their states feed the Degraded condition).
         if resources.contains(&"pods".to_string()) {
             assert_eq!(resources, ["pods"], "{rule:?}");
@@ -323,6 +328,7 @@ fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
         "leases",
         "poddisruptionbudgets",
         "endpointslices",
+        "secrets",
     ] {
         assert!(granted(needed), "{needed} missing from {rules:?}");
     }
@@ -354,6 +360,72 @@ fn default_rbac_is_one_cluster_role_without_secrets_or_wildcards() {
         args.contains(&"--leader-election=false".to_string()),
         "{args:?}"
     );
+}
+
+/// `Some` if `rule` is the checkSecrets rule: get, list and watch on core
+/// Secrets, nothing else.
+fn secret_rule(rule: &Value) -> Option<()> {
+    (strings(&rule["apiGroups"]) == [""]
+        && strings(&rule["resources"]) == ["secrets"]
+        && strings(&rule["verbs"]) == ["get", "list", "watch"]
+        && rule["resourceNames"].is_null())
+    .then_some(())
+}
+
+fn secret_rules(role: &Value) -> Vec<&Value> {
+    role["rules"]
+        .as_sequence()
+        .expect("rules")
+        .iter()
+        .filter(|r| strings(&r["resources"]).contains(&"secrets".to_string()))
+        .collect()
+}
+
+#[test]
+fn check_secrets_adds_the_secret_rule_and_false_drops_it_and_the_check() {
+    for namespaced in [false, true] {
+        let mut values = vec![];
+        if namespaced {
+            values.push("watchNamespaces={team-a,team-b}");
+        }
+        let on = render_with(Helm::V4, &set(&values));
+        values.push("operator.checkSecrets=false");
+        let off = render_with(Helm::V4, &set(&values));
+        let roles = |r: &Rendered| -> Vec<Value> {
+            let kind = if namespaced { "Role" } else { "ClusterRole" };
+            r.of_kind(kind)
+                .filter(|o| name(o) == "rel-oxcast")
+                .cloned()
+                .collect()
+        };
+        let (roles_on, roles_off) = (roles(&on), roles(&off));
+        assert_eq!(roles_on.len(), if namespaced { 2 } else { 1 });
+        assert_eq!(roles_off.len(), roles_on.len());
+        for role in &roles_on {
+            let rules = secret_rules(role);
+            assert_eq!(rules.len(), 1, "{rules:?}");
+            assert_eq!(secret_rule(rules[0]), Some(()), "{rules:?}");
+        }
+        for role in &roles_off {
+            assert!(secret_rules(role).is_empty(), "{role:?}");
+        }
+        // Nothing else changes: the same rules without the Secret one.
+        for (a, b) in roles_on.iter().zip(&roles_off) {
+            let without: Vec<&Value> = a["rules"]
+                .as_sequence()
+                .expect("rules")
+                .iter()
+                .filter(|r| secret_rule(r).is_none())
+                .collect();
+            let off_rules: Vec<&Value> = b["rules"].as_sequence().expect("rules").iter().collect();
+            assert_eq!(without, off_rules);
+        }
+        let args = strings(&operator_container(&off)["args"]);
+        assert!(
+            args.contains(&"--check-secrets=false".to_string()),
+            "{args:?}"
+        );
+    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, ResourceQuota, Service,
+    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, ResourceQuota, Secret, Service,
     ServiceAccount,
 };
 use k8s_openapi::api::events::v1::Event;
@@ -27,8 +27,8 @@ use oxcast_crds::live_application::LiveApplication;
 use oxcast_crds::{HumanDuration, IngestConfig};
 use oxcast_tests::cluster::{self, TestContext};
 use oxcast_tests::operator::{
-    assign_load_balancer, condition_reason, example_path, fast_lease, has_condition, install_crd,
-    settings, wait_for_app, RunningOperator, TEST_MANAGER,
+    assign_load_balancer, condition_message, condition_reason, example_path, fast_lease,
+    has_condition, install_crd, settings, wait_for_app, RunningOperator, TEST_MANAGER,
 };
 
 /// Upper bound for anything the control plane and the operator do; usually
@@ -174,6 +174,20 @@ async fn wait_for_reconciles(op: &RunningOperator, n: u64) {
     })
     .await
     .expect("the operator keeps resyncing");
+}
+
+/// Waits until `op` stops reconciling: its count holds between two polls
+/// (the reconcile that follows its own status write included).
+async fn wait_for_idle(op: &RunningOperator) {
+    let mut last = None;
+    cluster::eventually("the operator to go idle", TIMEOUT, || {
+        let count = op.metrics.reconcile_count();
+        let idle = last == Some(count);
+        last = Some(count);
+        async move { Ok::<_, std::convert::Infallible>(idle.then_some(())) }
+    })
+    .await
+    .expect("the operator goes idle");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1028,6 +1042,119 @@ async fn apply_failures_degrade_and_recover() {
     })
     .await;
     assert!(has_condition(&ready, "Degraded", "False"));
+    op.stop().await.expect("graceful stop");
+}
+
+/// Encrypted HLS with signed key delivery, the token secret in Secret
+/// `key-token` (examples/encrypted.yaml without the Secret).
+fn signed_encryption_spec() -> serde_json::Value {
+    serde_json::json!({
+        "rtmp": {"service": {"type": "ClusterIP"}},
+        "hls": {"encryption": {
+            "enabled": true,
+            "authorization": {"mode": "signed", "secretName": "key-token"},
+        }},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_token_secret_is_reported_until_it_is_created() {
+    let ctx = context("keysecret").await;
+    // No resync: only the watches can bring the news below.
+    let mut settings = settings("op-keysecret", &[ctx.ns()]);
+    settings.controller.resync_interval = Duration::from_secs(3600);
+    let op = RunningOperator::start(ctx.cluster, settings);
+    let name = "secure";
+    apply_app(&ctx, name, signed_encryption_spec()).await;
+    let missing = |a: &LiveApplication| {
+        has_condition(a, "Degraded", "True")
+            && condition_reason(a, "Degraded").as_deref() == Some("KeySecretMissing")
+    };
+    // Settled: the pods run (the test nodes mount nothing) and the
+    // Service routes to them, and the Secret is all that is missing.
+    let degraded = wait_app(&ctx, name, "KeySecretMissing, rolled out", |a| {
+        missing(a) && has_condition(a, "Progressing", "False")
+    })
+    .await;
+    assert!(has_condition(&degraded, "Ready", "False"));
+    assert_eq!(
+        condition_reason(&degraded, "Ready").as_deref(),
+        Some("KeySecretMissing")
+    );
+    let hint = format!(
+        "kubectl create secret generic key-token -n {} --from-literal=secret=$(openssl rand -hex 32)",
+        ctx.ns()
+    );
+    let message = condition_message(&degraded, "Degraded").unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "Secret \"key-token\" (hls.encryption.authorization.secretName) not found in namespace \"{}\"",
+            ctx.ns()
+        )) && message.ends_with(&hint),
+        "{message}"
+    );
+    // And a Warning Event with the same hint, for `kubectl describe`.
+    cluster::eventually("a KeySecretMissing Warning", TIMEOUT, || async {
+        let found = events_for(&ctx, name).await.into_iter().any(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.reason.as_deref() == Some("KeySecretMissing")
+                && e.note.as_deref().is_some_and(|n| n.ends_with(&hint))
+        });
+        Ok::<_, std::convert::Infallible>(found.then_some(()))
+    })
+    .await
+    .expect("the missing Secret is reported as a Warning Event");
+
+    // Creating the Secret, as the message says, triggers a reconcile (the
+    // operator watches Secrets): the reason goes away and the application
+    // comes up. Nothing else would reconcile it now: no resync, and its
+    // children are settled.
+    wait_for_idle(&op).await;
+    let secrets: Api<Secret> = ctx.api();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "key-token"},
+        "stringData": {"secret": "0123456789abcdef0123456789abcdef"},
+    }))
+    .expect("Secret literal");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the key-token Secret");
+    wait_app(&ctx, name, "no KeySecretMissing once it exists", |a| {
+        a.status.as_ref().is_some_and(|s| {
+            !s.conditions.is_empty() && s.conditions.iter().all(|c| c.reason != "KeySecretMissing")
+        })
+    })
+    .await;
+    wait_app(&ctx, name, "Ready with the Secret", |a| {
+        has_condition(a, "Ready", "True")
+    })
+    .await;
+
+    // Deleting it is noticed too, again through the Secret watch alone.
+    wait_for_idle(&op).await;
+    secrets
+        .delete("key-token", &DeleteParams::default())
+        .await
+        .expect("delete the key-token Secret");
+    wait_app(&ctx, name, "KeySecretMissing again", missing).await;
+    op.stop().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_check_secrets_nothing_about_secrets_is_reported() {
+    let ctx = context("nokeycheck").await;
+    let mut settings = settings("op-nokeycheck", &[ctx.ns()]);
+    settings.controller.check_secrets = false;
+    let op = RunningOperator::start(ctx.cluster, settings);
+    let name = "secure";
+    apply_app(&ctx, name, signed_encryption_spec()).await;
+    // The operator does not look: the status follows the pods alone (the
+    // test nodes run no containers, so nothing fails to mount).
+    wait_app(&ctx, name, "Ready without looking for the Secret", |a| {
+        has_condition(a, "Ready", "True")
+    })
+    .await;
     op.stop().await.expect("graceful stop");
 }
 

@@ -130,6 +130,14 @@ Role). Keep in step with operator/rbac.md, the operator's own list.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+{{- if .Values.operator.checkSecrets }}
+# operator.checkSecrets: a metadata-only watch of Secrets (names, never data)
+# reports a missing key-token Secret (reason KeySecretMissing). RBAC cannot
+# grant metadata alone; checkSecrets=false drops this rule.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch]
+{{- end }}
 # Events about LiveApplications (events.k8s.io/v1; patch updates a series).
 - apiGroups: [events.k8s.io]
   resources: [events]
