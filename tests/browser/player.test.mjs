@@ -154,17 +154,7 @@ test("the player page plays a live stream with hls.js", { timeout: 180_000 }, as
     await entry.waitFor({ timeout: 30_000 });
     await entry.click();
 
-    // Playback starts, then currentTime advances by at least 3 s.
-    await page.waitForFunction(() => document.getElementById("video").currentTime > 0, null, {
-      timeout: 60_000,
-      polling: 200,
-    });
-    const t0 = await page.evaluate(() => document.getElementById("video").currentTime);
-    await page.waitForFunction(
-      (start) => document.getElementById("video").currentTime - start >= 3,
-      t0,
-      { timeout: 60_000, polling: 200 },
-    );
+    await playsFor(page, 3);
   } catch (e) {
     e.message += explain();
     throw e;
@@ -213,6 +203,29 @@ async function launch(name) {
   });
 }
 
+/** Waits until the page's video plays, then until it advances `seconds`. */
+async function playsFor(page, seconds) {
+  await page.waitForFunction(() => document.getElementById("video").currentTime > 0, null, {
+    timeout: 60_000,
+    polling: 200,
+  });
+  const t0 = await page.evaluate(() => document.getElementById("video").currentTime);
+  await page.waitForFunction(
+    ([start, s]) => document.getElementById("video").currentTime - start >= s,
+    [t0, seconds],
+    { timeout: 60_000, polling: 200 },
+  );
+}
+
+/** The statuses of the page's key requests (`/keys/…`), as they come. */
+function keyResponses(page) {
+  const statuses = [];
+  page.on("response", (r) => {
+    if (new URL(r.url()).pathname.startsWith("/keys/")) statuses.push(r.status());
+  });
+  return statuses;
+}
+
 /**
  * A key token as the README's "Minting a key token" section defines it
  * (docs/key-token-vectors.json): expires.viewer.hex(HMAC-SHA-256(secret,
@@ -258,23 +271,11 @@ test("the player page plays an encrypted stream with a token", { timeout: 180_00
   const console = [];
   page.on("console", (m) => console.push(`[${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => console.push(`[pageerror] ${e.message}`));
-  const keys = [];
-  page.on("response", (r) => {
-    if (new URL(r.url()).pathname.startsWith("/keys/")) keys.push(r.status());
-  });
+  const keys = keyResponses(page);
   try {
     await page.goto(`http://${server.http}/?token=${token}#${STREAM}`);
-    await page.waitForFunction(() => document.getElementById("video").currentTime > 0, null, {
-      timeout: 60_000,
-      polling: 200,
-    });
-    const t0 = await page.evaluate(() => document.getElementById("video").currentTime);
     // 3 s at 1 s segments and a key every 2: at least one key change.
-    await page.waitForFunction(
-      (start) => document.getElementById("video").currentTime - start >= 3,
-      t0,
-      { timeout: 60_000, polling: 200 },
-    );
+    await playsFor(page, 3);
   } catch (e) {
     e.message += explain(console);
     throw e;
@@ -292,10 +293,7 @@ test("the player page plays an encrypted stream with a token", { timeout: 180_00
   // The same page without the token: every key request is refused, hls.js
   // gives up on the key, and no frame is shown.
   const denied = await context.newPage();
-  const deniedKeys = [];
-  denied.on("response", (r) => {
-    if (new URL(r.url()).pathname.startsWith("/keys/")) deniedKeys.push(r.status());
-  });
+  const deniedKeys = keyResponses(denied);
   await denied.goto(`http://${server.http}/#${STREAM}`);
   await denied.waitForFunction(
     () => window.oxcastPlayer.errors.some((e) => e.details === "keyLoadError"),

@@ -426,6 +426,20 @@ impl Drop for Hook {
     }
 }
 
+/// All in one process, 1 s fragments, keys in the default place (next to
+/// the root), webhook key delivery with a 1 s timeout and `cache`.
+fn webhook_server(root: &Path, hook: &Hook, cache: &str) -> Server {
+    Server::builder()
+        .root(root)
+        .hls("fragment", "1s")
+        .hls("encryption", "true")
+        .hls("key-auth", "webhook")
+        .hls("key-webhook-url", &hook.url())
+        .hls("key-webhook-timeout", "1s")
+        .hls("key-webhook-cache", cache)
+        .start()
+}
+
 #[test]
 fn webhook_mode_asks_with_the_viewers_cookie_and_denies_on_timeout() {
     need_ffmpeg();
@@ -433,16 +447,7 @@ fn webhook_mode_asks_with_the_viewers_cookie_and_denies_on_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("hls");
     std::fs::create_dir_all(&root).unwrap();
-    // All in one process, keys in the default place: next to the root.
-    let server = Server::builder()
-        .root(&root)
-        .hls("fragment", "1s")
-        .hls("encryption", "true")
-        .hls("key-auth", "webhook")
-        .hls("key-webhook-url", &hook.url())
-        .hls("key-webhook-timeout", "1s")
-        .hls("key-webhook-cache", "0s")
-        .start();
+    let server = webhook_server(&root, &hook, "0s");
     let addr = server.http.unwrap();
     let done = Publisher::start(require(Fixture::Av8s), &server.rtmp_url("cam")).wait();
     assert!(done.success(), "publish failed: {}", done.stderr);
@@ -509,14 +514,7 @@ fn webhook_decisions_are_reused_but_failures_are_asked_again() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("hls");
     std::fs::create_dir_all(&root).unwrap();
-    let server = Server::builder()
-        .root(&root)
-        .hls("encryption", "true")
-        .hls("key-auth", "webhook")
-        .hls("key-webhook-url", &hook.url())
-        .hls("key-webhook-timeout", "1s")
-        .hls("key-webhook-cache", "60s")
-        .start();
+    let server = webhook_server(&root, &hook, "60s");
     let addr = server.http.unwrap();
     // A key where the server keeps them (next to the root), as a
     // publication would have stored it.
