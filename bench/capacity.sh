@@ -5,7 +5,8 @@
 # For each stream count, each server gets the same load: the `rtmp-load`
 # generator (one process) replays a 3 Mbit/s 720p30 H.264/AAC capture with
 # a 2 s keyframe interval to N RTMP connections at real-time pace, each its
-# own stream key. Servers: oxcast (`oxcast-ingest rtmp`), nginx-rtmp with
+# own stream key. Servers: oxcast (`oxcast-ingest rtmp`, its per-process
+# publisher and connection limits raised above the count), nginx-rtmp with
 # `worker_processes 1` (the reference VPS) and with `auto` (one worker per
 # core). After a warm-up, over a fixed window:
 #   - server CPU (utime+stime of all its processes, /proc) per stream;
@@ -168,7 +169,14 @@ measure() {
     local server=$1 n=$2 dir=$WORK/$1-$2
     mkdir -p "$dir"
     case "$server" in
-        oxcast) start_oxcast "$OXCAST" "$dir" ;;
+        oxcast)
+            # The default limits (100 publishers, 1000 connections per
+            # process) protect a pod; a capacity run lifts them above the
+            # count so the machine, not the config, is the limit.
+            printf 'rtmp:\n  limits:\n    maxPublishers: %d\n    maxConnections: %d\n' \
+                $((n + 10)) $((n + 100)) >"$dir/limits.yaml"
+            start_oxcast "$OXCAST" "$dir" --config "$dir/limits.yaml"
+            ;;
         nginx1) start_nginx "$dir" 1 ;;
         nginxauto) start_nginx "$dir" auto ;;
     esac
