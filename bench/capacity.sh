@@ -216,6 +216,8 @@ measure() {
     local gen_rc=0
     wait "$gen" || gen_rc=$?
     stop_pids "$spid"
+    # 500 streams write about 10 GB in a run: keep the logs, not the media.
+    rm -rf "$dir/hls" "$dir/keys"
     # kept up: streams that listed at least MEASURE - 2 x MAX_SEGMENT s.
     local advanced discont longest least
     advanced=$(awk -v need="$(awk -v m="$MEASURE" -v s="$MAX_SEGMENT" 'BEGIN {print m - 2 * s}')" \
