@@ -7,7 +7,7 @@
 //! their files on the blocking pool, then forgets them).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -49,7 +49,10 @@ pub struct StreamHeaders {
 pub struct LiveStream {
     pub key: StreamKey,
     pub started_at: SystemTime,
-    packets: broadcast::Sender<PlayPacket>,
+    /// The player feed, made when the first player subscribes: 1024 slots
+    /// (~64 KiB) that a stream nobody plays (the default, `allowPlay`
+    /// false) never needs.
+    packets: OnceLock<broadcast::Sender<PlayPacket>>,
     headers: Mutex<StreamHeaders>,
     stats: Mutex<StreamStats>,
 }
@@ -185,11 +188,10 @@ const PLAYER_BACKLOG: usize = 1024;
 
 impl LiveStream {
     fn new(key: StreamKey) -> Self {
-        let (packets, _) = broadcast::channel(PLAYER_BACKLOG);
         Self {
             key,
             started_at: SystemTime::now(),
-            packets,
+            packets: OnceLock::new(),
             headers: Mutex::new(StreamHeaders::default()),
             stats: Mutex::new(StreamStats::default()),
         }
@@ -234,13 +236,15 @@ impl LiveStream {
     }
 
     pub fn has_players(&self) -> bool {
-        self.packets.receiver_count() > 0
+        self.packets.get().is_some_and(|p| p.receiver_count() > 0)
     }
 
     /// Sends to players, if any; without players nothing is kept.
     pub fn send(&self, packet: PlayPacket) {
         if self.has_players() {
-            let _ = self.packets.send(packet);
+            if let Some(packets) = self.packets.get() {
+                let _ = packets.send(packet);
+            }
         }
     }
 
@@ -251,7 +255,10 @@ impl LiveStream {
     /// A new player: the headers to send first and the live packet feed.
     pub fn subscribe(&self) -> (StreamHeaders, broadcast::Receiver<PlayPacket>) {
         let headers = self.headers().clone();
-        (headers, self.packets.subscribe())
+        let packets = self
+            .packets
+            .get_or_init(|| broadcast::channel(PLAYER_BACKLOG).0);
+        (headers, packets.subscribe())
     }
 }
 

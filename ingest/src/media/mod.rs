@@ -65,6 +65,10 @@ pub struct Remuxer {
     /// Set when a codec configuration changed after media had started;
     /// the segmenter should start a new segment with a discontinuity.
     config_changed: bool,
+    /// The frame being written. Each frame takes it whole (a fresh
+    /// allocation per frame) rather than splitting off a shared one, which
+    /// would keep the largest keyframe's worth of memory per publisher
+    /// for as long as the stream lasts.
     scratch: BytesMut,
 }
 
@@ -133,7 +137,7 @@ impl Remuxer {
                     dts: ts,
                     pts: ts + cts * TICKS_PER_MS,
                     keyframe,
-                    data: self.scratch.split().freeze(),
+                    data: std::mem::take(&mut self.scratch).freeze(),
                 }))
             }
             _ => Ok(None),
@@ -177,7 +181,7 @@ impl Remuxer {
             dts: ts,
             pts: ts,
             keyframe: true,
-            data: self.scratch.split().freeze(),
+            data: std::mem::take(&mut self.scratch).freeze(),
         }))
     }
 }

@@ -4,9 +4,10 @@
 //! of stream B arriving inside a message on stream A (legal RTMP) makes it
 //! panic or mix payloads. It also trusts sizes and AMF nesting from the
 //! peer. The [`ChunkReassembler`] therefore parses the client's chunks
-//! itself, enforces the limits, and re-emits every complete message as a
-//! single type-0 chunk. The session is told once, up front, that the chunk
-//! size is the protocol maximum, so it never has to join chunks at all.
+//! itself, enforces the limits, and re-emits every complete message whole:
+//! a type-0 chunk and its type-3 continuations, of [`SESSION_CHUNK_SIZE`]
+//! (which the session is told once, up front), never interleaved with
+//! another message, so the session only ever joins one message at a time.
 
 use std::collections::HashMap;
 
@@ -14,6 +15,14 @@ use super::amf;
 
 /// Largest chunk size RTMP allows (31 bits).
 pub const MAX_CHUNK_SIZE: u32 = 0x7fff_ffff;
+
+/// The chunk size messages are re-emitted to the session with. The
+/// session's deserializer buffers a whole chunk before copying it out and
+/// keeps that buffer's capacity for as long as the connection lasts: with
+/// one chunk per message that was the largest keyframe (~140 KiB at
+/// 3 Mbit/s) per publisher. Fed at most a chunk at a time
+/// (`ConnectionMachine::pump`), it holds about two.
+pub const SESSION_CHUNK_SIZE: usize = 8 * 1024;
 const INITIAL_CHUNK_SIZE: usize = 128;
 const EXTENDED_TIMESTAMP: u32 = 0x00ff_ffff;
 /// Chunk streams a client may have in flight; encoders use a handful.
@@ -114,7 +123,7 @@ impl ChunkReassembler {
     }
 
     /// What to feed the session before any client bytes: a SetChunkSize to
-    /// the maximum, so every re-emitted message is one chunk.
+    /// [`SESSION_CHUNK_SIZE`], the size messages are re-emitted with.
     pub fn session_preamble() -> Vec<u8> {
         let mut out = Vec::with_capacity(16);
         write_message(
@@ -124,7 +133,7 @@ impl ChunkReassembler {
                 timestamp: 0,
                 type_id: MSG_SET_CHUNK_SIZE,
                 stream_id: 0,
-                payload: MAX_CHUNK_SIZE.to_be_bytes().to_vec(),
+                payload: (SESSION_CHUNK_SIZE as u32).to_be_bytes().to_vec(),
             },
         );
         out
@@ -136,7 +145,7 @@ impl ChunkReassembler {
     }
 
     /// Consumes client bytes and appends every message they complete to
-    /// `out`, re-encoded as single type-0 chunks for the session.
+    /// `out`, re-encoded for the session (see [`write_message`]).
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), ChunkError> {
         self.ends.clear();
         let mut data = bytes;
@@ -359,26 +368,53 @@ fn connect_tc_url(body: &[u8]) -> Option<String> {
     }
 }
 
-/// Encodes a message as one type-0 chunk (the session's chunk size is the
-/// maximum, so no continuation chunks are needed).
+/// Encodes a message as a type-0 chunk followed by type-3 continuation
+/// chunks of [`SESSION_CHUNK_SIZE`] bytes.
 fn write_message(out: &mut Vec<u8>, m: &Message) {
-    match m.csid {
-        2..=63 => out.push(m.csid as u8),
-        64..=319 => out.extend_from_slice(&[0, (m.csid - 64) as u8]),
-        _ => {
-            let v = m.csid - 64;
-            out.extend_from_slice(&[1, (v & 0xff) as u8, (v >> 8) as u8]);
-        }
-    }
     let ts_field = m.timestamp.min(EXTENDED_TIMESTAMP);
+    let extended = ts_field == EXTENDED_TIMESTAMP;
+    out.reserve(max_encoded_len(m.payload.len()));
+    write_basic_header(out, 0, m.csid);
     out.extend_from_slice(&ts_field.to_be_bytes()[1..]);
     out.extend_from_slice(&(m.payload.len() as u32).to_be_bytes()[1..]);
     out.push(m.type_id);
     out.extend_from_slice(&m.stream_id.to_le_bytes());
-    if ts_field == EXTENDED_TIMESTAMP {
+    if extended {
         out.extend_from_slice(&m.timestamp.to_be_bytes());
     }
-    out.extend_from_slice(&m.payload);
+    let mut pieces = m.payload.chunks(SESSION_CHUNK_SIZE);
+    if let Some(first) = pieces.next() {
+        out.extend_from_slice(first);
+    }
+    for piece in pieces {
+        write_basic_header(out, 3, m.csid);
+        // A continuation of a message with an extended timestamp repeats it.
+        if extended {
+            out.extend_from_slice(&m.timestamp.to_be_bytes());
+        }
+        out.extend_from_slice(piece);
+    }
+}
+
+/// The most bytes [`write_message`] writes for a payload of `len` bytes:
+/// headers of up to 3 + 11 + 4 bytes, then 3 + 4 per continuation chunk.
+pub fn max_encoded_len(len: usize) -> usize {
+    let continuations = len.saturating_sub(1) / SESSION_CHUNK_SIZE;
+    len.saturating_add(18)
+        .saturating_add(continuations.saturating_mul(7))
+}
+
+/// A chunk's basic header: format (0 or 3 here) and chunk stream id.
+fn write_basic_header(out: &mut Vec<u8>, format: u8, csid: u32) {
+    let format = format << 6;
+    match csid {
+        2..=63 => out.push(format | csid as u8),
+        64..=319 => out.extend_from_slice(&[format, (csid - 64) as u8]),
+        _ => {
+            let v = csid - 64;
+            out.extend_from_slice(&[format | 1, (v & 0xff) as u8, (v >> 8) as u8]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -412,21 +448,33 @@ mod tests {
     }
 
     fn messages(bytes: &[u8]) -> Vec<Message> {
-        // Decode our own single-chunk output back (csid < 64, no extended ts).
+        // Decode our own output back (csid < 64, no extended ts): a type-0
+        // chunk, then one-byte type-3 headers every SESSION_CHUNK_SIZE.
         let mut v = Vec::new();
         let mut pos = 0;
         while pos < bytes.len() {
+            assert_eq!(bytes[pos] >> 6, 0, "a message starts with a type-0 chunk");
             let csid = u32::from(bytes[pos] & 0x3f);
             let h = &bytes[pos + 1..pos + 12];
             let len = u32::from_be_bytes([0, h[3], h[4], h[5]]) as usize;
+            pos += 12;
+            let mut payload = Vec::new();
+            while payload.len() < len {
+                if !payload.is_empty() {
+                    assert_eq!(u32::from(bytes[pos]), 0xc0 | csid, "a type-3 continuation");
+                    pos += 1;
+                }
+                let take = (len - payload.len()).min(SESSION_CHUNK_SIZE);
+                payload.extend_from_slice(&bytes[pos..pos + take]);
+                pos += take;
+            }
             v.push(Message {
                 csid,
                 timestamp: u32::from_be_bytes([0, h[0], h[1], h[2]]),
                 type_id: h[6],
                 stream_id: u32::from_le_bytes([h[7], h[8], h[9], h[10]]),
-                payload: bytes[pos + 12..pos + 12 + len].to_vec(),
+                payload,
             });
-            pos += 12 + len;
         }
         v
     }

@@ -3,12 +3,13 @@
 //! feed around the sans-IO [`ConnectionMachine`] (see [`super::machine`]),
 //! which holds the protocol and every decision that needs no outside world.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
 
@@ -35,6 +36,19 @@ const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// instead of one per frame, which is most of the CPU an idle-ish ingest
 /// server spends. Commands before the publish are answered byte by byte.
 const PUBLISH_READ_LOW_WATER: libc::c_int = 32 * 1024;
+
+/// The most one read takes from a socket: twice the publisher's low-water
+/// mark, so a coalesced read usually empties the socket.
+const READ_BUFFER_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// The read buffer of every connection on this thread's event loop. A
+    /// read is handed to the machine, which copies what it keeps, before the
+    /// connection awaits again, so one buffer per thread serves them all
+    /// (64 KiB per connection otherwise: a third of a publisher's memory).
+    static READ_BUFFER: RefCell<Box<[u8]>> =
+        RefCell::new(vec![0u8; READ_BUFFER_SIZE].into_boxed_slice());
+}
 
 fn set_read_low_water(socket: &TcpStream, bytes: libc::c_int) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -233,7 +247,6 @@ struct Connection {
 
 impl Connection {
     async fn serve(&mut self, mut socket: TcpStream, mut shutdown: watch::Receiver<bool>) {
-        let mut buf = vec![0u8; 64 * 1024];
         let mut tick = tokio::time::interval(IDLE_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -262,9 +275,8 @@ impl Connection {
                 .poll_timeout()
                 .filter(|_| !self.machine.is_publishing());
             tokio::select! {
-                read = socket.read(&mut buf), if self.machine.wants_input() => match read {
-                    Ok(0) => self.machine.peer_closed(),
-                    Ok(n) => self.input(&buf[..n]),
+                ready = socket.readable(), if self.machine.wants_input() => match ready {
+                    Ok(()) => self.read_ready(&socket),
                     Err(e) => self.machine.fail(e.into()),
                 },
                 packet = next_play_packet(&mut self.player) => match packet {
@@ -284,12 +296,10 @@ impl Connection {
                 _ = tick.tick(), if self.publication.is_some() => {
                     // Reads are coalesced (SO_RCVLOWAT): pick up whatever a
                     // slow publisher has sent since, then judge idleness.
-                    match read_below_low_water(&socket, &mut buf) {
-                        Ok(0) => self.machine.peer_closed(),
-                        Ok(n) => self.input(&buf[..n]),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => self.machine.fail(e.into()),
-                    }
+                    READ_BUFFER.with_borrow_mut(|buf| {
+                        let read = read_below_low_water(&socket, buf);
+                        self.take_read(read, buf);
+                    });
                     self.machine.handle_timeout(Instant::now());
                     if self.publication.as_ref().is_some_and(|p| !p.owned()) {
                         self.machine.fail(ConnectionError::Fenced);
@@ -297,6 +307,25 @@ impl Connection {
                 }
                 _ = shutdown.changed() => self.machine.close(Close::Done),
             }
+        }
+    }
+
+    /// The socket reported readable: reads what it holds into the thread's
+    /// buffer and hands it to the machine.
+    fn read_ready(&mut self, socket: &TcpStream) {
+        READ_BUFFER.with_borrow_mut(|buf| {
+            let read = socket.try_read(buf);
+            self.take_read(read, buf);
+        });
+    }
+
+    fn take_read(&mut self, read: std::io::Result<usize>, buf: &[u8]) {
+        match read {
+            Ok(0) => self.machine.peer_closed(),
+            Ok(n) => self.input(&buf[..n]),
+            // The readiness was stale; the next `readable` waits again.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => self.machine.fail(e.into()),
         }
     }
 

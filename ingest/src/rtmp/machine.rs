@@ -34,10 +34,15 @@ use rml_rtmp::sessions::{
 };
 use rml_rtmp::time::RtmpTimestamp;
 
-use super::chunks::{ChunkError, ChunkReassembler};
+use super::chunks::{max_encoded_len, ChunkError, ChunkReassembler, SESSION_CHUNK_SIZE};
 use crate::auth::PublishRequest;
 use crate::live::{PlayPacket, StreamHeaders};
 use crate::stream_key::StreamKey;
+
+/// The largest re-chunked message buffer a connection keeps between reads
+/// (enough for the commands and small media of a read); a larger one is
+/// freed once drained.
+const NORMALIZED_KEPT: usize = 16 * 1024;
 
 /// Why a connection ended with an error.
 #[derive(Debug, thiserror::Error)]
@@ -426,7 +431,7 @@ impl ConnectionMachine {
         // partial ones in the reassembler (the driver stops reading while a
         // decision is pending, see `wants_input`, so normally only the rest
         // of one read waits here).
-        let limit = 2 * self.config.max_message_size as usize;
+        let limit = 2 * max_encoded_len(self.config.max_message_size as usize);
         if self.normalized.len() - self.start > limit {
             return Err(Close::Error(ConnectionError::TooMuchPending(limit)));
         }
@@ -440,12 +445,28 @@ impl ConnectionMachine {
             let (start, end) = (self.start, self.ends[self.next]);
             self.next += 1;
             self.start = end;
-            let Some(session) = self.session.as_mut() else {
-                return Ok(());
-            };
-            let message = &self.normalized[start..end];
-            let results = guarded(|| session.handle_input(message))?;
-            self.handle_results(now, results)?;
+            // A chunk at a time: the session's buffer grows to what it is fed.
+            let mut at = start;
+            while at < end {
+                let piece_end = end.min(at.saturating_add(SESSION_CHUNK_SIZE));
+                let Some(session) = self.session.as_mut() else {
+                    return Ok(());
+                };
+                let piece = &self.normalized[at..piece_end];
+                let results = guarded(|| session.handle_input(piece))?;
+                at = piece_end;
+                self.handle_results(now, results)?;
+            }
+        }
+        if self.next == self.ends.len() && self.normalized.capacity() > NORMALIZED_KEPT {
+            // Drained after a big message (a keyframe): free it rather than
+            // hold it until the next read. The next read's allocation reuses
+            // what a connection on the same event loop just freed, so the
+            // memory is per thread instead of per publisher.
+            self.normalized = Vec::new();
+            self.ends.clear();
+            self.next = 0;
+            self.start = 0;
         }
         Ok(())
     }

@@ -674,3 +674,38 @@ fn fencing_is_an_error_close() {
         Some(Close::Error(ConnectionError::Fenced))
     ));
 }
+
+#[test]
+fn large_messages_reach_the_session_whole_with_extended_timestamps() {
+    // Re-emitted to the session in several chunks (SESSION_CHUNK_SIZE) and
+    // fed a chunk at a time: a keyframe-sized message still arrives whole,
+    // with its timestamp, including one past the 24-bit field.
+    let mut h = Harness::publishing("cam");
+    let frame: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    let timestamp = 0x0123_4567u32;
+    let mut wire = vec![6u8, 0xff, 0xff, 0xff];
+    wire.extend_from_slice(&(frame.len() as u32).to_be_bytes()[1..]);
+    wire.push(VIDEO);
+    wire.extend_from_slice(&STREAM.to_le_bytes());
+    for (i, piece) in frame.chunks(128).enumerate() {
+        if i > 0 {
+            wire.push(0xc0 | 6);
+        }
+        // The extended timestamp follows every chunk header of the message.
+        wire.extend_from_slice(&timestamp.to_be_bytes());
+        wire.extend_from_slice(piece);
+    }
+    wire.extend(video(40, AVC_KEYFRAME));
+    h.input(&wire);
+    let events = h.events();
+    let [Event::Video {
+        timestamp: first,
+        data,
+    }, Event::Video { timestamp: 40, .. }] = &events[..]
+    else {
+        panic!("expected two video messages: {events:?}");
+    };
+    assert_eq!(*first, timestamp);
+    assert_eq!(&data[..], &frame[..]);
+    assert!(!h.m.is_closed());
+}
