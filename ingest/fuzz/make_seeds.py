@@ -3,7 +3,10 @@
 
 rtmp_input: the bytes ffmpeg sends when it publishes to a running
 oxcast-ingest, captured by a relay in front of the server (prefixed with the
-two control bytes the target reads: read size, and 0 = "do the handshake").
+two control bytes the target reads: read size, and 0 = "do the handshake");
+and one capture without its handshake (control byte 1: the target feeds a
+canned one), so that a fuzz run bounded to a few KiB per input (-max_len)
+spends them on the session: connect, publish, sequence headers, frames.
 
 flv_to_hls: the audio/video tags of a short ffmpeg-made FLV file, in the
 target's record format [kind, ts(4), len(2), tag body].
@@ -28,6 +31,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIMIT = 48 * 1024
+# C0 (version) + C1 + C2: what the client sends before the session.
+HANDSHAKE = 1 + 1536 + 1536
 
 
 def make_flv(path, extra):
@@ -157,8 +162,10 @@ def main():
         make_flv(plain, [])
         make_flv(mono, ["-ac", "1", "-ar", "22050"])
         playlists = []
+        publish = capture_publish(binary, plain, playlists)
         seeds = {
-            "rtmp_input/ffmpeg-publish": bytes([64, 0]) + capture_publish(binary, plain, playlists),
+            "rtmp_input/ffmpeg-publish": bytes([64, 0]) + publish,
+            "rtmp_input/ffmpeg-publish-after-handshake": bytes([64, 1]) + publish[HANDSHAKE:],
             "rtmp_input/ffmpeg-publish-small-reads": bytes([1, 0]) + capture_publish(binary, mono, playlists),
             "flv_to_hls/ffmpeg-h264-aac": flv_records(plain),
             "flv_to_hls/ffmpeg-mono-22k": flv_records(mono),
