@@ -44,8 +44,10 @@ use super::playlist::rounded_seconds;
 use super::ts::{MuxError, Tracks, TsMuxer};
 
 /// Flush TS bytes to the caller in chunks of about this size, so a segment is
-/// never held in memory whole.
-const FLUSH_BYTES: usize = 64 * 1024;
+/// never held in memory whole. Every publisher holds one such buffer; 32 KiB
+/// is about 0.1 s of a 3 Mbit/s stream, a storage write (and writer wake-up)
+/// every 0.1 s.
+const FLUSH_BYTES: usize = 32 * 1024;
 /// Audio frames are packed several to a PES (less TS overhead) up to this span.
 const AUDIO_PES_SPAN: i64 = 9_000;
 /// ... and up to this many bytes, so a PES stays bounded when the span does
