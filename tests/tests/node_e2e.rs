@@ -616,28 +616,10 @@ spec:
         },
     );
     let http_addr = http_service(setup, ns, app);
-    let ingest_pod = || {
-        kubectl(
-            setup,
-            &[
-                "-n",
-                ns,
-                "get",
-                "pods",
-                "-l",
-                &format!("app.kubernetes.io/instance={app},app.kubernetes.io/component=ingest"),
-                "--field-selector=status.phase=Running",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name} {.metadata.uid}{\"\\n\"}{end}",
-            ],
-        )
-    };
-    let first = ingest_pod();
+    let first = running_ingest_pods(setup, ns, app, ".metadata.uid");
     let (pod, uid) = first
-        .lines()
-        .next()
-        .and_then(|l| l.split_once(' '))
-        .map(|(n, u)| (n.to_string(), u.to_string()))
+        .first()
+        .cloned()
         .unwrap_or_else(|| panic!("no running ingest pod: {first:?}"));
 
     // The ingest server runs as 65532 on a read-only root filesystem.
@@ -900,6 +882,31 @@ fn last_sequence(playlist: &str) -> Option<u64> {
 
 /// The pod (replica id) holding the Lease of stream `key` of `app`, from
 /// `kubectl get leases`: holderIdentity is `<pod>_<nonce>`.
+/// The app's running ingest pods: each one's name and the value of `field`
+/// (a JSONPath such as `.status.podIP`).
+fn running_ingest_pods(setup: &Setup, ns: &str, app: &str, field: &str) -> Vec<(String, String)> {
+    kubectl(
+        setup,
+        &[
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            &format!("app.kubernetes.io/instance={app},app.kubernetes.io/component=ingest"),
+            "--field-selector=status.phase=Running",
+            "-o",
+            &format!(
+                "jsonpath={{range .items[*]}}{{.metadata.name}} {{{field}}}{{\"\\n\"}}{{end}}"
+            ),
+        ],
+    )
+    .lines()
+    .filter_map(|l| l.split_once(' '))
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect()
+}
+
 fn stream_owner(setup: &Setup, ns: &str, app: &str, key: &str) -> Option<String> {
     let leases = kubectl_try(
         setup,
@@ -1068,27 +1075,7 @@ spec:
         Duration::from_secs(30),
         || stream_owner(setup, ns, app, key),
     );
-    // The running ingest pods, name and address.
-    let running_pods = || -> Vec<(String, String)> {
-        kubectl(
-            setup,
-            &[
-                "-n",
-                ns,
-                "get",
-                "pods",
-                "-l",
-                &format!("app.kubernetes.io/instance={app},app.kubernetes.io/component=ingest"),
-                "--field-selector=status.phase=Running",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}",
-            ],
-        )
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, ip)| (n.to_string(), ip.to_string()))
-        .collect()
-    };
+    let running_pods = || running_ingest_pods(setup, ns, app, ".status.podIP");
     let pods = running_pods();
     assert_eq!(pods.len(), 3, "three running ingest pods: {pods:?}");
     assert!(
